@@ -7,7 +7,10 @@
      ├── InstanceWriteError      an instance could not be made durable on disk
      │    └── InsufficientStorage  free space under the configured floor
      ├── InstanceConflict        same SOP Instance UID already stored with other content
-     └── CatalogError            the catalog database refused or failed a statement
+     ├── CatalogError            the catalog database refused or failed a statement
+     └── HashIndexError          the in-memory hash index was misused or its file is bad
+          ├── DuplicateIdError     an id added to a hash index is already in it
+          └── IndexFileError       a saved hash index cannot be read (missing, corrupt, other layout)
 
 Library exceptions (``OSError``, SQLAlchemy's) are translated in the module
 that calls the library and chained with ``raise ... from exc``.
@@ -17,6 +20,9 @@ from __future__ import annotations
 
 __all__ = [
     "CatalogError",
+    "DuplicateIdError",
+    "HashIndexError",
+    "IndexFileError",
     "InstanceConflict",
     "InstanceWriteError",
     "InsufficientStorage",
@@ -60,3 +66,20 @@ class InstanceConflict(StorageError):
 
 class CatalogError(StorageError):
     """A catalog statement failed (database unavailable, constraint, I/O)."""
+
+
+class HashIndexError(StorageError):
+    """The hash index (``storage.index``) was misused or cannot be restored."""
+
+
+class DuplicateIdError(HashIndexError, ValueError):
+    """Ids passed to ``HashIndex.add`` are already in the index (``ids`` lists them)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        shown = ", ".join(str(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
+        super().__init__(f"{len(ids)} id(s) already in the hash index: {shown}")
+        self.ids = ids
+
+
+class IndexFileError(HashIndexError):
+    """A saved hash index is missing, truncated, or was written with another layout."""
