@@ -1,0 +1,134 @@
+"""Build the node from settings: storage, queue, series watcher, network.
+
+``Node(settings)`` wires everything and ``start()`` resumes unfinished work
+before it accepts associations; ``stop()`` undoes it in reverse order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from pynetdicom import evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node import __version__
+from dicom_node.handlers import handle_store
+from dicom_node.ingest import Ingest
+from dicom_node.processing import Processor, RecordingProcessor, run_series
+from dicom_node.scp import build_ae, make_server
+from dicom_node.series import SeriesWatcher, complete_idle_series
+from dicom_node.settings import Settings
+from storage.catalog import Catalog, SeriesState
+from storage.instances import InstanceStore
+from storage.queue import EmbeddedQueue
+
+__all__ = ["Node"]
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """The running DICOM node.
+
+    Parameters
+    ----------
+    settings : Settings
+    processor : Processor, optional
+        What runs on completed series (default: records that it ran).
+    """
+
+    def __init__(self, settings: Settings, *, processor: Processor | None = None) -> None:
+        self.settings = settings
+        self.processor: Processor = processor or RecordingProcessor()
+        self.store = InstanceStore(
+            settings.instances_dir,
+            min_free_bytes=settings.storage.min_free_mb * 2**20,
+            fsync=settings.storage.fsync,
+        )
+        self.catalog = Catalog(settings.catalog_url)
+        self.ingest = Ingest(self.store, self.catalog)
+        self.queue = EmbeddedQueue(self._process, threads=settings.worker.threads)
+        self.watcher = SeriesWatcher(
+            self.catalog,
+            settings.series.idle_seconds,
+            settings.series.check_interval_seconds,
+            self.queue.submit,
+        )
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually listened on (useful with ``port = 0``)."""
+        if self._server is None:
+            raise RuntimeError("the node is not started")
+        return int(self._server.server_address[1])
+
+    def _process(self, series_instance_uid: str) -> None:
+        run_series(self.catalog, self.processor, series_instance_uid)
+
+    def resume(self) -> None:
+        """Pick up what a stopped or killed node left unfinished."""
+        self.store.recover()
+        interrupted = self.catalog.series_in_states([SeriesState.PROCESSING])
+        for uid in interrupted:
+            self.catalog.transition(uid, SeriesState.COMPLETE, from_states=[SeriesState.PROCESSING])
+        if interrupted:
+            logger.warning("%d series were interrupted while processing; queued again", len(interrupted))
+        complete_idle_series(self.catalog, self.settings.series.idle_seconds)
+        pending = 0
+        for uid in self.catalog.series_in_states([SeriesState.COMPLETE]):
+            job = self.catalog.job(uid, self.processor.version)
+            if job is None or job["finished_at"] is None:
+                pending += self.queue.submit(uid)
+        if pending:
+            logger.info("%d completed series queued for processing", pending)
+
+    def start(self) -> None:
+        """Resume work, start workers and the watcher, then listen."""
+        settings = self.settings
+        logger.info("dicom-node %s starting: %s", __version__, json.dumps(settings.describe()))
+        if not settings.security.allowed_calling_ae_titles:
+            logger.warning(
+                "any calling AE title may store to this node; set "
+                "security.allowed_calling_ae_titles to restrict it"
+            )
+        self.queue.start()
+        self.resume()
+        self.watcher.start()
+        ae = build_ae(settings)
+        handlers = [(evt.EVT_C_STORE, handle_store, [self.ingest])]
+        self._server = make_server(ae, settings, handlers)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-scp", daemon=True
+        )
+        self._thread.start()
+        logger.info(
+            "listening as %s on %s:%d%s",
+            settings.ae_title,
+            settings.host,
+            self.port,
+            " (TLS)" if settings.security.tls_enabled else "",
+        )
+        self._write_runtime_file()
+
+    def _write_runtime_file(self) -> None:
+        runtime = Path(self.settings.data_dir) / "node.json"
+        runtime.write_text(
+            json.dumps({"ae_title": self.settings.ae_title, "host": self.settings.host, "port": self.port})
+        )
+
+    def stop(self) -> None:
+        """Stop listening, then the watcher and the workers."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join()
+        self.watcher.stop()
+        self.queue.stop()
+        self.catalog.close()
+        logger.info("stopped")

@@ -1,0 +1,53 @@
+"""``dicom-node serve``: run the node until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from dicom_node.cli._common import add_settings_arguments, settings_from_args
+
+logger = logging.getLogger(__name__)
+
+
+def add_subparser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the DICOM node (Verification and Storage SCP, series processing)",
+        description="Run the DICOM node on the embedded default (SQLite, local files) "
+        "or what the settings say.",
+    )
+    add_settings_arguments(parser, network=True)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if settings is None:
+        return 2
+    from dicom_node.app import Node
+    from storage.errors import StorageError
+
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        logger.info("signal %d received; stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    try:
+        node = Node(settings)
+        node.start()
+    except (OSError, StorageError) as exc:
+        print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        stop.wait()
+    finally:
+        node.stop()
+    return 0

@@ -1,0 +1,64 @@
+"""Exceptions raised by ``dicom_node``.
+
+::
+
+    NodeError
+     ├── SettingsError      bad configuration: file, environment or flags
+     ├── InvalidDataset     a received dataset cannot be stored (maps to a C-STORE failure)
+     │    ├── MissingUID         a required UID is absent or empty
+     │    ├── UIDMismatch        dataset UID differs from the DIMSE command's
+     │    └── SOPClassMismatch   dataset SOP class differs from the command's
+     ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     ├── PeerRejected       a remote AE refused an association or an operation
+     └── PeerTimeout        a remote AE did not answer in time
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidDataset",
+    "InvalidQuery",
+    "MissingUID",
+    "NodeError",
+    "PeerRejected",
+    "PeerTimeout",
+    "SOPClassMismatch",
+    "SettingsError",
+    "UIDMismatch",
+]
+
+
+class NodeError(Exception):
+    """Base class of every error raised by ``dicom_node``."""
+
+
+class SettingsError(NodeError, ValueError):
+    """The configuration is invalid; the message names the key and the fix."""
+
+
+class InvalidDataset(NodeError):
+    """A received dataset cannot be decoded or is inconsistent."""
+
+
+class MissingUID(InvalidDataset):
+    """A required UID is absent or empty."""
+
+
+class UIDMismatch(InvalidDataset):
+    """The dataset's SOP Instance UID differs from the C-STORE request's."""
+
+
+class SOPClassMismatch(InvalidDataset):
+    """The dataset's SOP Class UID differs from the C-STORE request's."""
+
+
+class InvalidQuery(NodeError):
+    """A C-FIND identifier is malformed or asks for something unsupported."""
+
+
+class PeerRejected(NodeError):
+    """A remote AE rejected the association or answered with a failure."""
+
+
+class PeerTimeout(NodeError):
+    """A remote AE did not answer in time."""

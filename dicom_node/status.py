@@ -1,0 +1,124 @@
+"""Every DIMSE status the node sends, and the one place exceptions become statuses.
+
+References: PS3.4 Annex B.2.3 (Storage), PS3.4 C.4.1.1.4 (Query/Retrieve
+C-FIND), PS3.7 Annex C (status classes). pynetdicom turns an exception that
+escapes a handler into its generic 0xC211; :func:`store_guard` makes sure none
+does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any, TypeVar
+
+from pydicom.dataset import Dataset
+
+from dicom_node.errors import InvalidDataset, MissingUID, SOPClassMismatch, UIDMismatch
+from storage.errors import (
+    CatalogError,
+    InstanceConflict,
+    InstanceWriteError,
+    InsufficientStorage,
+    UnsafeUIDError,
+)
+
+__all__ = ["Status", "status_dataset", "store_guard", "store_status_for"]
+
+logger = logging.getLogger(__name__)
+
+
+class Status(IntEnum):
+    """Status codes we send (PS3.4, PS3.7 Annex C)."""
+
+    SUCCESS = 0x0000
+    """Success (PS3.7 C.1)."""
+    PENDING = 0xFF00
+    """C-FIND: matches are continuing (PS3.4 C.4.1.1.4)."""
+    CANCEL = 0xFE00
+    """C-FIND: matching terminated due to C-CANCEL (PS3.4 C.4.1.1.4)."""
+    OUT_OF_RESOURCES = 0xA700
+    """C-STORE refused: out of resources (free disk under the floor) (PS3.4 B.2.3)."""
+    OUT_OF_RESOURCES_CATALOG = 0xA710
+    """C-STORE refused: out of resources, the catalog could not record the
+    instance; the file is not kept and the sender should retry (PS3.4 B.2.3, A7xx)."""
+    OUT_OF_RESOURCES_WRITE = 0xA720
+    """C-STORE refused: out of resources, the instance could not be written
+    to disk (I/O error) (PS3.4 B.2.3, A7xx)."""
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    """C-STORE error: the dataset's SOP Class UID is not the command's (PS3.4 B.2.3)."""
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    """C-FIND failed: identifier does not match SOP class (PS3.4 C.4.1.1.4)."""
+    CANNOT_UNDERSTAND = 0xC000
+    """C-STORE error: the dataset cannot be decoded (PS3.4 B.2.3, Cxxx)."""
+    MISSING_UID = 0xC001
+    """C-STORE error: Study, Series or SOP Instance UID missing or empty (Cxxx)."""
+    UNSAFE_UID = 0xC002
+    """C-STORE error: a UID is not digits and dots or is over 64 characters (Cxxx)."""
+    UID_MISMATCH = 0xC003
+    """C-STORE error: dataset SOP Instance UID differs from the request's (Cxxx)."""
+    PROCESSING_FAILURE = 0xC0FF
+    """C-STORE error: unexpected failure in the node, logged with a trace (Cxxx)."""
+    UNABLE_TO_PROCESS = 0xC300
+    """C-FIND failed: unable to process (PS3.4 C.4.1.1.4, Cxxx)."""
+    ELEMENTS_DISCARDED = 0xB006
+    """C-STORE warning: an instance with this SOP Instance UID and other
+    content is already stored; the first was kept, this one discarded (PS3.4 B.2.3)."""
+
+
+def status_dataset(status: Status, comment: str | None = None) -> Dataset:
+    """A status Dataset with an optional Error Comment (0000,0902), at most 64 characters."""
+    result = Dataset()
+    result.Status = int(status)
+    if comment:
+        result.ErrorComment = comment[:64]
+    return result
+
+
+# Exception class -> status, most specific first.
+_STORE_TABLE: tuple[tuple[type[BaseException], Status], ...] = (
+    (InsufficientStorage, Status.OUT_OF_RESOURCES),
+    (InstanceConflict, Status.ELEMENTS_DISCARDED),
+    (UnsafeUIDError, Status.UNSAFE_UID),
+    (MissingUID, Status.MISSING_UID),
+    (UIDMismatch, Status.UID_MISMATCH),
+    (SOPClassMismatch, Status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    (InvalidDataset, Status.CANNOT_UNDERSTAND),
+    (CatalogError, Status.OUT_OF_RESOURCES_CATALOG),
+    (InstanceWriteError, Status.OUT_OF_RESOURCES_WRITE),
+)
+
+
+def store_status_for(exc: BaseException) -> Status:
+    """The C-STORE status for an exception (PROCESSING_FAILURE if unknown)."""
+    for cls, status in _STORE_TABLE:
+        if isinstance(exc, cls):
+            return status
+    return Status.PROCESSING_FAILURE
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_guard(func: F) -> F:
+    """Map every exception of a C-STORE handler to a named status.
+
+    Expected errors are logged at warning level with their message (which
+    never holds patient identifiers); unexpected ones with a trace.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - this is the one mapping point
+            status = store_status_for(exc)
+            if status is Status.PROCESSING_FAILURE:
+                logger.exception("C-STORE failed unexpectedly")
+            else:
+                logger.warning("C-STORE answered 0x%04X: %s", int(status), exc)
+            return status_dataset(status, str(exc) if status is not Status.PROCESSING_FAILURE else "internal error")
+
+    return wrapper  # type: ignore[return-value]

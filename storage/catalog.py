@@ -1,0 +1,523 @@
+"""The catalog: studies, series, instances and processing jobs.
+
+SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default; the same
+schema and statements run on PostgreSQL (``postgresql+psycopg://`` URLs).
+The series state column is the truth about work: see :class:`SeriesState`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from storage.errors import CatalogError
+
+__all__ = ["Catalog", "InstanceRecord", "SeriesState", "SeriesSummary", "metadata"]
+
+logger = logging.getLogger(__name__)
+
+
+class SeriesState(str, Enum):
+    """Where a series stands (DESIGN: the catalog's series state is the truth)."""
+
+    RECEIVING = "receiving"
+    """Instances are arriving; the series is not idle long enough yet."""
+    COMPLETE = "complete"
+    """No new instance for ``series.idle_seconds``; waiting for the processor."""
+    PROCESSING = "processing"
+    """A worker has claimed the series."""
+    INDEXED = "indexed"
+    """Nodules found and their codes are in the index."""
+    REPORTED = "reported"
+    """Results were sent back (SR, montage)."""
+    SKIPPED = "skipped"
+    """Does not qualify for processing; ``reason`` says why."""
+    FAILED = "failed"
+    """Processing failed; ``reason`` says why."""
+
+
+metadata = sa.MetaData()
+
+UID = sa.String(64)
+
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("study_instance_uid", UID, primary_key=True),
+    sa.Column("patient_id", sa.String(64)),
+    sa.Column("patient_name", sa.String(324)),
+    sa.Column("patient_birth_date", sa.String(8)),
+    sa.Column("patient_sex", sa.String(16)),
+    sa.Column("study_date", sa.String(8)),
+    sa.Column("study_time", sa.String(16)),
+    sa.Column("accession_number", sa.String(16)),
+    sa.Column("study_id", sa.String(16)),
+    sa.Column("study_description", sa.String(64)),
+    sa.Column("referring_physician_name", sa.String(324)),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+series = sa.Table(
+    "series",
+    metadata,
+    sa.Column("series_instance_uid", UID, primary_key=True),
+    sa.Column(
+        "study_instance_uid",
+        UID,
+        sa.ForeignKey("studies.study_instance_uid"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("modality", sa.String(16)),
+    sa.Column("series_number", sa.Integer),
+    sa.Column("series_description", sa.String(64)),
+    sa.Column("calling_ae_title", sa.String(16)),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("reason", sa.Text),
+    sa.Column("instance_count", sa.Integer, nullable=False, default=0),
+    sa.Column("first_received_at", sa.Float, nullable=False),
+    sa.Column("last_received_at", sa.Float, nullable=False),
+    sa.Column("state_changed_at", sa.Float, nullable=False),
+)
+
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("sop_instance_uid", UID, primary_key=True),
+    sa.Column(
+        "series_instance_uid",
+        UID,
+        sa.ForeignKey("series.series_instance_uid"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("sop_class_uid", UID, nullable=False),
+    sa.Column("instance_number", sa.Integer),
+    sa.Column("transfer_syntax_uid", UID, nullable=False),
+    sa.Column("relative_path", sa.String(200), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), primary_key=True),
+    sa.Column("processor_version", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the catalog keeps of one received instance."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    relative_path: str
+    size: int
+    sha256: str
+    modality: str | None = None
+    instance_number: int | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_id: str | None = None
+    study_description: str | None = None
+    referring_physician_name: str | None = None
+    calling_ae_title: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """One row of ``dicom-node status``."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    instance_count: int
+    state: SeriesState
+    reason: str | None
+    last_received_at: float
+    study_date: str | None
+    patient_name: str | None
+    patient_id: str | None
+
+
+_STUDY_FIELDS = (
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_id",
+    "study_description",
+    "referring_physician_name",
+)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Catalog:
+    """Catalog queries over one database.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL: ``sqlite:///path/catalog.sqlite3`` (default embedded)
+        or ``postgresql+psycopg://user@host/db``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+            if self.engine.dialect.name == "sqlite":
+                sa.event.listen(self.engine, "connect", _on_sqlite_connect)
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot open the catalog: {exc.__class__.__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog statement failed: {exc.__class__.__name__}") from exc
+
+    def _insert_ignore(self, connection: Connection, table: sa.Table, values: dict[str, Any]) -> None:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:  # pragma: no cover - other engines are not supported
+            raise CatalogError(f"unsupported catalog database {dialect!r}")
+        connection.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
+
+    # -- ingest ------------------------------------------------------------
+
+    def record_instance(self, record: InstanceRecord, *, now: float | None = None) -> bool:
+        """Catalog one stored instance in one transaction.
+
+        A new instance (re)opens its series: the state becomes ``receiving``
+        and the idle timer restarts, so late instances reopen a finished
+        series.
+
+        Returns
+        -------
+        bool
+            True if the instance is new, False if it was already catalogued
+            (then nothing changes).
+
+        Raises
+        ------
+        CatalogError
+            The transaction failed; nothing was recorded.
+        """
+        now = time.time() if now is None else now
+        with self._begin() as connection:
+            exists = connection.execute(
+                sa.select(instances.c.sop_instance_uid).where(
+                    instances.c.sop_instance_uid == record.sop_instance_uid
+                )
+            ).first()
+            if exists is not None:
+                return False
+            study_values = {k: getattr(record, k) for k in _STUDY_FIELDS}
+            self._insert_ignore(
+                connection,
+                studies,
+                {"study_instance_uid": record.study_instance_uid, "created_at": now, **study_values},
+            )
+            self._insert_ignore(
+                connection,
+                series,
+                {
+                    "series_instance_uid": record.series_instance_uid,
+                    "study_instance_uid": record.study_instance_uid,
+                    "modality": record.modality,
+                    "series_number": record.series_number,
+                    "series_description": record.series_description,
+                    "calling_ae_title": record.calling_ae_title,
+                    "state": SeriesState.RECEIVING.value,
+                    "instance_count": 0,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                    "state_changed_at": now,
+                },
+            )
+            try:
+                connection.execute(
+                    instances.insert().values(
+                        sop_instance_uid=record.sop_instance_uid,
+                        series_instance_uid=record.series_instance_uid,
+                        sop_class_uid=record.sop_class_uid,
+                        instance_number=record.instance_number,
+                        transfer_syntax_uid=record.transfer_syntax_uid,
+                        relative_path=record.relative_path,
+                        size=record.size,
+                        sha256=record.sha256,
+                        received_at=now,
+                    )
+                )
+            except IntegrityError:
+                # A concurrent association stored the same instance first.
+                return False
+            previous = connection.execute(
+                sa.select(series.c.state).where(
+                    series.c.series_instance_uid == record.series_instance_uid
+                )
+            ).scalar_one()
+            connection.execute(
+                series.update()
+                .where(series.c.series_instance_uid == record.series_instance_uid)
+                .values(
+                    instance_count=series.c.instance_count + 1,
+                    last_received_at=now,
+                    state=SeriesState.RECEIVING.value,
+                    reason=None,
+                    state_changed_at=sa.case(
+                        (series.c.state == SeriesState.RECEIVING.value, series.c.state_changed_at),
+                        else_=now,
+                    ),
+                )
+            )
+        if previous != SeriesState.RECEIVING.value:
+            logger.info(
+                "series %s reopened by a late instance (was %s)", record.series_instance_uid, previous
+            )
+        return True
+
+    def instance_sha256(self, sop_instance_uid: str) -> str | None:
+        """The stored content hash of an instance, or None if not catalogued."""
+        with self._begin() as connection:
+            value = connection.execute(
+                sa.select(instances.c.sha256).where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    # -- series state ------------------------------------------------------
+
+    def due_series(self, idle_seconds: float, *, now: float | None = None) -> list[str]:
+        """Series still ``receiving`` whose last instance is older than ``idle_seconds``."""
+        now = time.time() if now is None else now
+        with self._begin() as connection:
+            rows = connection.execute(
+                sa.select(series.c.series_instance_uid)
+                .where(series.c.state == SeriesState.RECEIVING.value)
+                .where(series.c.last_received_at <= now - idle_seconds)
+                .order_by(series.c.last_received_at)
+            ).all()
+        return [str(row[0]) for row in rows]
+
+    def transition(
+        self,
+        series_instance_uid: str,
+        to_state: SeriesState,
+        *,
+        from_states: Iterable[SeriesState] | None = None,
+        reason: str | None = None,
+        idle_before: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Atomically move a series to ``to_state``.
+
+        Parameters
+        ----------
+        from_states : iterable of SeriesState, optional
+            Only move it if it is in one of these states.
+        idle_before : float, optional
+            Only move it if its last instance arrived at or before this time
+            (guards ``receiving → complete`` against a late instance racing in).
+
+        Returns
+        -------
+        bool
+            True if the row changed.
+        """
+        now = time.time() if now is None else now
+        statement = series.update().where(series.c.series_instance_uid == series_instance_uid)
+        if from_states is not None:
+            statement = statement.where(series.c.state.in_([s.value for s in from_states]))
+        if idle_before is not None:
+            statement = statement.where(series.c.last_received_at <= idle_before)
+        statement = statement.values(state=to_state.value, reason=reason, state_changed_at=now)
+        with self._begin() as connection:
+            changed = connection.execute(statement).rowcount
+        return bool(changed)
+
+    def series_in_states(self, states: Sequence[SeriesState]) -> list[str]:
+        """Series UIDs in any of ``states``, oldest change first."""
+        with self._begin() as connection:
+            rows = connection.execute(
+                sa.select(series.c.series_instance_uid)
+                .where(series.c.state.in_([s.value for s in states]))
+                .order_by(series.c.state_changed_at)
+            ).all()
+        return [str(row[0]) for row in rows]
+
+    def series_state(self, series_instance_uid: str) -> tuple[SeriesState, str | None] | None:
+        """The state and reason of a series, or None if unknown."""
+        with self._begin() as connection:
+            row = connection.execute(
+                sa.select(series.c.state, series.c.reason).where(
+                    series.c.series_instance_uid == series_instance_uid
+                )
+            ).first()
+        return None if row is None else (SeriesState(row[0]), row[1])
+
+    def series_instance_paths(self, series_instance_uid: str) -> list[str]:
+        """Relative paths of a series' instances, by InstanceNumber then UID."""
+        with self._begin() as connection:
+            rows = connection.execute(
+                sa.select(instances.c.relative_path)
+                .where(instances.c.series_instance_uid == series_instance_uid)
+                .order_by(instances.c.instance_number, instances.c.sop_instance_uid)
+            ).all()
+        return [str(row[0]) for row in rows]
+
+    # -- jobs --------------------------------------------------------------
+
+    def start_job(self, series_instance_uid: str, processor_version: str, *, now: float | None = None) -> None:
+        """Record that a processor run began (replacing an unfinished one)."""
+        now = time.time() if now is None else now
+        with self._begin() as connection:
+            connection.execute(
+                jobs.delete()
+                .where(jobs.c.series_instance_uid == series_instance_uid)
+                .where(jobs.c.processor_version == processor_version)
+            )
+            connection.execute(
+                jobs.insert().values(
+                    series_instance_uid=series_instance_uid,
+                    processor_version=processor_version,
+                    state=SeriesState.PROCESSING.value,
+                    started_at=now,
+                )
+            )
+
+    def finish_job(
+        self,
+        series_instance_uid: str,
+        processor_version: str,
+        state: SeriesState,
+        detail: str | None = None,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Record the end of a processor run."""
+        now = time.time() if now is None else now
+        with self._begin() as connection:
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.series_instance_uid == series_instance_uid)
+                .where(jobs.c.processor_version == processor_version)
+                .values(state=state.value, detail=detail, finished_at=now)
+            )
+
+    def job(self, series_instance_uid: str, processor_version: str) -> dict[str, Any] | None:
+        """The job row of a series for a processor version, or None."""
+        with self._begin() as connection:
+            row = connection.execute(
+                sa.select(jobs)
+                .where(jobs.c.series_instance_uid == series_instance_uid)
+                .where(jobs.c.processor_version == processor_version)
+            ).mappings().first()
+        return None if row is None else dict(row)
+
+    # -- reading -----------------------------------------------------------
+
+    def summaries(self) -> list[SeriesSummary]:
+        """Every series with its study, newest study first."""
+        query = (
+            sa.select(
+                series.c.study_instance_uid,
+                series.c.series_instance_uid,
+                series.c.modality,
+                series.c.series_number,
+                series.c.series_description,
+                series.c.instance_count,
+                series.c.state,
+                series.c.reason,
+                series.c.last_received_at,
+                studies.c.study_date,
+                studies.c.patient_name,
+                studies.c.patient_id,
+            )
+            .join(studies, studies.c.study_instance_uid == series.c.study_instance_uid)
+            .order_by(
+                studies.c.study_date.desc(),
+                series.c.study_instance_uid,
+                series.c.series_number,
+                series.c.series_instance_uid,
+            )
+        )
+        with self._begin() as connection:
+            rows = connection.execute(query).all()
+        return [
+            SeriesSummary(
+                study_instance_uid=row.study_instance_uid,
+                series_instance_uid=row.series_instance_uid,
+                modality=row.modality,
+                series_number=row.series_number,
+                series_description=row.series_description,
+                instance_count=int(row.instance_count),
+                state=SeriesState(row.state),
+                reason=row.reason,
+                last_received_at=float(row.last_received_at),
+                study_date=row.study_date,
+                patient_name=row.patient_name,
+                patient_id=row.patient_id,
+            )
+            for row in rows
+        ]
+
+    def instance_count(self) -> int:
+        """Number of catalogued instances."""
+        with self._begin() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(instances)).scalar_one())
+
+    def instance_paths(self) -> dict[str, str]:
+        """``{sop_instance_uid: relative_path}`` for every instance."""
+        with self._begin() as connection:
+            rows = connection.execute(sa.select(instances.c.sop_instance_uid, instances.c.relative_path)).all()
+        return {str(r[0]): str(r[1]) for r in rows}

@@ -1,0 +1,199 @@
+"""Shared fixtures: settings on tmp_path, free ports, running nodes, dcmtk peers.
+
+Fixtures wait on sockets, never on sleeps, and restore every global they
+touch (pynetdicom's ``_config``, ``os.environ``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# dcmtk by full path: pynetdicom installs commands of the same names in the venv.
+DCMTK = Path("/usr/bin")
+#: Environment for dcmtk tools and Orthanc: without TCP_NODELAY loopback
+#: transfers are about ten times slower.
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(tool: str) -> str:
+    """Full path of a dcmtk tool, or skip the test if dcmtk is not installed."""
+    path = DCMTK / tool
+    if not path.exists():
+        pytest.skip(f"dcmtk {tool} is not installed (the test command installs it)")
+    return str(path)
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 30.0,
+                  process: subprocess.Popen[Any] | None = None) -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll a state predicate (catalog rows, files) until true or time out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not reached after {timeout} s")
+
+
+@pytest.fixture(autouse=True)
+def _restore_globals() -> Iterator[None]:
+    from pynetdicom import _config
+
+    saved_config = {k: getattr(_config, k) for k in dir(_config) if k.isupper()}
+    saved_env = dict(os.environ)
+    import pydicom.config
+
+    saved_validation = (
+        pydicom.config.settings.reading_validation_mode,
+        pydicom.config.settings.writing_validation_mode,
+    )
+    yield
+    (
+        pydicom.config.settings.reading_validation_mode,
+        pydicom.config.settings.writing_validation_mode,
+    ) = saved_validation
+    for key, value in saved_config.items():
+        setattr(_config, key, value)
+    os.environ.clear()
+    os.environ.update(saved_env)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Any]:
+    """Build validated settings in ``tmp_path`` from keyword overrides.
+
+    Section values are given as dicts: ``make_settings(series={"idle_seconds": 1})``.
+    """
+    from dicom_node.settings import Settings, _apply, validate
+
+    def _make(**values: Any) -> Settings:
+        base = Settings()
+        table: dict[str, Any] = {
+            "data_dir": str(tmp_path / "data"),
+            "host": "127.0.0.1",
+            "port": 0,
+            "storage": {"min_free_mb": 0},
+            "series": {"idle_seconds": 1.0, "check_interval_seconds": 0.1},
+        }
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table.setdefault(key, {}).update(value)
+            else:
+                table[key] = str(value) if isinstance(value, Path) else value
+        settings = _apply(Settings, base, table, "test")
+        validate(settings)
+        return settings
+
+    return _make
+
+
+@pytest.fixture
+def start_node() -> Iterator[Callable[..., Any]]:
+    """Start in-process nodes; every one is stopped at teardown."""
+    from dicom_node.app import Node
+
+    nodes: list[Node] = []
+
+    def _start(settings: Any, **kwargs: Any) -> Node:
+        node = Node(settings, **kwargs)
+        node.start()
+        nodes.append(node)
+        wait_for_port(node.port)
+        return node
+
+    yield _start
+    for node in nodes:
+        node.stop()
+
+
+class NodeProcess:
+    """``dicom-node serve`` in a child process (for kill -9 tests)."""
+
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.log = data_dir.parent / f"node-{port}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", "-v", "serve", "--data-dir", str(self.data_dir),
+                 "--port", str(self.port), "--host", "127.0.0.1"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+            )
+        wait_for_port(self.port, process=self.process)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    started: list[NodeProcess] = []
+
+    def _make(env: dict[str, str] | None = None) -> NodeProcess:
+        proc = NodeProcess(tmp_path / "data", free_port(), env)
+        started.append(proc)
+        return proc
+
+    yield _make
+    for proc in started:
+        proc.stop()
+
+
+def run_peer(args: list[str], *, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a dcmtk tool with TCP_NODELAY=1, capturing its output."""
+    result = subprocess.run(args, env=PEER_ENV, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def which(tool: str) -> str | None:
+    return shutil.which(tool)
