@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from dicom_node.errors import SettingsError
+from dicom_node.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "config" / "dicom-node.toml"
+
+
+def _leaf_keys(cls: type, prefix: str = "") -> set[str]:
+    keys = set()
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            keys |= _leaf_keys(type(default), f"{f.name}.")
+        else:
+            keys.add(prefix + f.name)
+    return keys
+
+
+def test_example_file_documents_every_key_with_its_default(tmp_path) -> None:
+    loaded = load_settings(EXAMPLE, environ={}, check_paths=False)
+    assert loaded == Settings()
+    text = EXAMPLE.read_text()
+    for key in _leaf_keys(Settings):
+        name = key.split(".")[-1]
+        assert re.search(rf"^# .+\n(# .*\n)*{name} = ", text, re.M) or re.search(
+            rf"^# .+\n(# .*\n)*(\w+ = .*\n)*{name} = ", text, re.M
+        ), f"{key} is not documented in config/dicom-node.toml"
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('port = 2000\nae_title = "FROMFILE"\n[series]\nidle_seconds = 7\n')
+    settings = load_settings(
+        config,
+        environ={"DICOM_NODE_PORT": "3000", "DICOM_NODE_SERIES_IDLE_SECONDS": "5"},
+        overrides={"port": 4000, "data_dir": tmp_path / "d"},
+    )
+    assert settings.port == 4000
+    assert settings.ae_title == "FROMFILE"
+    assert settings.series.idle_seconds == 5.0
+    assert settings.data_dir == tmp_path / "d"
+
+
+def test_environment_lists_and_booleans(tmp_path) -> None:
+    settings = load_settings(
+        environ={
+            "DICOM_NODE_SECURITY_ALLOWED_CALLING_AE_TITLES": "PACS, VIEWER",
+            "DICOM_NODE_STORAGE_FSYNC": "no",
+            "DICOM_NODE_DATA_DIR": str(tmp_path),
+        }
+    )
+    assert settings.security.allowed_calling_ae_titles == ("PACS", "VIEWER")
+    assert settings.storage.fsync is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"DICOM_NODE_PORT": "70000"}, "port: 70000 is not a TCP port"),
+        ({"DICOM_NODE_PORT": "eleven"}, "DICOM_NODE_PORT: expected an integer"),
+        ({"DICOM_NODE_AE_TITLE": "A_TITLE_OF_17_CHR"}, "17 characters (maximum 16)"),
+        ({"DICOM_NODE_AE_TITLE": "  "}, "must not be empty"),
+        ({"DICOM_NODE_SERIES_IDLE_SECOND": "5"}, "DICOM_NODE_SERIES_IDLE_SECOND is not a known setting"),
+        ({"DICOM_NODE_SECURITY_ALLOWED_PEER_ADDRESSES": "10.0.0.0/33"}, "not an IP address or network"),
+        ({"DICOM_NODE_SECURITY_TLS_CERTIFICATE": "/x.pem"}, "needs both tls_certificate and tls_private_key"),
+        ({"DICOM_NODE_WORKER_DEVICE": "tpu"}, "is not auto, cpu or cuda"),
+        ({"DICOM_NODE_STORAGE_CATALOG_URL": "mysql://x"}, "only sqlite"),
+    ],
+)
+def test_bad_values_give_clear_messages(environ, message) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(environ=environ, check_paths=False)
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[series]\nidle_second = 5\n")
+    with pytest.raises(SettingsError, match="unknown key 'idle_second'"):
+        load_settings(config, environ={}, check_paths=False)
+
+
+def test_invalid_toml_and_missing_file(tmp_path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("port = \n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(config, environ={}, check_paths=False)
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml", environ={}, check_paths=False)
+
+
+def test_unwritable_data_directory(tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SettingsError, match="is not a writable directory"):
+        load_settings(environ={}, overrides={"data_dir": blocker / "data"})
+
+
+def test_cli_reports_configuration_errors(capsys) -> None:
+    from dicom_node.cli import main
+
+    assert main(["serve", "--port", "99999"]) == 2
+    assert "configuration error: port: 99999" in capsys.readouterr().err
+
+
+def test_describe_masks_the_database_password() -> None:
+    settings = dataclasses.replace(
+        Settings(),
+        storage=dataclasses.replace(Settings().storage, catalog_url="postgresql+psycopg://node:s3cret@db/node"),
+    )
+    assert "s3cret" not in str(settings.describe())
