@@ -1,0 +1,36 @@
+"""Multi-layer deep hashing of nodule ROIs (issue 5; FCDN + Siamese hashing papers).
+
+- :mod:`ai.hashing.model`      dense encoder-decoder with shallow / middle / deep hash heads
+- :mod:`ai.hashing.losses`     classification + reconstruction + contrastive + quantization
+- :mod:`ai.hashing.codes`      sign -> packed bytes, :class:`HashCodes`, size classes
+- :mod:`ai.hashing.infer`      ``encode(model, rois) -> HashCodes``
+- :mod:`ai.hashing.baselines`  LSH and ITQ
+- :mod:`ai.hashing.metrics`    mAP, mAP@k, P@k, precision-recall points
+
+Rule (package ``ai``): arrays in, dataclasses out; no files, network or database.
+``torch`` is imported by ``model``, ``losses`` and ``infer`` only.
+"""
+
+from __future__ import annotations
+
+from ai.hashing.codes import (
+    LAYERS,
+    SIZE_CLASS_EDGES_MM,
+    SIZE_CLASS_NAMES,
+    TEXTURES,
+    HashCodes,
+    pack_signs,
+    size_class,
+    unpack_bits,
+)
+
+__all__ = [
+    "LAYERS",
+    "SIZE_CLASS_EDGES_MM",
+    "SIZE_CLASS_NAMES",
+    "TEXTURES",
+    "HashCodes",
+    "pack_signs",
+    "size_class",
+    "unpack_bits",
+]
