@@ -1,0 +1,437 @@
+"""Lung segmentation from a CT volume in Hounsfield units.
+
+The method of ``shared/papers.md`` (threshold + morphology + components,
+papers 001 and 004), made robust and run with torch on the GPU when present:
+
+1. **Air** is ``HU < air_threshold_hu`` (torch). Air components (cc3d,
+   6-connectivity) that touch the in-plane faces of the volume are outside
+   the body; the rest is *internal air* (lungs, airways, sometimes bowel gas).
+   Components smaller than ``min_component_fraction`` of the largest are
+   dropped.
+2. **Airways**: the trachea and main bronchi are the very dark
+   (``HU < airway_threshold_hu``) internal-air component that reaches the
+   superior end of the lungs near the body's midline; the threshold is lowered
+   step by step if that component leaks into the parenchyma. It is removed
+   (with a one-voxel rim) from the lungs.
+3. **Left and right**: the two largest remaining components. When the lungs
+   touch (anterior junction) they are eroded until they part and the two
+   cores are grown back inside the mask. The lung whose centroid has the
+   smaller LPS ``x`` is the patient's right lung (label 1); the other is the
+   left lung (label 2).
+4. **Vessels and juxtapleural nodules kept**: each lung is closed with a ball
+   of ``closing_mm`` on a coarse isotropic grid (torch max-pooling) and its
+   holes are filled slice by slice.
+
+Torch does the thresholds and the morphology (``device`` picks CPU or CUDA);
+connected components run on the CPU with connected-components-3d, the fastest
+correct tool there. Results are the same on both devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from ai.errors import NotALungCT
+from ai.types import Volume
+
+__all__ = ["LungMask", "segment_lungs", "close_mask", "dilate_mask", "erode_mask", "lung_bbox"]
+
+logger = logging.getLogger(__name__)
+
+RIGHT_LUNG = 1
+LEFT_LUNG = 2
+
+
+@dataclass(frozen=True)
+class LungMask:
+    """Lungs found in one volume.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(z, y, x)`` uint8, same grid as the volume: 0 outside the lungs,
+        1 the patient's right lung, 2 the left lung. Vessels and
+        juxtapleural nodules inside the lungs are included.
+    airway : numpy.ndarray
+        ``(z, y, x)`` bool, trachea and main bronchi (the removed airway).
+    spacing : tuple of float
+        ``(z, y, x)`` voxel size in mm (the volume's).
+    """
+
+    labels: npt.NDArray[np.uint8]
+    airway: npt.NDArray[np.bool_]
+    spacing: tuple[float, float, float]
+
+    @property
+    def lungs(self) -> npt.NDArray[np.bool_]:
+        """``(z, y, x)`` bool, both lungs."""
+        result: npt.NDArray[np.bool_] = self.labels > 0
+        return result
+
+    def volume_ml(self, label: int | None = None) -> float:
+        """Volume of one lung (``1`` or ``2``) or both (``None``) in millilitres."""
+        count = int(np.count_nonzero(self.labels == label if label else self.labels))
+        return count * float(np.prod(self.spacing)) / 1000.0
+
+
+# --------------------------------------------------------------------------- morphology
+
+
+def _as_5d(mask: torch.Tensor) -> torch.Tensor:
+    return mask.to(torch.float32)[None, None]
+
+
+def dilate_mask(mask: torch.Tensor, iterations: int = 1, *, ball: bool = True) -> torch.Tensor:
+    """Binary dilation by max-pooling.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        ``(z, y, x)`` bool.
+    iterations : int
+        Radius in voxels.
+    ball : bool
+        Alternate a 3x3x3 cube with a 6-neighbour cross so that the
+        structuring element approximates a ball; ``False`` uses the cross only.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(z, y, x)`` bool on the same device.
+    """
+    x = _as_5d(mask)
+    for i in range(iterations):
+        if ball and i % 2 == 0:
+            x = F.max_pool3d(x, kernel_size=3, stride=1, padding=1)
+        else:
+            x = torch.maximum(
+                torch.maximum(
+                    F.max_pool3d(x, kernel_size=(3, 1, 1), stride=1, padding=(1, 0, 0)),
+                    F.max_pool3d(x, kernel_size=(1, 3, 1), stride=1, padding=(0, 1, 0)),
+                ),
+                F.max_pool3d(x, kernel_size=(1, 1, 3), stride=1, padding=(0, 0, 1)),
+            )
+    return x[0, 0] > 0.5
+
+
+def erode_mask(mask: torch.Tensor, iterations: int = 1, *, ball: bool = True) -> torch.Tensor:
+    """Binary erosion (dual of :func:`dilate_mask`; outside the array counts as foreground)."""
+    return ~dilate_mask(~mask, iterations, ball=ball)
+
+
+def close_mask(
+    mask: torch.Tensor, radius_mm: float, spacing: tuple[float, float, float]
+) -> torch.Tensor:
+    """Close a mask with a ball of ``radius_mm``, on a coarse isotropic grid.
+
+    The mask is pooled to a grid of about ``radius_mm / 4`` mm (never finer
+    than the volume), closed there with a ball-like element, and only the
+    voxels the closing adds are brought back (nearest neighbour) to the fine
+    grid, so the original mask is never eroded.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        ``(z, y, x)`` bool.
+    radius_mm : float
+        Ball radius in mm; ``<= 0`` returns the mask unchanged.
+    spacing : tuple of float
+        ``(z, y, x)`` voxel size in mm.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(z, y, x)`` bool, a superset of ``mask``.
+    """
+    if radius_mm <= 0 or not bool(mask.any()):
+        return mask
+    coarse_mm = max(max(spacing), radius_mm / 4.0)
+    factors = [max(1, int(round(coarse_mm / s))) for s in spacing]
+    pad = [(f - n % f) % f for n, f in zip(mask.shape, factors, strict=True)]
+    x = F.pad(_as_5d(mask), (0, pad[2], 0, pad[1], 0, pad[0]))
+    coarse = F.avg_pool3d(x, kernel_size=factors, stride=factors)[0, 0] > 0.25
+    grid = [s * f for s, f in zip(spacing, factors, strict=True)]
+    radius = max(1, int(round(radius_mm / min(grid))))
+    margin = radius + 1
+    padded = F.pad(coarse[None, None].float(), (margin,) * 6)[0, 0] > 0.5
+    closed = erode_mask(dilate_mask(padded, radius), radius)
+    closed = closed[margin:-margin, margin:-margin, margin:-margin]
+    added = closed & ~coarse
+    fine = added.repeat_interleave(factors[0], 0).repeat_interleave(factors[1], 1)
+    fine = fine.repeat_interleave(factors[2], 2)[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
+    return mask | fine
+
+
+def _fill_holes_2d(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Fill the holes of every axial slice (``(z, y, x)`` bool in, bool out)."""
+    out = mask.copy()
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        background = np.pad(~mask[z], 1, constant_values=True)
+        labels = cc3d.connected_components(background, connectivity=4)
+        outside = labels[0, 0]
+        holes = (labels != outside) & (labels > 0)
+        out[z] |= holes[1:-1, 1:-1]
+    return out
+
+
+def lung_bbox(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, slice, slice]:
+    """Bounding box of a ``(z, y, x)`` mask as slices, grown by ``margin`` voxels."""
+    if not mask.any():
+        return (slice(0, 0), slice(0, 0), slice(0, 0))
+    result = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        result.append(slice(max(0, int(idx[0]) - margin), min(mask.shape[axis], int(idx[-1]) + 1 + margin)))
+    return (result[0], result[1], result[2])
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _internal_air(air: npt.NDArray[np.bool_], min_fraction: float) -> npt.NDArray[np.bool_]:
+    labels = cc3d.connected_components(air, connectivity=6)
+    faces = np.concatenate(
+        [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+    )
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    sizes[np.unique(faces)] = 0
+    if sizes.max(initial=0) == 0:
+        return np.zeros_like(air)
+    keep = sizes >= max(1, min_fraction * sizes.max())
+    result: npt.NDArray[np.bool_] = keep[labels]
+    return result
+
+
+def _superior_order(volume: Volume) -> int:
+    """+1 if increasing ``z`` index goes superior (+LPS z), else -1."""
+    return 1 if volume.direction[2, 2] >= 0 else -1
+
+
+def _find_airway(
+    hu: torch.Tensor, air: npt.NDArray[np.bool_], volume: Volume, threshold_hu: float
+) -> npt.NDArray[np.bool_]:
+    """Trachea and main bronchi inside ``air`` (bool ``(z, y, x)``), possibly empty."""
+    box = lung_bbox(air)
+    air_box = air[box]
+    total = int(air_box.sum())
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    sup = _superior_order(volume)
+    z_count = air_box.shape[0]
+    top_mm = 25.0
+    top_slices = max(1, int(round(top_mm / volume.spacing[0])))
+    x_coords = np.flatnonzero(air_box.any(axis=(0, 1)))
+    x_mid = 0.5 * (x_coords[0] + x_coords[-1])
+    x_half = 0.5 * (x_coords[-1] - x_coords[0] + 1)
+    hu_box = hu[box].cpu().numpy() if hu.device.type != "cpu" else hu[box].numpy()
+    for threshold in (threshold_hu, threshold_hu - 25.0, threshold_hu - 40.0):
+        dark = (hu_box < threshold) & air_box
+        labels = cc3d.connected_components(dark, connectivity=6)
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        order = np.argsort(sizes)[::-1]
+        best = 0
+        for label in order[:20]:
+            if sizes[label] * voxel_ml < 1.0:
+                break
+            zs = np.flatnonzero((labels == label).any(axis=(1, 2)))
+            reaches_top = (zs[-1] >= z_count - top_slices) if sup > 0 else (zs[0] < top_slices)
+            if not reaches_top:
+                continue
+            top_z = zs[-1] if sup > 0 else zs[0]
+            xs = np.nonzero(labels[top_z] == label)[1]
+            if abs(xs.mean() - x_mid) <= 0.35 * x_half:
+                best = int(label)
+                break
+        if best == 0:
+            logger.info("no airway found at %.0f HU", threshold)
+            return np.zeros_like(air)
+        if sizes[best] <= 0.15 * total:
+            result = np.zeros_like(air)
+            result[box] = labels == best
+            logger.debug("airway %.1f ml at %.0f HU", sizes[best] * voxel_ml, threshold)
+            return result
+        logger.info("airway leaks at %.0f HU (%.0f ml), lowering threshold", threshold, sizes[best] * voxel_ml)
+    return np.zeros_like(air)
+
+
+def _split_left_right(
+    lungs: torch.Tensor, volume: Volume, max_erosions: int
+) -> npt.NDArray[np.uint8]:
+    """Label the two lungs 1 (right) / 2 (left) in a bool ``(z, y, x)`` tensor."""
+    mask = lungs.cpu().numpy()
+    labels = cc3d.connected_components(mask, connectivity=6)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    if sizes.max(initial=0) == 0:
+        raise NotALungCT("no lungs found: no internal air region")
+    order = np.argsort(sizes)[::-1]
+    two = len(order) > 2 and sizes[order[1]] >= 0.1 * sizes[order[0]]
+    if two:
+        seeds = np.zeros(mask.shape, dtype=np.uint8)
+        seeds[labels == order[0]] = 1
+        seeds[labels == order[1]] = 2
+        rest = mask & (seeds == 0)
+    else:
+        seeds, rest = _split_by_erosion(lungs, max_erosions)
+    if rest.any():
+        seeds = _assign_rest(seeds, rest)
+    return _orient(seeds, volume)
+
+
+def _split_by_erosion(
+    lungs: torch.Tensor, max_erosions: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    eroded = lungs
+    full = int(lungs.sum())
+    for step in range(1, max_erosions + 1):
+        eroded = erode_mask(eroded, 1, ball=False)
+        core = eroded.cpu().numpy()
+        labels = cc3d.connected_components(core, connectivity=6)
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        order = np.argsort(sizes)[::-1]
+        if len(order) > 2 and sizes[order[1]] >= 0.05 * full:
+            logger.debug("lungs parted after %d erosions", step)
+            seeds_t = torch.zeros(lungs.shape, dtype=torch.uint8, device=lungs.device)
+            for value, label in ((1, order[0]), (2, order[1])):
+                seeds_t[torch.from_numpy(labels == label).to(lungs.device)] = value
+            for _ in range(step + 1):
+                grown = seeds_t.clone()
+                for value in (1, 2):
+                    ring = dilate_mask(seeds_t == value, 1, ball=False) & lungs & (grown == 0)
+                    grown[ring] = value
+                seeds_t = grown
+            seeds = seeds_t.cpu().numpy()
+            return seeds, lungs.cpu().numpy() & (seeds == 0)
+    logger.warning("lungs could not be parted; splitting at the midline")
+    mask = lungs.cpu().numpy()
+    xs = np.flatnonzero(mask.any(axis=(0, 1)))
+    mid = (xs[0] + xs[-1]) // 2
+    seeds = np.zeros(mask.shape, dtype=np.uint8)
+    seeds[:, :, :mid][mask[:, :, :mid]] = 1
+    seeds[:, :, mid:][mask[:, :, mid:]] = 2
+    return seeds, np.zeros_like(mask)
+
+
+def _assign_rest(seeds: npt.NDArray[np.uint8], rest: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """Give each leftover component the label of the nearer lung (by centroid)."""
+    centroids = [np.argwhere(seeds == v).mean(axis=0) for v in (1, 2)]
+    labels = cc3d.connected_components(rest, connectivity=6)
+    out = seeds.copy()
+    for label, points in _components(labels):
+        c = points.mean(axis=0)
+        nearest = 1 + int(np.linalg.norm(c - centroids[1]) < np.linalg.norm(c - centroids[0]))
+        out[tuple(points.T)] = nearest
+    return out
+
+
+def _components(labels: npt.NDArray[np.integer]) -> list[tuple[int, npt.NDArray[np.intp]]]:
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat)
+    order = np.argsort(flat[idx], kind="stable")
+    idx = idx[order]
+    values, starts = np.unique(flat[idx], return_index=True)
+    groups = np.split(idx, starts[1:])
+    return [
+        (int(v), np.stack(np.unravel_index(g, labels.shape), axis=1)) for v, g in zip(values, groups, strict=True)
+    ]
+
+
+def _orient(seeds: npt.NDArray[np.uint8], volume: Volume) -> npt.NDArray[np.uint8]:
+    """Relabel so that 1 is the lung with the smaller world LPS x (patient's right)."""
+    centres = [volume.voxel_to_world(np.argwhere(seeds == v).mean(axis=0)) for v in (1, 2)]
+    if centres[0][0] <= centres[1][0]:
+        return seeds
+    swapped = seeds.copy()
+    swapped[seeds == 1] = 2
+    swapped[seeds == 2] = 1
+    return swapped
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def segment_lungs(
+    volume: Volume,
+    *,
+    device: str | torch.device = "cpu",
+    air_threshold_hu: float = -400.0,
+    airway_threshold_hu: float = -950.0,
+    closing_mm: float = 6.0,
+    min_component_fraction: float = 0.05,
+    max_erosions: int = 12,
+) -> LungMask:
+    """Segment and label the lungs of a chest CT volume.
+
+    Parameters
+    ----------
+    volume : ai.types.Volume
+        ``(z, y, x)`` HU volume with spacing in mm, any resolution.
+    device : str or torch.device
+        Where the torch steps run (``"cpu"``, ``"cuda"``).
+    air_threshold_hu : float
+        Voxels below this are air or lung parenchyma.
+    airway_threshold_hu : float
+        Starting threshold for the airway region (lowered if it leaks).
+    closing_mm : float
+        Radius of the closing that brings vessels and juxtapleural nodules
+        into each lung.
+    min_component_fraction : float
+        Internal-air components smaller than this fraction of the largest are
+        dropped.
+    max_erosions : int
+        Most erosions tried to part touching lungs.
+
+    Returns
+    -------
+    LungMask
+        Labels ``(z, y, x)`` uint8 (1 right, 2 left) and the airway mask.
+
+    Raises
+    ------
+    ai.errors.NotALungCT
+        If no internal air region (lungs) is found.
+    """
+    started = time.perf_counter()
+    hu = torch.as_tensor(np.asarray(volume.array), device=device).to(torch.float32)
+    air = (hu < air_threshold_hu).cpu().numpy()
+    internal = _internal_air(air, min_component_fraction)
+    if not internal.any():
+        raise NotALungCT("no internal air region: not a chest CT or the body is cut by the field of view")
+    airway = _find_airway(hu, internal, volume, airway_threshold_hu)
+    if airway.any():
+        rim = dilate_mask(torch.from_numpy(airway).to(device), 1, ball=False).cpu().numpy()
+        lungs_np = internal & ~rim
+    else:
+        lungs_np = internal
+    box = lung_bbox(lungs_np, margin=2)
+    lungs = torch.from_numpy(np.ascontiguousarray(lungs_np[box])).to(device)
+    seeds = _split_left_right(lungs, volume, max_erosions)
+    labels_box = np.zeros(seeds.shape, dtype=np.uint8)
+    for value in (RIGHT_LUNG, LEFT_LUNG):
+        one = torch.from_numpy(seeds == value).to(device)
+        closed = close_mask(one, closing_mm, volume.spacing).cpu().numpy()
+        filled = _fill_holes_2d(closed)
+        labels_box[filled & (labels_box == 0)] = value
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    labels[box] = labels_box
+    airway &= labels == 0
+    result = LungMask(labels=labels, airway=airway, spacing=volume.spacing)
+    logger.info(
+        "lungs: right %.0f ml, left %.0f ml, airway %.0f ml in %.2f s",
+        result.volume_ml(RIGHT_LUNG),
+        result.volume_ml(LEFT_LUNG),
+        float(airway.sum()) * float(np.prod(volume.spacing)) / 1000.0,
+        time.perf_counter() - started,
+    )
+    return result

@@ -1,0 +1,189 @@
+"""Lung segmentation on small analytic chests (ellipsoid lungs, trachea, vessels, nodules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from ai.errors import NotALungCT
+from ai.lungs import LungMask, close_mask, dilate_mask, erode_mask, segment_lungs
+from ai.types import Volume
+
+
+@dataclass(frozen=True)
+class Chest:
+    volume: Volume
+    lungs: np.ndarray  # (z, y, x) uint8 truth: 1 right, 2 left
+    nodules: tuple[tuple[tuple[float, float, float], float, str], ...]  # (centre xyz mm, diameter mm, hu kind)
+
+
+def make_chest(
+    shape: tuple[int, int, int] = (60, 96, 96),
+    spacing: tuple[float, float, float] = (2.5, 3.0, 3.0),
+    *,
+    nodules: tuple[tuple[str, str, float, float], ...] = (),
+    vessels: bool = True,
+    touching: bool = False,
+    noise: float = 20.0,
+    seed: int = 0,
+    flip_z: bool = False,
+) -> Chest:
+    """Build an analytic chest.
+
+    ``nodules`` items are ``(lung "right"/"left", kind "solid"/"ggo"/"pleural"/"vessel", diameter mm,
+    height 0..1 along the lung)``.
+    """
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    z, y, x = np.meshgrid(
+        np.arange(nz) * sz, np.arange(ny) * sy, np.arange(nx) * sx, indexing="ij", sparse=True
+    )
+    cz, cy, cx = (nz - 1) * sz / 2, (ny - 1) * sy / 2, (nx - 1) * sx / 2
+    width, depth = nx * sx, ny * sy
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    body = ((x - cx) / (0.45 * width)) ** 2 + ((y - cy) / (0.4 * depth)) ** 2 <= 1.0
+    hu[np.broadcast_to(body, shape)] = 40.0
+    lungs = np.zeros(shape, dtype=np.uint8)
+    gap = 0.0 if touching else 0.06 * width
+    lung_rx, lung_ry, lung_rz = 0.17 * width, 0.25 * depth, 0.42 * nz * sz
+    centres = {"right": cx - gap / 2 - lung_rx, "left": cx + gap / 2 + lung_rx}
+    for value, side in ((1, "right"), (2, "left")):
+        ell = (
+            ((x - centres[side]) / lung_rx) ** 2 + ((y - cy) / lung_ry) ** 2 + ((z - cz) / lung_rz) ** 2
+        ) <= 1.0
+        lungs[ell] = value
+    hu[lungs > 0] = -850.0
+    # trachea from the top down to the carina, then a main bronchus into each lung
+    r_tr = 7.0
+    top = nz * sz
+    carina = cz + 0.45 * lung_rz
+    tube = (((x - cx) ** 2 + (y - cy) ** 2) <= r_tr**2) & (z >= carina)
+    hu[np.broadcast_to(tube, shape)] = -1000.0
+    wall = (((x - cx) ** 2 + (y - cy) ** 2) <= (r_tr + 3) ** 2) & (z >= carina) & ~tube
+    hu[np.broadcast_to(wall, shape) & (lungs == 0)] = 40.0
+    for side in ("right", "left"):
+        tx = centres[side]
+        for t in np.linspace(0.0, 1.0, 40):
+            px, pz = cx + t * (tx - cx), carina - t * 0.3 * lung_rz
+            ball = ((x - px) ** 2 + (y - cy) ** 2 + (z - pz) ** 2) <= (4.5 - 1.5 * t) ** 2
+            hu[ball & (lungs == 0)] = -1000.0
+    del top
+    if vessels:
+        for side in ("right", "left"):
+            for k, dy in enumerate((-0.5, 0.0, 0.5)):
+                rv = 2.5 if k == 1 else 1.8
+                cyl = ((y - (cy + dy * lung_ry)) ** 2 + (z - cz - 10.0 * dy) ** 2) <= rv**2
+                hu[cyl & (lungs > 0) & (np.abs(x - centres[side]) < 0.8 * lung_rx)] = 40.0
+    placed = []
+    for side, kind, diameter, height in nodules:
+        r = diameter / 2
+        ncx = centres[side]
+        ncy = cy - 0.35 * lung_ry
+        ncz = cz + (height - 0.5) * 1.2 * lung_rz
+        if kind == "pleural":
+            outward = -1.0 if side == "right" else 1.0
+            half_width = lung_rx * np.sqrt(max(0.0, 1 - ((ncy - cy) / lung_ry) ** 2 - ((ncz - cz) / lung_rz) ** 2))
+            ncx = centres[side] + outward * (half_width - 0.4 * r)
+        if kind == "vessel":
+            ncy, ncz = cy, cz
+            ncx = centres[side] + (0.25 * lung_rx if side == "right" else -0.25 * lung_rx)
+            ncy += r + 1.0
+        ball = ((x - ncx) ** 2 + (y - ncy) ** 2 + (z - ncz) ** 2) <= r**2
+        value = -600.0 if kind == "ggo" else 20.0
+        hu[ball & (lungs > 0)] = value
+        if kind == "pleural":
+            hu[ball & (lungs == 0)] = 40.0
+        placed.append(((float(ncx), float(ncy), float(ncz)), float(diameter), kind))
+    hu += rng.normal(0.0, noise, size=shape).astype(np.float32)
+    if flip_z:
+        hu, lungs = hu[::-1].copy(), lungs[::-1].copy()
+        direction = np.diag([1.0, 1.0, -1.0])
+        origin = (0.0, 0.0, (nz - 1) * sz)
+    else:
+        direction = np.eye(3)
+        origin = (0.0, 0.0, 0.0)
+    volume = Volume(array=hu, spacing=spacing, origin=origin, direction=direction)
+    return Chest(volume=volume, lungs=lungs, nodules=tuple(placed))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def chest() -> Chest:
+    return make_chest(nodules=(("right", "pleural", 12.0, 0.6), ("left", "solid", 9.0, 0.4)))
+
+
+@pytest.fixture(scope="module")
+def mask(chest: Chest) -> LungMask:
+    return segment_lungs(chest.volume)
+
+
+def test_lungs_match_truth_and_are_labelled_right_left(chest: Chest, mask: LungMask) -> None:
+    assert mask.labels.shape == chest.volume.shape and mask.labels.dtype == np.uint8
+    for value in (1, 2):
+        assert dice(mask.labels == value, chest.lungs == value) > 0.95, value
+
+
+def test_airway_is_removed(chest: Chest, mask: LungMask) -> None:
+    assert mask.airway.sum() > 0
+    top = chest.volume.shape[0] - 2
+    nz, ny, nx = chest.volume.shape
+    assert mask.airway[top, ny // 2, nx // 2]
+    assert not mask.lungs[mask.airway].any()
+
+
+def test_vessels_and_juxtapleural_nodules_are_inside(chest: Chest, mask: LungMask) -> None:
+    for centre, _, kind in chest.nodules:
+        zyx = np.round(chest.volume.world_to_voxel(centre)).astype(int)
+        assert mask.lungs[tuple(zyx)], kind
+    vessel_voxels = (chest.volume.array > -300) & (chest.lungs > 0)
+    assert mask.lungs[vessel_voxels].mean() > 0.97
+
+
+def test_touching_lungs_are_parted() -> None:
+    touching = make_chest(touching=True, vessels=False, seed=1)
+    result = segment_lungs(touching.volume)
+    assert set(np.unique(result.labels)) == {0, 1, 2}
+    for value in (1, 2):
+        assert dice(result.labels == value, touching.lungs == value) > 0.93
+
+
+def test_right_left_follow_world_coordinates_not_index_order() -> None:
+    flipped = make_chest(vessels=False, flip_z=True, seed=2)
+    result = segment_lungs(flipped.volume)
+    for value in (1, 2):
+        assert dice(result.labels == value, flipped.lungs == value) > 0.95
+    assert result.airway.sum() > 0
+
+
+def test_volume_without_lungs_raises() -> None:
+    solid = Volume(array=np.full((10, 20, 20), 40.0, dtype=np.float32), spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0))
+    with pytest.raises(NotALungCT):
+        segment_lungs(solid)
+
+
+def test_morphology_is_dual_and_closing_only_adds() -> None:
+    mask = torch.zeros((9, 9, 9), dtype=torch.bool)
+    mask[4, 4, 4] = True
+    grown = dilate_mask(mask, 1, ball=False)
+    assert int(grown.sum()) == 7
+    assert torch.equal(erode_mask(grown, 1, ball=False), mask)
+    ring = torch.zeros((20, 20, 20), dtype=torch.bool)
+    ring[5:15, 5:15, 5:15] = True
+    ring[8:12, 8:12, 14] = False  # a notch
+    closed = close_mask(ring, 3.0, (1.0, 1.0, 1.0))
+    assert bool(closed[ring].all()) and bool(closed[9, 9, 14])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(chest: Chest, mask: LungMask) -> None:
+    on_gpu = segment_lungs(chest.volume, device="cuda")
+    assert np.array_equal(on_gpu.labels, mask.labels)
+    assert np.array_equal(on_gpu.airway, mask.airway)
