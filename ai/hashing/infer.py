@@ -21,7 +21,7 @@ def encode(
     rois: npt.NDArray[np.floating],
     *,
     device: str | torch.device = "cpu",
-    batch_size: int = 256,
+    batch_size: int = 64,
     model_version: str | None = None,
 ) -> HashCodes:
     """Hash codes, embeddings and class probabilities of ROI stacks.

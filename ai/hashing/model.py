@@ -60,7 +60,7 @@ class HashNetConfig:
     in_channels: int = 3
     roi_size: int = 64
     n_bits: int = 64
-    growth: int = 16
+    growth: int = 12
     block_layers: int = 3
     stem_channels: int = 24
     embedding_dim: int = 128
