@@ -2,7 +2,7 @@
 
 - :mod:`ai.hashing.model`      dense encoder-decoder with shallow / middle / deep hash heads
 - :mod:`ai.hashing.losses`     classification + reconstruction + contrastive + quantization
-- :mod:`ai.hashing.codes`      sign -> packed bytes, :class:`HashCodes`, size classes
+- :mod:`ai.hashing.codes`      sign -> packed bytes, :class:`HashCodes` (size classes: ``ai.classes``)
 - :mod:`ai.hashing.infer`      ``encode(model, rois) -> HashCodes``
 - :mod:`ai.hashing.baselines`  LSH and ITQ
 - :mod:`ai.hashing.metrics`    mAP, mAP@k, P@k, precision-recall points
@@ -15,22 +15,16 @@ from __future__ import annotations
 
 from ai.hashing.codes import (
     LAYERS,
-    SIZE_CLASS_EDGES_MM,
-    SIZE_CLASS_NAMES,
     TEXTURES,
     HashCodes,
     pack_signs,
-    size_class,
     unpack_bits,
 )
 
 __all__ = [
     "LAYERS",
-    "SIZE_CLASS_EDGES_MM",
-    "SIZE_CLASS_NAMES",
     "TEXTURES",
     "HashCodes",
     "pack_signs",
-    "size_class",
     "unpack_bits",
 ]

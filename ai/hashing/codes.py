@@ -15,45 +15,17 @@ import numpy.typing as npt
 
 __all__ = [
     "LAYERS",
-    "SIZE_CLASS_EDGES_MM",
-    "SIZE_CLASS_NAMES",
     "TEXTURES",
     "HashCodes",
     "pack_signs",
-    "size_class",
     "unpack_bits",
 ]
 
 LAYERS: tuple[str, str, str] = ("shallow", "middle", "deep")
 """Hash layers, in code-row order (FCDN: contour, semantics, size/shape)."""
 
-SIZE_CLASS_EDGES_MM: tuple[float, ...] = (0.0, 5.0, 6.0, 8.0, 13.0, 18.0, 23.0)
-"""Upper edges (inclusive) of the diameter classes of ``shared/papers.md`` (paper 001)."""
-
-SIZE_CLASS_NAMES: tuple[str, ...] = ("=0", "0-5", "5-6", "6-8", "8-13", "13-18", "18-23", ">23")
-"""The 8 diameter classes, in mm; class 0 is "no nodule"."""
-
 TEXTURES: tuple[str, str, str] = ("solid", "part-solid", "ground-glass")
 """Texture classes (index = label)."""
-
-
-def size_class(diameter_mm: npt.ArrayLike) -> npt.NDArray[np.int64]:
-    """Diameter class ``0..7`` of nodule diameters.
-
-    Parameters
-    ----------
-    diameter_mm : array_like
-        Diameters in mm (``0`` for no nodule).
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 classes, same shape: ``=0 | (0,5] | (5,6] | (6,8] | (8,13] | (13,18] | (18,23] | >23``.
-    """
-    d = np.asarray(diameter_mm, dtype=np.float64)
-    if np.any(d < 0) or not np.all(np.isfinite(d)):
-        raise ValueError("diameters must be finite and non-negative")
-    return np.searchsorted(np.asarray(SIZE_CLASS_EDGES_MM), d, side="left").astype(np.int64)
 
 
 def pack_signs(relaxed: npt.ArrayLike) -> npt.NDArray[np.uint8]:
@@ -83,7 +55,7 @@ class HashCodes:
     embedding : numpy.ndarray
         ``(n, d)`` float32 L2-normalised embedding for reranking.
     size_probs : numpy.ndarray
-        ``(n, 8)`` float32 probabilities of the diameter classes.
+        ``(n, 8)`` float32 probabilities of the diameter classes of ``ai.classes``.
     texture_probs : numpy.ndarray
         ``(n, 3)`` float32 probabilities of :data:`TEXTURES`.
     n_bits : int

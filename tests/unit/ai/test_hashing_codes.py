@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ai.hashing.codes import HashCodes, pack_signs, size_class, unpack_bits
+from ai.hashing.codes import HashCodes, pack_signs, unpack_bits
 
 
 @pytest.mark.parametrize("n_bits", [24, 32, 48, 64, 13])
@@ -19,13 +19,6 @@ def test_pack_unpack_round_trip(n_bits: int) -> None:
 def test_pack_is_msb_first_and_zero_is_a_zero_bit() -> None:
     packed = pack_signs(np.array([[1.0, -1, 0, -0.5, -2, -3, -4, 0.1]]))
     assert packed.tolist() == [[0b10000001]]
-
-
-def test_size_class_edges_follow_the_paper() -> None:
-    d = [0, 0.1, 5, 5.01, 6, 7.9, 8, 12.9, 13, 18, 18.5, 23, 23.01, 40]
-    assert size_class(d).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6, 7, 7]
-    with pytest.raises(ValueError):
-        size_class([-1.0])
 
 
 def _codes(n: int, n_bits: int = 32) -> HashCodes:
