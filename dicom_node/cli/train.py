@@ -1,0 +1,175 @@
+"""``dicom-node train``: train the hashing network and write weights + model card.
+
+Data: ``--rois FILE.npz`` with arrays ``rois`` ``(n, C, H, W)`` float32 in
+[0, 1], ``size_class`` ``(n,)``, ``texture`` ``(n,)`` and ``patient`` ``(n,)``
+(ROI stacks as ``ai.nodules`` extracts them, e.g. from a phantom cohort's
+truth). A patient-disjoint fraction (``--held-out``) is kept for the metrics
+in the model card.
+
+Output folder: ``model.safetensors`` (weights), ``model_card.json`` and
+``MODEL_CARD.md`` (data, configuration, history, metrics and the version id =
+hash of the weights), and ``checkpoint.pt`` after every epoch, from which
+``--resume`` goes on. :func:`load_model_dir` reads such a folder back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+CARD_MD = "MODEL_CARD.md"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def add_subparser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("train", help="train the nodule hashing network (weights + model card)")
+    data = parser.add_argument_group("Data")
+    data.add_argument("--rois", type=Path, required=True, metavar="FILE.npz",
+                      help="labelled ROI stacks: rois, size_class, texture, patient")
+    data.add_argument("--held-out", type=float, default=0.2, metavar="FRACTION",
+                      help="fraction of patients kept out of training for the card's metrics (default 0.2)")
+    model = parser.add_argument_group("Model and training")
+    model.add_argument("--bits", type=int, default=64, choices=(24, 32, 48, 64), help="bits per hash layer")
+    model.add_argument("--epochs", type=int, default=30)
+    model.add_argument("--batch-size", type=int, default=64)
+    model.add_argument("--lr", type=float, default=2e-3)
+    model.add_argument("--growth", type=int, default=None, help="dense-block growth (default: model default)")
+    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    model.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    out = parser.add_argument_group("Output Options")
+    out.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    out.add_argument("--resume", action="store_true", help="go on from DIR/checkpoint.pt if present")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_model_dir(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """``(HashNet in eval mode, model card dict)`` from a folder written by ``dicom-node train``.
+
+    Raises ``ValueError`` if the weights' hash is not the card's version id.
+    """
+    from ai.hashing.model import HashNetConfig
+    from ai.hashing.train import model_from_bytes, weights_version
+
+    folder = Path(folder)
+    card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    weights = (folder / MODEL_FILE).read_bytes()
+    if weights_version(weights) != card["version"]:
+        raise ValueError(f"{folder / MODEL_FILE} does not match the model card's version {card['version']}")
+    return model_from_bytes(weights, HashNetConfig(**card["config"]["model"])), card
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    m = card["metrics_held_out"]
+    lines = [
+        f"# Nodule hashing model {card['version']}",
+        "",
+        f"- created: {card['created_utc']} on {card['device']} (torch {card['torch']})",
+        f"- data: `{card['data']['source']}`: {card['data']['n_train']} training ROIs from "
+        f"{card['data']['train_patients']} patients; {card['data']['n_held_out']} held-out ROIs from "
+        f"{card['data']['held_out_patients']} other patients",
+        f"- network: dense encoder-decoder, {card['n_parameters']:,} parameters, "
+        f"{card['config']['model']['n_bits']} bits x 3 layers, input {card['input_shape']}",
+        f"- training: {card['config']['epochs']} epochs, batch {card['config']['batch_size']}, "
+        f"lr {card['config']['lr']}, seed {card['config']['seed']}, {card['train_seconds']:.0f} s",
+        "",
+        "## Held-out retrieval (joint Hamming distance, queries = held-out, database = training set)",
+        "",
+        "| relevance | mAP | mAP@100 | P@10 |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for label, suffix in (("same size class", ""), ("same size class and texture", "_size_texture")):
+        lines.append(f"| {label} | {m.get('map' + suffix, float('nan')):.3f} | "
+                     f"{m.get('map@100' + suffix, float('nan')):.3f} | {m.get('p@10' + suffix, float('nan')):.3f} |")
+    lines += ["", "Full configuration and loss history: `model_card.json`.", ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ai.hashing.model import HashNetConfig
+    from ai.hashing.train import RoiSet, TrainConfig, evaluate_retrieval, train, weights_to_bytes, weights_version
+
+    try:
+        with np.load(args.rois, allow_pickle=False) as z:
+            data = RoiSet(z["rois"].astype(np.float32, copy=False), z["size_class"].astype(np.int64),
+                          z["texture"].astype(np.int64), z["patient"])
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"dicom-node train: cannot read {args.rois}: {exc}", file=sys.stderr)
+        return 2
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    _, c, h, w = data.rois.shape
+    if h != w:
+        print(f"dicom-node train: ROIs must be square, got {h}x{w}", file=sys.stderr)
+        return 2
+    model_kwargs: dict[str, Any] = {"in_channels": c, "roi_size": h, "n_bits": args.bits}
+    if args.growth:
+        model_kwargs["growth"] = args.growth
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         amp=not args.no_amp, model=HashNetConfig(**model_kwargs))
+    train_set, held_out = data.split_by_patient(args.held_out, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = args.out / CHECKPOINT_FILE
+    resume = None
+    if args.resume and checkpoint_path.exists():
+        resume = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        print(f"resuming after epoch {resume['epoch']} from {checkpoint_path}")
+
+    def save_checkpoint(epoch: int, state: dict[str, Any]) -> None:
+        tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint_path)
+
+    t0 = time.perf_counter()
+    result = train(train_set, config, device=device, resume=resume, on_epoch=save_checkpoint,
+                   progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    weights = weights_to_bytes(result.model)
+    version = weights_version(weights)
+    metrics = evaluate_retrieval(result.model, held_out, train_set, device=device) if len(held_out) else {}
+    card = {
+        "version": version,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "input_shape": [c, h, w],
+        "n_parameters": result.model.n_parameters(),
+        "data": {
+            "source": str(args.rois),
+            "n_train": len(train_set),
+            "n_held_out": len(held_out),
+            "train_patients": int(np.unique(train_set.patient).size),
+            "held_out_patients": int(np.unique(held_out.patient).size),
+        },
+        "config": config.to_dict(),
+        "train_seconds": seconds,
+        "history": list(result.history),
+        "metrics_held_out": metrics,
+    }
+    _atomic_write(args.out / MODEL_FILE, weights)
+    _atomic_write(args.out / CARD_FILE, json.dumps(card, indent=2).encode("utf-8"))
+    _atomic_write(args.out / CARD_MD, _card_markdown(card).encode("utf-8"))
+    print(f"model {version}: {args.out / MODEL_FILE} ({len(weights) / 2**20:.2f} MiB), {seconds:.0f} s")
+    for key in ("map", "map@100", "p@10", "map_size_texture"):
+        if key in metrics:
+            print(f"  held-out {key:<17} {metrics[key]:.3f}")
+    return 0

@@ -1,0 +1,101 @@
+"""ai.hashing.train and ``dicom-node train``: tiny CPU runs, resume, weights and model card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ai.hashing.infer import encode
+from ai.hashing.model import HashNetConfig
+from ai.hashing.train import RoiSet, TrainConfig, model_from_bytes, train, weights_to_bytes, weights_version
+
+TINY = HashNetConfig(roi_size=16, n_bits=24, growth=4, block_layers=2, stem_channels=8, embedding_dim=8)
+
+
+def toy_rois(n: int, seed: int = 0, size: int = 16) -> RoiSet:
+    """Discs whose radius follows the size class and whose brightness follows the texture."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 8, n)
+    textures = rng.integers(0, 3, n)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r2 = yy**2 + xx**2
+    rois = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        radius = 0.8 * sizes[i]
+        level = (0.9, 0.6, 0.4)[textures[i]]
+        disc = (r2 <= radius**2) * level
+        if textures[i] == 1:  # part-solid: a solid core
+            disc = np.where(r2 <= (radius / 2) ** 2, 0.9, disc)
+        rois[i] = np.clip(disc + rng.normal(0, 0.03, (3, size, size)) + 0.1, 0, 1)
+    return RoiSet(rois, sizes.astype(np.int64), textures.astype(np.int64), np.arange(n) // 4)
+
+
+def _config(epochs: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, model=TINY)
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights() -> None:
+    data = toy_rois(48)
+    full = train(data, _config(2), progress=False)
+    saved: dict = {}
+
+    def crash_after_first(epoch: int, state: dict) -> None:
+        saved.update(state)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, _config(2), on_epoch=crash_after_first, progress=False)
+    resumed = train(data, _config(2), resume=saved, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1.0, 2.0]
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+    assert full.history == resumed.history
+
+
+def test_weights_bytes_round_trip_and_version_follows_the_weights() -> None:
+    data = toy_rois(32)
+    model = train(data, _config(1), progress=False).model
+    blob = weights_to_bytes(model)
+    assert weights_to_bytes(model) == blob
+    again = model_from_bytes(blob, TINY)
+    a, b = encode(model, data.rois), encode(again, data.rois)
+    np.testing.assert_array_equal(a.rows(), b.rows())
+    with torch.no_grad():
+        next(again.parameters()).add_(1e-3)
+    assert weights_version(weights_to_bytes(again)) != weights_version(blob)
+    assert weights_version(blob).startswith("hn-") and len(weights_version(blob)) == 19
+
+
+def test_split_by_patient_is_disjoint() -> None:
+    data = toy_rois(40)
+    tr, out = data.split_by_patient(0.3, seed=1)
+    assert len(tr) + len(out) == 40 and len(out) == 12
+    assert not set(tr.patient.tolist()) & set(out.patient.tolist())
+
+
+def test_train_cli_writes_weights_card_and_resumes(tmp_path) -> None:
+    from dicom_node.cli import main
+    from dicom_node.cli.train import load_model_dir
+
+    data = toy_rois(64)
+    npz = tmp_path / "rois.npz"
+    np.savez(npz, rois=data.rois, size_class=data.size_class, texture=data.texture, patient=data.patient)
+    out = tmp_path / "model"
+    argv = ["train", "--rois", str(npz), "--out", str(out), "--bits", "24", "--growth", "4",
+            "--batch-size", "16", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--epochs", "1"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    model, card2 = load_model_dir(out)
+    assert card2["version"] == card["version"] == weights_version((out / "model.safetensors").read_bytes())
+    assert card["data"]["n_train"] + card["data"]["n_held_out"] == 64
+    assert 0.0 <= card["metrics_held_out"]["map"] <= 1.0
+    assert "Held-out retrieval" in (out / "MODEL_CARD.md").read_text()
+    assert model.config.n_bits == 24
+    assert main([*argv, "--epochs", "2", "--resume"]) == 0
+    resumed = json.loads((out / "model_card.json").read_text())
+    assert [h["epoch"] for h in resumed["history"]] == [1.0, 2.0]
+    assert resumed["version"] != card["version"]
+    assert main(["train", "--rois", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
