@@ -71,6 +71,25 @@ def _integer(dataset: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _series_attributes(dataset: Dataset) -> dict[str, Any]:
+    """Patient, study and series attributes for the catalog rows."""
+    return {
+        "modality": _text(dataset, "Modality"),
+        "series_number": _integer(dataset, "SeriesNumber"),
+        "series_description": _text(dataset, "SeriesDescription"),
+        "patient_id": _text(dataset, "PatientID"),
+        "patient_name": _text(dataset, "PatientName"),
+        "patient_birth_date": _text(dataset, "PatientBirthDate"),
+        "patient_sex": _text(dataset, "PatientSex"),
+        "study_date": _text(dataset, "StudyDate"),
+        "study_time": _text(dataset, "StudyTime"),
+        "accession_number": _text(dataset, "AccessionNumber"),
+        "study_id": _text(dataset, "StudyID"),
+        "study_description": _text(dataset, "StudyDescription"),
+        "referring_physician_name": _text(dataset, "ReferringPhysicianName"),
+    }
+
+
 def _required_uid(dataset: Dataset, keyword: str) -> str:
     try:
         value: Any = dataset.get(keyword)
@@ -168,6 +187,9 @@ class Ingest:
             )
         _check_pixel_data(dataset, transfer_syntax_uid)
         stored = self.store.put(study_instance_uid, series_instance_uid, sop_instance_uid, encoded)
+        # Study and series attributes only matter for the first instance of a
+        # series (they create the rows); skip decoding them for the others.
+        first_of_series = not self.catalog.knows_series(series_instance_uid)
         record = InstanceRecord(
             study_instance_uid=study_instance_uid,
             series_instance_uid=series_instance_uid,
@@ -177,21 +199,9 @@ class Ingest:
             relative_path=stored.relative_path,
             size=stored.size,
             sha256=stored.sha256,
-            modality=_text(dataset, "Modality"),
             instance_number=_integer(dataset, "InstanceNumber"),
-            series_number=_integer(dataset, "SeriesNumber"),
-            series_description=_text(dataset, "SeriesDescription"),
-            patient_id=_text(dataset, "PatientID"),
-            patient_name=_text(dataset, "PatientName"),
-            patient_birth_date=_text(dataset, "PatientBirthDate"),
-            patient_sex=_text(dataset, "PatientSex"),
-            study_date=_text(dataset, "StudyDate"),
-            study_time=_text(dataset, "StudyTime"),
-            accession_number=_text(dataset, "AccessionNumber"),
-            study_id=_text(dataset, "StudyID"),
-            study_description=_text(dataset, "StudyDescription"),
-            referring_physician_name=_text(dataset, "ReferringPhysicianName"),
             calling_ae_title=calling_ae_title,
+            **(_series_attributes(dataset) if first_of_series else {}),
         )
         try:
             new = self.catalog.record_instance(record)

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import CatalogError
 
@@ -203,6 +203,9 @@ class Catalog:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # Series known to have their study and series rows: later instances
+        # skip those two statements (rows are never deleted while running).
+        self._known_series: set[str] = set()
         try:
             self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
             if self.engine.dialect.name == "sqlite":
@@ -210,6 +213,36 @@ class Catalog:
             metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise CatalogError(f"cannot open the catalog: {exc.__class__.__name__}: {exc}") from exc
+        # The two statements run for every received instance, built once:
+        # constructing statements per call costs more than executing them.
+        self._insert_instance = (
+            self._dialect_insert(instances)
+            .on_conflict_do_nothing()
+            .returning(instances.c.sop_instance_uid)
+        )
+        self._touch_series = (
+            series.update()
+            .where(series.c.series_instance_uid == sa.bindparam("uid"))
+            .values(
+                instance_count=series.c.instance_count + 1,
+                last_received_at=sa.bindparam("now"),
+                state=SeriesState.RECEIVING.value,
+                reason=None,
+                state_changed_at=sa.case(
+                    (series.c.state == SeriesState.RECEIVING.value, series.c.state_changed_at),
+                    else_=sa.bindparam("now"),
+                ),
+            )
+            .returning(series.c.instance_count, series.c.state_changed_at)
+        )
+
+    def knows_series(self, series_instance_uid: str) -> bool:
+        """True if this catalog object has recorded an instance of the series.
+
+        Callers may then leave the study and series attributes of an
+        :class:`InstanceRecord` empty: they are only used to create the rows.
+        """
+        return series_instance_uid in self._known_series
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -223,7 +256,7 @@ class Catalog:
         except SQLAlchemyError as exc:
             raise CatalogError(f"catalog statement failed: {exc.__class__.__name__}") from exc
 
-    def _insert_ignore(self, connection: Connection, table: sa.Table, values: dict[str, Any]) -> None:
+    def _dialect_insert(self, table: sa.Table) -> Any:
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
@@ -231,7 +264,13 @@ class Catalog:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:  # pragma: no cover - other engines are not supported
             raise CatalogError(f"unsupported catalog database {dialect!r}")
-        connection.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
+        return dialect_insert(table)
+
+    def _insert_ignore(self, connection: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+        """INSERT unless the primary key exists; True if a row was inserted."""
+        key = list(table.primary_key.columns)
+        statement = self._dialect_insert(table).values(**values).on_conflict_do_nothing().returning(*key)
+        return connection.execute(statement).first() is not None
 
     # -- ingest ------------------------------------------------------------
 
@@ -255,76 +294,52 @@ class Catalog:
         """
         now = time.time() if now is None else now
         with self._begin() as connection:
-            exists = connection.execute(
-                sa.select(instances.c.sop_instance_uid).where(
-                    instances.c.sop_instance_uid == record.sop_instance_uid
+            if record.series_instance_uid not in self._known_series:
+                study_values = {k: getattr(record, k) for k in _STUDY_FIELDS}
+                self._insert_ignore(
+                    connection,
+                    studies,
+                    {"study_instance_uid": record.study_instance_uid, "created_at": now, **study_values},
                 )
-            ).first()
-            if exists is not None:
-                return False
-            study_values = {k: getattr(record, k) for k in _STUDY_FIELDS}
-            self._insert_ignore(
-                connection,
-                studies,
-                {"study_instance_uid": record.study_instance_uid, "created_at": now, **study_values},
-            )
-            self._insert_ignore(
-                connection,
-                series,
+                self._insert_ignore(
+                    connection,
+                    series,
+                    {
+                        "series_instance_uid": record.series_instance_uid,
+                        "study_instance_uid": record.study_instance_uid,
+                        "modality": record.modality,
+                        "series_number": record.series_number,
+                        "series_description": record.series_description,
+                        "calling_ae_title": record.calling_ae_title,
+                        "state": SeriesState.RECEIVING.value,
+                        "instance_count": 0,
+                        "first_received_at": now,
+                        "last_received_at": now,
+                        "state_changed_at": now,
+                    },
+                )
+            inserted = connection.execute(
+                self._insert_instance,
                 {
+                    "sop_instance_uid": record.sop_instance_uid,
                     "series_instance_uid": record.series_instance_uid,
-                    "study_instance_uid": record.study_instance_uid,
-                    "modality": record.modality,
-                    "series_number": record.series_number,
-                    "series_description": record.series_description,
-                    "calling_ae_title": record.calling_ae_title,
-                    "state": SeriesState.RECEIVING.value,
-                    "instance_count": 0,
-                    "first_received_at": now,
-                    "last_received_at": now,
-                    "state_changed_at": now,
+                    "sop_class_uid": record.sop_class_uid,
+                    "instance_number": record.instance_number,
+                    "transfer_syntax_uid": record.transfer_syntax_uid,
+                    "relative_path": record.relative_path,
+                    "size": record.size,
+                    "sha256": record.sha256,
+                    "received_at": now,
                 },
-            )
-            try:
-                connection.execute(
-                    instances.insert().values(
-                        sop_instance_uid=record.sop_instance_uid,
-                        series_instance_uid=record.series_instance_uid,
-                        sop_class_uid=record.sop_class_uid,
-                        instance_number=record.instance_number,
-                        transfer_syntax_uid=record.transfer_syntax_uid,
-                        relative_path=record.relative_path,
-                        size=record.size,
-                        sha256=record.sha256,
-                        received_at=now,
-                    )
-                )
-            except IntegrityError:
-                # A concurrent association stored the same instance first.
-                return False
-            previous = connection.execute(
-                sa.select(series.c.state).where(
-                    series.c.series_instance_uid == record.series_instance_uid
-                )
-            ).scalar_one()
-            connection.execute(
-                series.update()
-                .where(series.c.series_instance_uid == record.series_instance_uid)
-                .values(
-                    instance_count=series.c.instance_count + 1,
-                    last_received_at=now,
-                    state=SeriesState.RECEIVING.value,
-                    reason=None,
-                    state_changed_at=sa.case(
-                        (series.c.state == SeriesState.RECEIVING.value, series.c.state_changed_at),
-                        else_=now,
-                    ),
-                )
-            )
-        if previous != SeriesState.RECEIVING.value:
-            logger.info(
-                "series %s reopened by a late instance (was %s)", record.series_instance_uid, previous
-            )
+            ).first()
+            if inserted is None:
+                return False  # already catalogued (a resend, or a concurrent association)
+            count, changed_at = connection.execute(
+                self._touch_series, {"uid": record.series_instance_uid, "now": now}
+            ).one()
+        self._known_series.add(record.series_instance_uid)
+        if count > 1 and changed_at == now:
+            logger.info("series %s reopened by a late instance", record.series_instance_uid)
         return True
 
     def instance_sha256(self, sop_instance_uid: str) -> str | None:

@@ -1,0 +1,170 @@
+"""Ingest throughput: dcmtk ``storescu`` → our node, dcmtk ``storescp`` and Orthanc.
+
+One run, same machine, same series (300 slices of 512×512 CT, about 157 MB,
+Explicit VR Little Endian), every peer with ``TCP_NODELAY=1``. Prints the
+median of ``--repeat`` runs per receiver as a table with slices/s, MB/s and
+the ratio to ``storescp``.
+
+Usage::
+
+    python -m benchmarks.ingest [--slices 300] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import PEER_ENV, free_port, wait_for_port  # noqa: E402
+from tests.factories import write_ct_series  # noqa: E402
+
+
+@contextmanager
+def _process(args: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[None]:
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        wait_for_port(port, process=proc, timeout=60)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def storescp(work: Path) -> Iterator[tuple[int, str]]:
+    port, out = free_port(), work / "storescp"
+    out.mkdir()
+    with _process(["/usr/bin/storescp", "-od", str(out), "-aet", "STORESCP", str(port)], port, PEER_ENV,
+                  work / "storescp.log"):
+        yield port, "STORESCP"
+
+
+@contextmanager
+def orthanc(work: Path) -> Iterator[tuple[int, str]]:
+    port, http = free_port(), free_port()
+    config = work / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "bench", "StorageDirectory": str(work / "orthanc-db"), "IndexDirectory": str(work / "orthanc-db"),
+        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
+        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "StorageCompression": False,
+        "SyncStorageArea": True, "Plugins": [],
+    }))
+    with _process(["/usr/sbin/Orthanc", str(config)], port, PEER_ENV, work / "orthanc.log"):
+        yield port, "ORTHANC"
+
+
+_BARE_SCP = """
+import sys
+from pathlib import Path
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+out = Path(sys.argv[2])
+def handle(event):
+    (out / (event.request.AffectedSOPInstanceUID + ".dcm")).write_bytes(event.encoded_dataset())
+    return 0
+ae = AE("BARE")
+ae.maximum_pdu_size = 262144
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, handle)])
+"""
+
+
+@contextmanager
+def bare_pynetdicom(work: Path) -> Iterator[tuple[int, str]]:
+    port, out = free_port(), work / "bare"
+    out.mkdir()
+    with _process([sys.executable, "-c", _BARE_SCP, str(port), str(out)], port, dict(os.environ),
+                  work / "bare.log"):
+        yield port, "BARE"
+
+
+def node(fsync: bool) -> Callable[[Path], object]:
+    @contextmanager
+    def _node(work: Path) -> Iterator[tuple[int, str]]:
+        port = free_port()
+        env = {**os.environ, "DICOM_NODE_SERIES_IDLE_SECONDS": "3600", "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
+               "DICOM_NODE_STORAGE_FSYNC": "true" if fsync else "false"}
+        args = [sys.executable, "-m", "dicom_node", "-q", "serve", "--data-dir", str(work / "node"),
+                "--host", "127.0.0.1", "--port", str(port)]
+        with _process(args, port, env, work / "node.log"):
+            yield port, "DICOM_NODE"
+
+    return _node
+
+
+def _send(series: Path, port: int, aec: str) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["/usr/bin/storescu", "-aec", aec, "127.0.0.1", str(port), "+sd", str(series)],
+        env=PEER_ENV, capture_output=True, text=True,
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0 or "Failed" in result.stderr:
+        raise RuntimeError(f"storescu to {aec} failed:\n{result.stderr[-2000:]}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--matrix", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="dicom-node-bench-") as tmp:
+        root = Path(tmp)
+        series = root / "series"
+        write_ct_series(series, args.slices, rows=args.matrix, columns=args.matrix)
+        megabytes = sum(p.stat().st_size for p in series.iterdir()) / 1e6
+        receivers: list[tuple[str, Callable[[Path], object]]] = [
+            ("dcmtk storescp (no fsync, no database)", storescp),
+        ]
+        if Path("/usr/sbin/Orthanc").exists():
+            receivers.append(("Orthanc (fsync, SQLite index)", orthanc))
+        receivers += [
+            ("bare pynetdicom SCP (raw bytes, no fsync)", bare_pynetdicom),
+            ("dicom-node (fsync, catalog)", node(fsync=True)),
+            ("dicom-node (fsync off)", node(fsync=False)),
+        ]
+        results: dict[str, float] = {}
+        for name, receiver in receivers:
+            times = []
+            for attempt in range(args.repeat):
+                work = root / f"run-{len(results)}-{attempt}"
+                work.mkdir()
+                with receiver(work) as (port, aec):  # type: ignore[attr-defined]
+                    times.append(_send(series, port, aec))
+                shutil.rmtree(work, ignore_errors=True)
+            results[name] = statistics.median(times)
+
+    reference = results["dcmtk storescp (no fsync, no database)"]
+    print(f"\nstorescu -> receiver, {args.slices} slices {args.matrix}x{args.matrix}, "
+          f"{megabytes:.0f} MB, median of {args.repeat}, TCP_NODELAY=1, {os.cpu_count()} CPUs\n")
+    print(f"{'receiver':<42} {'seconds':>8} {'slices/s':>9} {'MB/s':>7} {'x storescp':>10}")
+    for name, seconds in results.items():
+        print(f"{name:<42} {seconds:>8.2f} {args.slices / seconds:>9.0f} {megabytes / seconds:>7.0f} "
+              f"{reference / seconds:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
