@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import __version__
@@ -100,7 +101,7 @@ class Node:
         self.resume()
         self.watcher.start()
         ae = build_ae(settings)
-        handlers = [(evt.EVT_C_STORE, handle_store, [self.ingest])]
+        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, handle_store, [self.ingest])]
         self._server = make_server(ae, settings, handlers)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-scp", daemon=True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_node.errors import InvalidDataset
@@ -56,12 +57,14 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
         dataset = event.dataset
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's data
         raise InvalidDataset("the dataset cannot be decoded") from exc
+    request = event.request
+    assert isinstance(request, C_STORE)
     ingest.receive(
         dataset,
         event.encoded_dataset(include_meta=True),
         transfer_syntax_uid=str(event.context.transfer_syntax),
-        affected_sop_class_uid=str(event.request.AffectedSOPClassUID),
-        affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
+        affected_sop_class_uid=str(request.AffectedSOPClassUID),
+        affected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
         calling_ae_title=event.assoc.requestor.ae_title,
     )
     return status_dataset(Status.SUCCESS)

@@ -89,6 +89,7 @@ def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
     net = settings.network
     ae.maximum_associations = net.max_associations

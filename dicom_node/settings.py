@@ -143,7 +143,7 @@ class Settings:
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration for the start-up log, secrets masked."""
-        result = _to_dict(self)
+        result: dict[str, Any] = _to_dict(self)
         url = result["storage"]["catalog_url"]
         if "@" in url and ":" in url.split("@")[0]:
             scheme, rest = url.split("://", 1)
@@ -166,7 +166,8 @@ def _to_dict(value: Any) -> Any:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints: dict[str, Any] = typing.get_type_hints(cls)
+    return hints
 
 
 def _is_section(tp: Any) -> bool:

@@ -16,6 +16,8 @@ from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -259,12 +261,10 @@ class Catalog:
     def _dialect_insert(self, table: sa.Table) -> Any:
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:  # pragma: no cover - other engines are not supported
-            raise CatalogError(f"unsupported catalog database {dialect!r}")
-        return dialect_insert(table)
+            return sqlite_insert(table)
+        if dialect == "postgresql":
+            return postgresql_insert(table)
+        raise CatalogError(f"unsupported catalog database {dialect!r}")  # pragma: no cover
 
     def _insert_ignore(self, connection: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
         """INSERT unless the primary key exists; True if a row was inserted."""

@@ -29,24 +29,42 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def add_subparser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("train", help="train the nodule hashing network (weights + model card)")
+    parser = subparsers.add_parser(
+        "train", help="train the nodule hashing network (weights + model card)"
+    )
     data = parser.add_argument_group("Data")
-    data.add_argument("--rois", type=Path, required=True, metavar="FILE.npz",
-                      help="labelled ROI stacks: rois, size_class, texture, patient")
-    data.add_argument("--held-out", type=float, default=0.2, metavar="FRACTION",
-                      help="fraction of patients kept out of training for the card's metrics (default 0.2)")
+    data.add_argument(
+        "--rois",
+        type=Path,
+        required=True,
+        metavar="FILE.npz",
+        help="labelled ROI stacks: rois, size_class, texture, patient",
+    )
+    data.add_argument(
+        "--held-out",
+        type=float,
+        default=0.2,
+        metavar="FRACTION",
+        help="fraction of patients kept out of training for the card's metrics (default 0.2)",
+    )
     model = parser.add_argument_group("Model and training")
-    model.add_argument("--bits", type=int, default=64, choices=(24, 32, 48, 64), help="bits per hash layer")
+    model.add_argument(
+        "--bits", type=int, default=64, choices=(24, 32, 48, 64), help="bits per hash layer"
+    )
     model.add_argument("--epochs", type=int, default=30)
     model.add_argument("--batch-size", type=int, default=64)
     model.add_argument("--lr", type=float, default=2e-3)
-    model.add_argument("--growth", type=int, default=None, help="dense-block growth (default: model default)")
+    model.add_argument(
+        "--growth", type=int, default=None, help="dense-block growth (default: model default)"
+    )
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     model.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     out = parser.add_argument_group("Output Options")
     out.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    out.add_argument("--resume", action="store_true", help="go on from DIR/checkpoint.pt if present")
+    out.add_argument(
+        "--resume", action="store_true", help="go on from DIR/checkpoint.pt if present"
+    )
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -72,7 +90,9 @@ def load_model_dir(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]
     card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
     weights = (folder / MODEL_FILE).read_bytes()
     if weights_version(weights) != card["version"]:
-        raise ValueError(f"{folder / MODEL_FILE} does not match the model card's version {card['version']}")
+        raise ValueError(
+            f"{folder / MODEL_FILE} does not match the model card's version {card['version']}"
+        )
     return model_from_bytes(weights, HashNetConfig(**card["config"]["model"])), card
 
 
@@ -83,21 +103,30 @@ def _card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- created: {card['created_utc']} on {card['device']} (torch {card['torch']})",
         f"- data: `{card['data']['source']}`: {card['data']['n_train']} training ROIs from "
-        f"{card['data']['train_patients']} patients; {card['data']['n_held_out']} held-out ROIs from "
+        f"{card['data']['train_patients']} patients; "
+        f"{card['data']['n_held_out']} held-out ROIs from "
         f"{card['data']['held_out_patients']} other patients",
         f"- network: dense encoder-decoder, {card['n_parameters']:,} parameters, "
         f"{card['config']['model']['n_bits']} bits x 3 layers, input {card['input_shape']}",
         f"- training: {card['config']['epochs']} epochs, batch {card['config']['batch_size']}, "
         f"lr {card['config']['lr']}, seed {card['config']['seed']}, {card['train_seconds']:.0f} s",
         "",
-        "## Held-out retrieval (joint Hamming distance, queries = held-out, database = training set)",
+        "## Held-out retrieval",
+        "",
+        "Joint Hamming distance; queries = held-out patients, database = training set.",
         "",
         "| relevance | mAP | mAP@100 | P@10 |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for label, suffix in (("same size class", ""), ("same size class and texture", "_size_texture")):
-        lines.append(f"| {label} | {m.get('map' + suffix, float('nan')):.3f} | "
-                     f"{m.get('map@100' + suffix, float('nan')):.3f} | {m.get('p@10' + suffix, float('nan')):.3f} |")
+    for label, suffix in (
+        ("same size class", ""),
+        ("same size class and texture", "_size_texture"),
+    ):
+        lines.append(
+            f"| {label} | {m.get('map' + suffix, float('nan')):.3f} | "
+            f"{m.get('map@100' + suffix, float('nan')):.3f} | "
+            f"{m.get('p@10' + suffix, float('nan')):.3f} |"
+        )
     lines += ["", "Full configuration and loss history: `model_card.json`.", ""]
     return "\n".join(lines)
 
@@ -107,16 +136,29 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ai.hashing.model import HashNetConfig
-    from ai.hashing.train import RoiSet, TrainConfig, evaluate_retrieval, train, weights_to_bytes, weights_version
+    from ai.hashing.train import (
+        RoiSet,
+        TrainConfig,
+        evaluate_retrieval,
+        train,
+        weights_to_bytes,
+        weights_version,
+    )
 
     try:
         with np.load(args.rois, allow_pickle=False) as z:
-            data = RoiSet(z["rois"].astype(np.float32, copy=False), z["size_class"].astype(np.int64),
-                          z["texture"].astype(np.int64), z["patient"])
+            data = RoiSet(
+                z["rois"].astype(np.float32, copy=False),
+                z["size_class"].astype(np.int64),
+                z["texture"].astype(np.int64),
+                z["patient"],
+            )
     except (OSError, KeyError, ValueError) as exc:
         print(f"dicom-node train: cannot read {args.rois}: {exc}", file=sys.stderr)
         return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     _, c, h, w = data.rois.shape
     if h != w:
         print(f"dicom-node train: ROIs must be square, got {h}x{w}", file=sys.stderr)
@@ -124,8 +166,14 @@ def run(args: argparse.Namespace) -> int:
     model_kwargs: dict[str, Any] = {"in_channels": c, "roi_size": h, "n_bits": args.bits}
     if args.growth:
         model_kwargs["growth"] = args.growth
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         amp=not args.no_amp, model=HashNetConfig(**model_kwargs))
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        amp=not args.no_amp,
+        model=HashNetConfig(**model_kwargs),
+    )
     train_set, held_out = data.split_by_patient(args.held_out, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = args.out / CHECKPOINT_FILE
@@ -140,12 +188,22 @@ def run(args: argparse.Namespace) -> int:
         os.replace(tmp, checkpoint_path)
 
     t0 = time.perf_counter()
-    result = train(train_set, config, device=device, resume=resume, on_epoch=save_checkpoint,
-                   progress=not args.no_progress)
+    result = train(
+        train_set,
+        config,
+        device=device,
+        resume=resume,
+        on_epoch=save_checkpoint,
+        progress=not args.no_progress,
+    )
     seconds = time.perf_counter() - t0
     weights = weights_to_bytes(result.model)
     version = weights_version(weights)
-    metrics = evaluate_retrieval(result.model, held_out, train_set, device=device) if len(held_out) else {}
+    metrics = (
+        evaluate_retrieval(result.model, held_out, train_set, device=device)
+        if len(held_out)
+        else {}
+    )
     card = {
         "version": version,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -168,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
     _atomic_write(args.out / MODEL_FILE, weights)
     _atomic_write(args.out / CARD_FILE, json.dumps(card, indent=2).encode("utf-8"))
     _atomic_write(args.out / CARD_MD, _card_markdown(card).encode("utf-8"))
-    print(f"model {version}: {args.out / MODEL_FILE} ({len(weights) / 2**20:.2f} MiB), {seconds:.0f} s")
+    print(
+        f"model {version}: {args.out / MODEL_FILE} "
+        f"({len(weights) / 2**20:.2f} MiB), {seconds:.0f} s"
+    )
     for key in ("map", "map@100", "p@10", "map_size_texture"):
         if key in metrics:
             print(f"  held-out {key:<17} {metrics[key]:.3f}")
