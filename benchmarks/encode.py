@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.encode                  # batch sizes 1, 3, 64, 256 on CPU (+ CUDA when present)
+    python -m benchmarks.encode           # batches 1, 3, 64, 256 on CPU (+ CUDA when present)
     python -m benchmarks.encode --quick
     python -m benchmarks.encode --n-bits 32 --roi-size 64 --channels 3
 
@@ -27,15 +27,21 @@ from ai.hashing.model import HashNet, HashNetConfig
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.encode", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.encode", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--batch-sizes", default="1,3,64,256")
-    parser.add_argument("--rois", type=int, default=1024, help="ROIs encoded per large-batch measurement")
+    parser.add_argument(
+        "--rois", type=int, default=1024, help="ROIs encoded per large-batch measurement"
+    )
     parser.add_argument("--n-bits", type=int, default=64)
     parser.add_argument("--roi-size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer ROIs and repeats")
-    parser.add_argument("--device", action="append", help="device(s); default cpu and cuda when present")
+    parser.add_argument(
+        "--device", action="append", help="device(s); default cpu and cuda when present"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rois, args.repeats = 256, 2
@@ -45,12 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     model = HashNet(cfg)
     mb = model.n_parameters() * 4 / 2**20
     rng = np.random.default_rng(0)
-    print(f"model: {model.n_parameters():,} parameters ({mb:.2f} MiB float32), input (n, {args.channels}, "
-          f"{args.roi_size}, {args.roi_size}), {args.n_bits} bits x 3; torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {model.n_parameters():,} parameters ({mb:.2f} MiB float32), "
+        f"input (n, {args.channels}, {args.roi_size}, {args.roi_size}), {args.n_bits} bits x 3; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print("\n| device | batch | ROIs/s | ms per batch (median) | note |")
     print("| --- | ---: | ---: | ---: | --- |")
     for device in devices:
-        note = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+        note = (
+            torch.cuda.get_device_name()
+            if device.startswith("cuda")
+            else f"{torch.get_num_threads()} threads"
+        )
         if device.startswith("cuda") and not torch.cuda.is_available():
             print(f"| {device} | – | – | – | no CUDA |")
             continue
@@ -69,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - t0)
             best = min(times)
             per_batch_ms = float(np.median(times)) / (n / bs) * 1e3
-            print(f"| {device} | {bs} | {n / best:,.0f} | {per_batch_ms:.2f} | {note} |", flush=True)
+            print(
+                f"| {device} | {bs} | {n / best:,.0f} | {per_batch_ms:.2f} | {note} |", flush=True
+            )
     return 0
 
 

@@ -65,7 +65,9 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
-def make_codes(rng: np.random.Generator, n: int, kind: str, centres: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
+def make_codes(
+    rng: np.random.Generator, n: int, kind: str, centres: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.uint8]:
     """``(n, 24)`` uint8 code rows: three little-endian 64-bit words per nodule."""
     words = np.empty((n, 3), np.uint64)
     step = 1 << 20
@@ -98,7 +100,9 @@ def recall(exact_D: npt.NDArray[np.int32], got: npt.NDArray[np.int32]) -> float:
     return float(((got >= 0) & (got <= cut)).sum() / exact_D.size)
 
 
-def joint_of(index: HashIndex, q: npt.NDArray[np.uint8], ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
+def joint_of(
+    index: HashIndex, q: npt.NDArray[np.uint8], ids: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int32]:
     """Joint distances ``(nq, k)`` of returned ids (rows = ids here) to their queries."""
     out = np.full(ids.shape, -1, np.int32)
     qw = index._query_words(q)
@@ -121,7 +125,9 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
     nq, nslow = args.queries, max(3, args.queries // 10)
     single = [queries[i : i + 1] for i in range(nq)]
 
-    def latency(search: Callable[[npt.NDArray[np.uint8]], object], count: int) -> npt.NDArray[np.float64]:
+    def latency(
+        search: Callable[[npt.NDArray[np.uint8]], object], count: int
+    ) -> npt.NDArray[np.float64]:
         it = itertools.cycle(single[:count])
         return timed(lambda: search(next(it)), count)
 
@@ -132,29 +138,77 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
     n_exact = min(nslow, 20)
     exact_D, _ = index.search(queries[:n_exact], K, pool=0)
 
-    def add_row(method: str, lat: npt.NDArray[np.float64], qps: float | None, bpn: float | None, rec: float | None, note: str = "") -> None:
-        rows.append(Row(label, kind, method, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), qps, bpn, rec, note))
+    def add_row(
+        method: str,
+        lat: npt.NDArray[np.float64],
+        qps: float | None,
+        bpn: float | None,
+        rec: float | None,
+        note: str = "",
+    ) -> None:
+        rows.append(
+            Row(
+                label,
+                kind,
+                method,
+                float(np.percentile(lat, 50)),
+                float(np.percentile(lat, 99)),
+                qps,
+                bpn,
+                rec,
+                note,
+            )
+        )
         print(f"  {label:>5} {kind:<9} {method:<18} p50 {rows[-1].p50_ms:8.2f} ms", flush=True)
 
     bpn = index.memory_bytes() / n
     c2f = lambda q: index.search(q, K, pool=args.pool)  # noqa: E731
-    _, I = c2f(queries[:n_exact])
-    add_row(f"ours c2f pool {args.pool}", latency(c2f, nq), batch_qps(c2f, args.batch), bpn,
-            recall(exact_D, joint_of(index, queries[:n_exact], I)))
+    _, nbr = c2f(queries[:n_exact])
+    add_row(
+        f"ours c2f pool {args.pool}",
+        latency(c2f, nq),
+        batch_qps(c2f, args.batch),
+        bpn,
+        recall(exact_D, joint_of(index, queries[:n_exact], nbr)),
+    )
     flat = lambda q: index.search(q, K, pool=0)  # noqa: E731
-    add_row("ours flat (exact)", latency(flat, nslow), batch_qps(flat, max(4, args.batch // 16)), bpn, 1.0)
+    add_row(
+        "ours flat (exact)",
+        latency(flat, nslow),
+        batch_qps(flat, max(4, args.batch // 16)),
+        bpn,
+        1.0,
+    )
 
     try:
         import faiss
     except ImportError:
-        rows.append(Row(label, kind, "faiss flat 192b", None, None, None, None, None, "faiss not installed (pip install faiss-cpu)"))
+        rows.append(
+            Row(
+                label,
+                kind,
+                "faiss flat 192b",
+                None,
+                None,
+                None,
+                None,
+                None,
+                "faiss not installed (pip install faiss-cpu)",
+            )
+        )
     else:
         fx = faiss.IndexBinaryFlat(3 * N_BITS)
         fx.add(codes)
         fs = lambda q: fx.search(q, K)  # noqa: E731
-        _, I = fs(queries[:n_exact])
-        add_row("faiss flat 192b", latency(fs, nq), batch_qps(fs, args.batch), fx.ntotal and 3 * N_BITS / 8,
-                recall(exact_D, joint_of(index, queries[:n_exact], I)), "ranks by plain 192-bit Hamming")
+        _, nbr = fs(queries[:n_exact])
+        add_row(
+            "faiss flat 192b",
+            latency(fs, nq),
+            batch_qps(fs, args.batch),
+            fx.ntotal and 3 * N_BITS / 8,
+            recall(exact_D, joint_of(index, queries[:n_exact], nbr)),
+            "ranks by plain 192-bit Hamming",
+        )
         del fx
 
     words = codes.view(np.uint64).reshape(n, 3)
@@ -166,7 +220,14 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
             out.append(np.argpartition(d, K)[:K])
         return np.stack(out)
 
-    add_row("numpy naive", latency(naive, nslow), batch_qps(naive, 4), float(CODE_BYTES), None, "plain 192-bit Hamming, 1 thread")
+    add_row(
+        "numpy naive",
+        latency(naive, nslow),
+        batch_qps(naive, 4),
+        float(CODE_BYTES),
+        None,
+        "plain 192-bit Hamming, 1 thread",
+    )
 
     import torch
 
@@ -179,9 +240,15 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
             torch.cuda.synchronize()
             return out
 
-        _, I = tsearch(queries[:n_exact])
-        add_row(f"torch c2f cuda", latency(tsearch, nq), batch_qps(tsearch, args.batch), bpn,
-                recall(exact_D, joint_of(index, queries[:n_exact], I)), torch.cuda.get_device_name())
+        _, nbr = tsearch(queries[:n_exact])
+        add_row(
+            "torch c2f cuda",
+            latency(tsearch, nq),
+            batch_qps(tsearch, args.batch),
+            bpn,
+            recall(exact_D, joint_of(index, queries[:n_exact], nbr)),
+            torch.cuda.get_device_name(),
+        )
         del tx
     else:
         rows.append(Row(label, kind, "torch c2f cuda", None, None, None, None, None, "no CUDA"))
@@ -189,35 +256,60 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
         tc = HashIndex(N_BITS, backend="torch", device="cpu")
         tc.add(ids, codes)
         ts = lambda q: tc.search(q, K, pool=args.pool)  # noqa: E731
-        add_row("torch c2f cpu eager", latency(ts, 3), None, bpn, None, f"{torch.get_num_threads()} threads")
+        add_row(
+            "torch c2f cpu eager",
+            latency(ts, 3),
+            None,
+            bpn,
+            None,
+            f"{torch.get_num_threads()} threads",
+        )
         del tc
     return rows
 
 
 def print_table(rows: list[Row]) -> None:
     """The result table, markdown."""
+
     def f(v: float | None, fmt: str) -> str:
         return "–" if v is None else format(v, fmt)
 
-    print("\n| nodules | codes | method | top-10 p50 ms | p99 ms | batch q/s | B/nodule | recall@10 | note |")
+    print(
+        "\n| nodules | codes | method | top-10 p50 ms | p99 ms | batch q/s | B/nodule "
+        "| recall@10 | note |"
+    )
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
-        print(f"| {r.size} | {r.data} | {r.method} | {f(r.p50_ms, '.2f')} | {f(r.p99_ms, '.2f')} | "
-              f"{f(r.batch_qps, ',.0f')} | {f(r.bytes_per_nodule, '.0f')} | {f(r.recall_at_10, '.3f')} | {r.note} |")
+        print(
+            f"| {r.size} | {r.data} | {r.method} | {f(r.p50_ms, '.2f')} | {f(r.p99_ms, '.2f')} | "
+            f"{f(r.batch_qps, ',.0f')} | {f(r.bytes_per_nodule, '.0f')} | "
+            f"{f(r.recall_at_10, '.3f')} | {r.note} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default=None, help="comma list, e.g. 1M,10M (default; --quick: 100K,1M)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.search", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--sizes", default=None, help="comma list, e.g. 1M,10M (default; --quick: 100K,1M)"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer queries")
-    parser.add_argument("--queries", type=int, default=None, help="single queries for latency (default 100; quick 20)")
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=None,
+        help="single queries for latency (default 100; quick 20)",
+    )
     parser.add_argument("--batch", type=int, default=256, help="queries per batch call")
     parser.add_argument("--pool", type=int, default=1000, help="coarse pool size")
     parser.add_argument("--centres", type=int, default=300, help="centres of the clustered codes")
     parser.add_argument("--data", default="uniform,clustered", help="code distributions to run")
     parser.add_argument("--threads", type=int, default=None, help="numpy threads (default: cores)")
-    parser.add_argument("--torch-cpu", action="store_true", help="also time the torch backend eagerly on CPU")
+    parser.add_argument(
+        "--torch-cpu", action="store_true", help="also time the torch backend eagerly on CPU"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sizes = args.sizes or ("100K,1M" if args.quick else "1M,10M")

@@ -106,9 +106,9 @@ def search(
 
     nq = qw.shape[0]
     D = np.full((nq, k), -1, np.int32)
-    I = np.full((nq, k), -1, np.int64)
+    nbr = np.full((nq, k), -1, np.int64)
     if state.n == 0:
-        return D, I
+        return D, nbr
     qt = torch.from_numpy(np.ascontiguousarray(qw).view(np.int64)).to(state.device)
     with torch.inference_mode():
         for i in range(nq):
@@ -128,5 +128,5 @@ def search(
                 rows = _within(full, k)
                 joint = full[rows]
             rows_np = rows.cpu().numpy()
-            D[i], I[i] = _top_k(joint.cpu().numpy().astype(np.int32), ids[rows_np], k)
-    return D, I
+            D[i], nbr[i] = _top_k(joint.cpu().numpy().astype(np.int32), ids[rows_np], k)
+    return D, nbr

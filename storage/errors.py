@@ -10,7 +10,7 @@
      ├── CatalogError            the catalog database refused or failed a statement
      └── HashIndexError          the in-memory hash index was misused or its file is bad
           ├── DuplicateIdError     an id added to a hash index is already in it
-          └── IndexFileError       a saved hash index cannot be read (missing, corrupt, other layout)
+          └── IndexFileError       a saved hash index is missing, corrupt or of another layout
 
 Library exceptions (``OSError``, SQLAlchemy's) are translated in the module
 that calls the library and chained with ``raise ... from exc``.

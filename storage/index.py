@@ -301,7 +301,9 @@ class HashIndex:
         if (embeddings is None) != (self._emb is None):
             raise ValueError("embeddings must be given exactly when embedding_dim is set")
         if embeddings is not None and np.shape(embeddings) != (n, self.embedding_dim):
-            raise ValueError(f"embeddings must be ({n}, {self.embedding_dim}), got {np.shape(embeddings)}")
+            raise ValueError(
+                f"embeddings must be ({n}, {self.embedding_dim}), got {np.shape(embeddings)}"
+            )
         new_sorted = np.sort(ids)
         dup = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
         present = self._rows_of(ids, missing="skip")
@@ -371,7 +373,9 @@ class HashIndex:
         self._sorted_ids = np.insert(self._sorted_ids, pos, ids)
         self._sorted_rows = np.insert(self._sorted_rows, pos, rows)
 
-    def _rows_of(self, ids: npt.NDArray[np.int64], *, missing: Literal["raise", "skip"]) -> npt.NDArray[np.int64]:
+    def _rows_of(
+        self, ids: npt.NDArray[np.int64], *, missing: Literal["raise", "skip"]
+    ) -> npt.NDArray[np.int64]:
         if self._sorted_ids.size == 0:
             if missing == "raise" and ids.size:
                 raise KeyError(f"id {int(ids[0])} not in the hash index")
@@ -380,7 +384,8 @@ class HashIndex:
         found = self._sorted_ids[pos] == ids
         if missing == "raise" and not found.all():
             raise KeyError(f"id {int(ids[~found][0])} not in the hash index")
-        return self._sorted_rows[pos[found]]
+        rows: npt.NDArray[np.int64] = self._sorted_rows[pos[found]]
+        return rows
 
     # ------------------------------------------------------------------ search
     def _query_words(self, queries: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
@@ -389,14 +394,20 @@ class HashIndex:
             q = q[:, None, :]
         if q.ndim != 3 or q.shape[2] != self.code_size:
             raise ValueError(
-                f"queries must be (nq, {self.code_size}) or (nq, n_views, {self.code_size}) uint8, got {q.shape}"
+                f"queries must be (nq, {self.code_size}) or (nq, n_views, {self.code_size}) "
+                f"uint8, got {q.shape}"
             )
         nq, nv, _ = q.shape
         words = pack_layers(q.reshape(nq * nv, self.code_size), self.n_bits, self.n_layers)
         return words.reshape(self.n_layers, nq, nv).transpose(1, 2, 0).copy()  # (nq, nv, L)
 
     def search(
-        self, queries: npt.NDArray[np.uint8], k: int, *, pool: int = 1000, max_pool: int | None = None
+        self,
+        queries: npt.NDArray[np.uint8],
+        k: int,
+        *,
+        pool: int = 1000,
+        max_pool: int | None = None,
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
         """Nearest nodules by joint Hamming distance.
 
@@ -430,7 +441,9 @@ class HashIndex:
 
             if self._torch_state is None:
                 self._torch_state = _index_torch.TorchCodes(self._words[:, : self._n], self.device)
-            return _index_torch.search(self._torch_state, self._ids[: self._n], qw, k, pool, max_pool, self.coarse_layer)
+            return _index_torch.search(
+                self._torch_state, self._ids[: self._n], qw, k, pool, max_pool, self.coarse_layer
+            )
         return self._search_numpy(qw, k, pool, max_pool)
 
     def _pool_executor(self) -> ThreadPoolExecutor:
@@ -448,7 +461,7 @@ class HashIndex:
             return _smallest(make_chunks, 0, n, keep, max_d)
         futures = [
             self._pool_executor().submit(_smallest, make_chunks, int(a), int(b), keep, max_d)
-            for a, b in zip(bounds[:-1], bounds[1:])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         results = [f.result() for f in futures]
         rows = np.concatenate([r for r, _ in results])
@@ -481,8 +494,13 @@ class HashIndex:
 
         return chunks
 
-    def _joint(self, qv: npt.NDArray[np.uint64], words: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
-        """Joint distances ``(m,)`` int32 of one query ``qv`` ``(n_views, n_layers)`` to ``words`` ``(n_layers, m)``."""
+    def _joint(
+        self, qv: npt.NDArray[np.uint64], words: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.int32]:
+        """Joint distances ``(m,)`` int32 of one query to a block of rows.
+
+        ``qv`` is ``(n_views, n_layers)`` uint64, ``words`` ``(n_layers, m)`` uint64.
+        """
         per = np.bitwise_count(words[None, :, :] ^ qv[:, :, None]).astype(np.int32)  # (V, L, m)
         if self.n_layers == 3:
             out: npt.NDArray[np.int32] = per[:, 0].min(axis=0) + per[0, 1] + per[:, 2].min(axis=0)
@@ -495,19 +513,23 @@ class HashIndex:
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
         nq = qw.shape[0]
         D = np.full((nq, k), -1, np.int32)
-        I = np.full((nq, k), -1, np.int64)
+        nbr = np.full((nq, k), -1, np.int64)
         if self._n == 0:
-            return D, I
+            return D, nbr
         ids = self._ids[: self._n]
         for i in range(nq):
             if pool:
-                rows, dists = self._parallel_smallest(self._coarse_chunks(qw[i, 0, self.coarse_layer]), pool, 64)
+                rows, dists = self._parallel_smallest(
+                    self._coarse_chunks(qw[i, 0, self.coarse_layer]), pool, 64
+                )
                 rows = _bounded_pool(rows, dists, max_pool)
                 joint = self._joint(qw[i], self._words[:, rows])
             else:
-                rows, joint = self._parallel_smallest(self._joint_chunks(qw[i]), k, 64 * self.n_layers)
-            D[i], I[i] = _top_k(joint, ids[rows], k)
-        return D, I
+                rows, joint = self._parallel_smallest(
+                    self._joint_chunks(qw[i]), k, 64 * self.n_layers
+                )
+            D[i], nbr[i] = _top_k(joint, ids[rows], k)
+        return D, nbr
 
     def search_reranked(
         self,
@@ -541,7 +563,7 @@ class HashIndex:
         qe = np.asarray(query_embeddings, np.float32)
         _, short = self.search(queries, max(shortlist, k), pool=pool)
         D = np.full((short.shape[0], k), -1, np.float32)
-        I = np.full((short.shape[0], k), -1, np.int64)
+        nbr = np.full((short.shape[0], k), -1, np.int64)
         for i, cand in enumerate(short):
             cand = cand[cand >= 0]
             if cand.size == 0:
@@ -549,8 +571,8 @@ class HashIndex:
             emb = self._emb[self._rows_of(cand, missing="raise")]
             d2 = ((emb - qe[i]) ** 2).sum(axis=1)
             order = np.lexsort((cand, d2))[:k]
-            D[i, : order.size], I[i, : order.size] = d2[order], cand[order]
-        return D, I
+            D[i, : order.size], nbr[i, : order.size] = d2[order], cand[order]
+        return D, nbr
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -579,7 +601,9 @@ class HashIndex:
         logger.info("hash index: saved %d nodules to %s", self._n, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, backend: Backend = "numpy", device: str = "cpu") -> HashIndex:
+    def load(
+        cls, path: str | os.PathLike[str], *, backend: Backend = "numpy", device: str = "cpu"
+    ) -> HashIndex:
         """Read an index written by :meth:`save`.
 
         Raises
@@ -595,7 +619,9 @@ class HashIndex:
         except (OSError, ValueError, KeyError) as exc:
             raise IndexFileError(f"cannot read hash index {path}: {exc}") from exc
         if meta.get("format") != _FORMAT_VERSION:
-            raise IndexFileError(f"hash index {path} has format {meta.get('format')}, expected {_FORMAT_VERSION}")
+            raise IndexFileError(
+                f"hash index {path} has format {meta.get('format')}, expected {_FORMAT_VERSION}"
+            )
         index = cls(
             meta["n_bits"],
             n_layers=meta["n_layers"],
@@ -605,7 +631,9 @@ class HashIndex:
             device=device,
         )
         if words.shape != (index.n_layers, ids.size):
-            raise IndexFileError(f"hash index {path}: words {words.shape} do not match {ids.size} ids")
+            raise IndexFileError(
+                f"hash index {path}: words {words.shape} do not match {ids.size} ids"
+            )
         index.add(ids, unpack_layers(words, index.n_bits), emb)
         return index
 
@@ -640,7 +668,10 @@ class HashIndexRegistry:
         return sorted(self._indexes)
 
     def get(self, model_version: str, *, create: bool = True) -> HashIndex:
-        """The index of ``model_version``, created empty if needed (``KeyError`` if not and ``create`` is false)."""
+        """The index of ``model_version``, created empty if needed.
+
+        Raises ``KeyError`` if it is absent and ``create`` is false.
+        """
         self._check(model_version)
         if model_version not in self._indexes:
             if not create:

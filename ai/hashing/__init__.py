@@ -2,7 +2,8 @@
 
 - :mod:`ai.hashing.model`      dense encoder-decoder with shallow / middle / deep hash heads
 - :mod:`ai.hashing.losses`     classification + reconstruction + contrastive + quantization
-- :mod:`ai.hashing.codes`      sign -> packed bytes, :class:`HashCodes` (size classes: ``ai.classes``)
+- :mod:`ai.hashing.codes`      sign -> packed bytes, :class:`HashCodes`
+  (diameter classes: ``ai.classes``)
 - :mod:`ai.hashing.infer`      ``encode(model, rois) -> HashCodes``
 - :mod:`ai.hashing.baselines`  LSH and ITQ
 - :mod:`ai.hashing.metrics`    mAP, mAP@k, P@k, precision-recall points

@@ -48,7 +48,9 @@ class LSH:
         """Learn the feature mean and draw ``(d, K)`` projections."""
         x = np.asarray(x, dtype=np.float64)
         self.mean_ = x.mean(axis=0)
-        self.projection_ = np.random.default_rng(self.seed).standard_normal((x.shape[1], self.n_bits))
+        self.projection_ = np.random.default_rng(self.seed).standard_normal(
+            (x.shape[1], self.n_bits)
+        )
         return self
 
     def encode(self, x: npt.ArrayLike) -> npt.NDArray[np.uint8]:
@@ -116,7 +118,9 @@ class ITQ:
     def _rotated(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         if self.mean_ is None or self.pca_ is None or self.rotation_ is None:
             raise RuntimeError("call fit() first")
-        out: npt.NDArray[np.float64] = ((np.asarray(x, dtype=np.float64) - self.mean_) @ self.pca_) @ self.rotation_
+        out: npt.NDArray[np.float64] = (
+            (np.asarray(x, dtype=np.float64) - self.mean_) @ self.pca_
+        ) @ self.rotation_
         return out
 
     def encode(self, x: npt.ArrayLike) -> npt.NDArray[np.uint8]:

@@ -90,15 +90,17 @@ class HashCodes:
         return int(self.shallow.shape[0])
 
     def rows(self) -> npt.NDArray[np.uint8]:
-        """``(n, 3 * ceil(K/8))`` uint8 code rows (shallow | middle | deep) for ``storage.index``."""
+        """``(n, 3 * ceil(K/8))`` uint8 rows (shallow | middle | deep) for ``storage.index``."""
         return np.concatenate([self.shallow, self.middle, self.deep], axis=1)
 
     @property
     def size_class(self) -> npt.NDArray[np.int64]:
         """``(n,)`` predicted diameter class."""
-        return np.argmax(self.size_probs, axis=1).astype(np.int64)
+        out: npt.NDArray[np.int64] = np.argmax(self.size_probs, axis=1).astype(np.int64)
+        return out
 
     @property
     def texture(self) -> npt.NDArray[np.int64]:
         """``(n,)`` predicted texture index into :data:`TEXTURES`."""
-        return np.argmax(self.texture_probs, axis=1).astype(np.int64)
+        out: npt.NDArray[np.int64] = np.argmax(self.texture_probs, axis=1).astype(np.int64)
+        return out

@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 
-def hamming_distances(queries: npt.NDArray[np.uint8], database: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
+def hamming_distances(
+    queries: npt.NDArray[np.uint8], database: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.int32]:
     """``(nq, n)`` int32 Hamming distances between packed codes ``(nq, B)`` and ``(n, B)``."""
     q = np.asarray(queries, dtype=np.uint8)
     db = np.asarray(database, dtype=np.uint8)
@@ -60,12 +62,14 @@ def joint_distances(
     if len(queries) != len(database):
         raise ValueError("queries and database need the same layers")
     total = hamming_distances(queries[0], database[0])
-    for q, db in zip(queries[1:], database[1:]):
+    for q, db in zip(queries[1:], database[1:], strict=True):
         total += hamming_distances(q, db)
     return total
 
 
-def label_relevance(query_labels: npt.ArrayLike, database_labels: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+def label_relevance(
+    query_labels: npt.ArrayLike, database_labels: npt.ArrayLike
+) -> npt.NDArray[np.bool_]:
     """Relevant = same label (``(n,)`` labels), or same in every column (``(n, m)`` labels).
 
     ``label_relevance(size, size_db)`` is "same size class";
@@ -78,7 +82,8 @@ def label_relevance(query_labels: npt.ArrayLike, database_labels: npt.ArrayLike)
         q, db = q[:, None], db[:, None]
     if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
         raise ValueError(f"labels must be (nq[, m]) and (n[, m]), got {q.shape} and {db.shape}")
-    return np.all(q[:, None, :] == db[None, :, :], axis=2)
+    same: npt.NDArray[np.bool_] = np.all(q[:, None, :] == db[None, :, :], axis=2)
+    return same
 
 
 def relevance_from_function(
@@ -86,7 +91,8 @@ def relevance_from_function(
 ) -> npt.NDArray[np.bool_]:
     """``(nq, n)`` relevance from a predicate ``is_relevant(query_index, database_index)``."""
     return np.array(
-        [[bool(is_relevant(i, j)) for j in range(n_database)] for i in range(n_queries)], dtype=np.bool_
+        [[bool(is_relevant(i, j)) for j in range(n_database)] for i in range(n_queries)],
+        dtype=np.bool_,
     ).reshape(n_queries, n_database)
 
 
@@ -94,7 +100,9 @@ def _ranked_relevance(distances: npt.ArrayLike, relevance: npt.ArrayLike) -> npt
     d = np.asarray(distances)
     rel = np.asarray(relevance, dtype=np.bool_)
     if d.shape != rel.shape or d.ndim != 2:
-        raise ValueError(f"distances and relevance must both be (nq, n), got {d.shape} and {rel.shape}")
+        raise ValueError(
+            f"distances and relevance must both be (nq, n), got {d.shape} and {rel.shape}"
+        )
     order = np.argsort(d, axis=1, kind="stable")
     return np.take_along_axis(rel, order, axis=1)
 

@@ -140,7 +140,9 @@ class _Up(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+        up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        out: torch.Tensor = self.conv(up)
+        return out
 
 
 class _HashHead(nn.Module):
@@ -152,7 +154,8 @@ class _HashHead(nn.Module):
         self.fc = nn.Linear(in_channels * 16, n_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(x), 1))
+        out: torch.Tensor = self.fc(torch.flatten(self.pool(x), 1))
+        return out
 
 
 class HashNet(nn.Module):

@@ -26,7 +26,12 @@ import torch
 
 from ai.hashing.infer import encode
 from ai.hashing.losses import LossConfig, hashing_loss
-from ai.hashing.metrics import joint_distances, label_relevance, mean_average_precision, precision_at_k
+from ai.hashing.metrics import (
+    joint_distances,
+    label_relevance,
+    mean_average_precision,
+    precision_at_k,
+)
 from ai.hashing.model import HashNet, HashNetConfig
 
 __all__ = [
@@ -184,7 +189,9 @@ def train(
     dev = torch.device(device)
     expected = (cfg.model.in_channels, cfg.model.roi_size, cfg.model.roi_size)
     if data.rois.shape[1:] != expected:
-        raise ValueError(f"rois must be (n, {', '.join(map(str, expected))}), got {data.rois.shape}")
+        raise ValueError(
+            f"rois must be (n, {', '.join(map(str, expected))}), got {data.rois.shape}"
+        )
     if len(data) < 2:
         raise ValueError("need at least 2 ROIs to train")
     torch.manual_seed(cfg.seed)
@@ -204,7 +211,12 @@ def train(
         history = list(resume["history"])
         start = int(resume["epoch"])
     use_amp = cfg.amp and dev.type == "cuda"
-    bar = tqdm(total=(cfg.epochs - start) * steps_per_epoch, disable=not progress, desc="train", unit="step")
+    bar = tqdm(
+        total=(cfg.epochs - start) * steps_per_epoch,
+        disable=not progress,
+        desc="train",
+        unit="step",
+    )
     for epoch in range(start + 1, cfg.epochs + 1):
         model.train()
         order = rng.permutation(len(data))
@@ -222,7 +234,7 @@ def train(
             out = type(out)(*(t.float() for t in out))
             terms = hashing_loss(out, x, sizes, textures, cfg.loss)
             opt.zero_grad(set_to_none=True)
-            terms.total.backward()
+            terms.total.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             for key, value in {"total": float(terms.total.detach()), **terms.parts}.items():
@@ -293,7 +305,10 @@ def evaluate_retrieval(
         ("", label_relevance(queries.size_class, database.size_class)),
         (
             "_size_texture",
-            label_relevance(np.c_[queries.size_class, queries.texture], np.c_[database.size_class, database.texture]),
+            label_relevance(
+                np.c_[queries.size_class, queries.texture],
+                np.c_[database.size_class, database.texture],
+            ),
         ),
     ):
         out[f"map{suffix}"] = mean_average_precision(dist, rel)

@@ -26,7 +26,9 @@ def test_itq_beats_lsh_on_a_clustered_toy_set(n_bits: int) -> None:
     scores = {}
     for name, method in (("lsh", LSH(n_bits, seed=1)), ("itq", ITQ(n_bits, seed=1))):
         method.fit(x[train])
-        scores[name] = mean_average_precision(hamming_distances(method.encode(x[q]), method.encode(x[db])), rel)
+        scores[name] = mean_average_precision(
+            hamming_distances(method.encode(x[q]), method.encode(x[db])), rel
+        )
     assert scores["itq"] > scores["lsh"] + 0.05, scores
 
 

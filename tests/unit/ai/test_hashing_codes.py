@@ -25,8 +25,15 @@ def _codes(n: int, n_bits: int = 32) -> HashCodes:
     rng = np.random.default_rng(0)
     layer = lambda: pack_signs(rng.standard_normal((n, n_bits)))  # noqa: E731
     probs = rng.random((n, 8)).astype(np.float32)
-    return HashCodes(layer(), layer(), layer(), np.zeros((n, 16), np.float32), probs,
-                     np.full((n, 3), 1 / 3, np.float32), n_bits)
+    return HashCodes(
+        layer(),
+        layer(),
+        layer(),
+        np.zeros((n, 16), np.float32),
+        probs,
+        np.full((n, 3), 1 / 3, np.float32),
+        n_bits,
+    )
 
 
 def test_hash_codes_rows_and_predictions() -> None:
@@ -41,8 +48,22 @@ def test_hash_codes_rows_and_predictions() -> None:
 def test_hash_codes_validates_shapes() -> None:
     good = _codes(4)
     with pytest.raises(ValueError, match="middle"):
-        HashCodes(good.shallow, good.middle[:, :3], good.deep, good.embedding, good.size_probs,
-                  good.texture_probs, 32)
+        HashCodes(
+            good.shallow,
+            good.middle[:, :3],
+            good.deep,
+            good.embedding,
+            good.size_probs,
+            good.texture_probs,
+            32,
+        )
     with pytest.raises(ValueError, match="size_probs"):
-        HashCodes(good.shallow, good.middle, good.deep, good.embedding, good.size_probs[:, :7],
-                  good.texture_probs, 32)
+        HashCodes(
+            good.shallow,
+            good.middle,
+            good.deep,
+            good.embedding,
+            good.size_probs[:, :7],
+            good.texture_probs,
+            32,
+        )

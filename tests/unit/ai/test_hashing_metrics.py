@@ -17,7 +17,9 @@ from ai.hashing.metrics import (
 
 
 def _brute_force_ap(dist_row: np.ndarray, rel_row: np.ndarray, top: int | None = None) -> float:
-    ranked = [bool(rel_row[j]) for j in sorted(range(len(dist_row)), key=lambda j: (dist_row[j], j))]
+    ranked = [
+        bool(rel_row[j]) for j in sorted(range(len(dist_row)), key=lambda j: (dist_row[j], j))
+    ]
     ranked = ranked[:top] if top else ranked
     precisions = [sum(ranked[: i + 1]) / (i + 1) for i, r in enumerate(ranked) if r]
     return sum(precisions) / len(precisions) if precisions else 0.0
@@ -52,7 +54,13 @@ def test_map_matches_brute_force_definition() -> None:
     for top in (None, 10):
         expected = np.mean([_brute_force_ap(d[i], rel[i], top) for i in range(12) if keep[i]])
         assert mean_average_precision(d, rel, top=top) == pytest.approx(expected)
-    expected_p = np.mean([np.mean([rel[i, j] for j in np.argsort(d[i], kind="stable")[:10]]) for i in range(12) if keep[i]])
+    expected_p = np.mean(
+        [
+            np.mean([rel[i, j] for j in np.argsort(d[i], kind="stable")[:10]])
+            for i in range(12)
+            if keep[i]
+        ]
+    )
     assert precision_at_k(d, rel, 10) == pytest.approx(expected_p)
 
 
@@ -62,7 +70,9 @@ def test_label_relevance_one_and_two_columns_and_function() -> None:
     assert label_relevance(size_q, size_db).tolist() == [[True, True, False], [False, False, True]]
     both = label_relevance(np.c_[size_q, tex_q], np.c_[size_db, tex_db])
     assert both.tolist() == [[True, False, False], [False, False, True]]
-    fn = relevance_from_function(lambda i, j: size_q[i] == size_db[j] and tex_q[i] == tex_db[j], 2, 3)
+    fn = relevance_from_function(
+        lambda i, j: size_q[i] == size_db[j] and tex_q[i] == tex_db[j], 2, 3
+    )
     np.testing.assert_array_equal(fn, both)
 
 
@@ -70,7 +80,10 @@ def test_hamming_and_joint_distances_match_unpacked_bits() -> None:
     rng = np.random.default_rng(1)
     layers_q = [rng.integers(0, 256, (3, 4), dtype=np.uint8) for _ in range(3)]
     layers_db = [rng.integers(0, 256, (7, 4), dtype=np.uint8) for _ in range(3)]
-    per = [(np.unpackbits(q, axis=1)[:, None] != np.unpackbits(db, axis=1)[None]).sum(2) for q, db in zip(layers_q, layers_db)]
+    per = [
+        (np.unpackbits(q, axis=1)[:, None] != np.unpackbits(db, axis=1)[None]).sum(2)
+        for q, db in zip(layers_q, layers_db, strict=True)
+    ]
     np.testing.assert_array_equal(hamming_distances(layers_q[0], layers_db[0]), per[0])
     np.testing.assert_array_equal(joint_distances(layers_q, layers_db), per[0] + per[1] + per[2])
 

@@ -10,12 +10,23 @@ from ai.hashing.infer import encode
 from ai.hashing.losses import LossConfig, contrastive_loss, hashing_loss, quantization_loss
 from ai.hashing.model import HashNet, HashNetConfig
 
-TINY = HashNetConfig(in_channels=3, roi_size=32, n_bits=24, growth=6, block_layers=2, stem_channels=8,
-                     embedding_dim=16)
+TINY = HashNetConfig(
+    in_channels=3,
+    roi_size=32,
+    n_bits=24,
+    growth=6,
+    block_layers=2,
+    stem_channels=8,
+    embedding_dim=16,
+)
 
 
 def _rois(n: int, cfg: HashNetConfig = TINY, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, cfg.in_channels, cfg.roi_size, cfg.roi_size)).astype(np.float32)
+    return (
+        np.random.default_rng(seed)
+        .random((n, cfg.in_channels, cfg.roi_size, cfg.roi_size))
+        .astype(np.float32)
+    )
 
 
 @pytest.mark.parametrize("n_bits", [24, 64])
@@ -69,7 +80,9 @@ def test_contrastive_and_quantization_terms_hand_made() -> None:
     # pairs: (0,1) similar at d2=0 -> 0; (0,2),(1,2) dissimilar at d2/K=4 >= margin 2 -> 0
     assert float(contrastive_loss(b, same, margin=2.0)) == pytest.approx(0.0)
     # all pairs "similar": 0.5 * d2/K averaged: (0 + 4 + 4) / 3 * 0.5
-    assert float(contrastive_loss(b, torch.ones(3, 3, dtype=torch.bool), 2.0)) == pytest.approx(4 / 3)
+    assert float(contrastive_loss(b, torch.ones(3, 3, dtype=torch.bool), 2.0)) == pytest.approx(
+        4 / 3
+    )
     # flipped: (0,1) dissimilar at d2=0 -> 0.5 * margin; the other two similar at 0 -> 0
     assert float(contrastive_loss(torch.zeros(3, 2), ~same, 2.0)) == pytest.approx(1 / 3)
     assert float(quantization_loss(b)) == 0.0
@@ -86,13 +99,21 @@ def test_a_few_training_steps_lower_the_loss() -> None:
     yy, xx = np.mgrid[:32, :32]
     rois = np.zeros((16, 3, 32, 32), np.float32)
     for i, s in enumerate(sizes.tolist()):
-        rois[i, :] = ((yy - 16) ** 2 + (xx - 16) ** 2 <= (2 + 1.5 * s) ** 2) * (0.4 + 0.2 * textures[i].item())
+        rois[i, :] = ((yy - 16) ** 2 + (xx - 16) ** 2 <= (2 + 1.5 * s) ** 2) * (
+            0.4 + 0.2 * textures[i].item()
+        )
     x = torch.from_numpy(rois)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     cfg = LossConfig()
     model.train()
     first = hashing_loss(model(x), x, sizes, textures, cfg)
-    assert set(first.parts) == {"ce_size", "ce_texture", "reconstruction", "contrastive", "quantization"}
+    assert set(first.parts) == {
+        "ce_size",
+        "ce_texture",
+        "reconstruction",
+        "contrastive",
+        "quantization",
+    }
     for _ in range(8):
         opt.zero_grad()
         loss = hashing_loss(model(x), x, sizes, textures, cfg).total
@@ -100,3 +121,19 @@ def test_a_few_training_steps_lower_the_loss() -> None:
         opt.step()
     last = hashing_loss(model(x), x, sizes, textures, cfg)
     assert float(last.total.detach()) < 0.8 * float(first.total.detach()), (first.parts, last.parts)
+
+
+def test_loss_uses_the_similarity_of_each_layer() -> None:
+    from ai.hashing.model import HashNetOutput
+
+    # two ROIs of the same size class, other textures, with identical codes in every layer
+    codes = torch.tensor([[1.0, -1.0], [1.0, -1.0]])
+    x = torch.zeros(2, 3, 16, 16)
+    heads = (torch.zeros(2, 4), torch.zeros(2, 8), torch.zeros(2, 3))
+    out = HashNetOutput(codes, codes, codes, *heads, x)
+    sizes, textures = torch.tensor([3, 3]), torch.tensor([0, 2])
+    by_size = hashing_loss(out, x, sizes, textures, LossConfig(similar=("size", "size", "size")))
+    mixed = hashing_loss(out, x, sizes, textures, LossConfig())
+    # dissimilar-at-distance-0 costs margin / 2 = 1 per layer that asks for texture too
+    assert by_size.parts["contrastive"] == pytest.approx(0.0)
+    assert mixed.parts["contrastive"] == pytest.approx(1.0)

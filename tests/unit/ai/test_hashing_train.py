@@ -10,9 +10,18 @@ import torch
 
 from ai.hashing.infer import encode
 from ai.hashing.model import HashNetConfig
-from ai.hashing.train import RoiSet, TrainConfig, model_from_bytes, train, weights_to_bytes, weights_version
+from ai.hashing.train import (
+    RoiSet,
+    TrainConfig,
+    model_from_bytes,
+    train,
+    weights_to_bytes,
+    weights_version,
+)
 
-TINY = HashNetConfig(roi_size=16, n_bits=24, growth=4, block_layers=2, stem_channels=8, embedding_dim=8)
+TINY = HashNetConfig(
+    roi_size=16, n_bits=24, growth=4, block_layers=2, stem_channels=8, embedding_dim=8
+)
 
 
 def toy_rois(n: int, seed: int = 0, size: int = 16) -> RoiSet:
@@ -82,14 +91,34 @@ def test_train_cli_writes_weights_card_and_resumes(tmp_path) -> None:
 
     data = toy_rois(64)
     npz = tmp_path / "rois.npz"
-    np.savez(npz, rois=data.rois, size_class=data.size_class, texture=data.texture, patient=data.patient)
+    np.savez(
+        npz, rois=data.rois, size_class=data.size_class, texture=data.texture, patient=data.patient
+    )
     out = tmp_path / "model"
-    argv = ["train", "--rois", str(npz), "--out", str(out), "--bits", "24", "--growth", "4",
-            "--batch-size", "16", "--no-progress", "--device", "cpu"]
+    argv = [
+        "train",
+        "--rois",
+        str(npz),
+        "--out",
+        str(out),
+        "--bits",
+        "24",
+        "--growth",
+        "4",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main([*argv, "--epochs", "1"]) == 0
     card = json.loads((out / "model_card.json").read_text())
     model, card2 = load_model_dir(out)
-    assert card2["version"] == card["version"] == weights_version((out / "model.safetensors").read_bytes())
+    assert (
+        card2["version"]
+        == card["version"]
+        == weights_version((out / "model.safetensors").read_bytes())
+    )
     assert card["data"]["n_train"] + card["data"]["n_held_out"] == 64
     assert 0.0 <= card["metrics_held_out"]["map"] <= 1.0
     assert "Held-out retrieval" in (out / "MODEL_CARD.md").read_text()

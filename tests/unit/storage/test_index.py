@@ -16,14 +16,18 @@ def _codes(rng: np.random.Generator, n: int, n_bits: int, n_layers: int = 3) -> 
     return np.packbits(bits, axis=2).reshape(n, n_layers * nb)
 
 
-def _clustered(rng: np.random.Generator, n: int, n_bits: int = 64, centres: int = 5, flip: float = 0.08) -> np.ndarray:
+def _clustered(
+    rng: np.random.Generator, n: int, n_bits: int = 64, centres: int = 5, flip: float = 0.08
+) -> np.ndarray:
     nb = n_bits // 8
     c = rng.integers(0, 2, size=(centres, 3, n_bits), dtype=np.uint8)
     bits = c[rng.integers(0, centres, n)] ^ (rng.random((n, 3, n_bits)) < flip).astype(np.uint8)
     return np.packbits(bits, axis=2).reshape(n, 3 * nb)
 
 
-def _reference(db: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | None = None):
+def _reference(
+    db: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | None = None
+):
     """Joint distance by unpacking bits; ``q`` is ``(V, code_size)``; sorted by (D, id)."""
     nb = db.shape[1] // 3
     bdb = np.unpackbits(db.reshape(len(db), 3, nb), axis=2).astype(np.int32)
@@ -33,10 +37,10 @@ def _reference(db: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, rows: np.
     cand = np.arange(len(db)) if rows is None else rows
     order = np.lexsort((ids[cand], joint[cand]))[:k]
     D = np.full(k, -1, np.int32)
-    I = np.full(k, -1, np.int64)
+    nbr = np.full(k, -1, np.int64)
     D[: order.size] = joint[cand][order]
-    I[: order.size] = ids[cand][order]
-    return D, I
+    nbr[: order.size] = ids[cand][order]
+    return D, nbr
 
 
 def _reference_pool(db: np.ndarray, q0: np.ndarray, pool: int) -> np.ndarray:
@@ -64,12 +68,12 @@ def test_flat_search_matches_brute_force(n_bits: int, n_views: int) -> None:
     queries = _codes(rng, 4 * n_views, n_bits).reshape(4, n_views, -1)
     index = HashIndex(n_bits)
     index.add(ids, db)
-    D, I = index.search(queries if n_views > 1 else queries[:, 0], 10, pool=0)
-    assert D.dtype == np.int32 and I.dtype == np.int64 and D.shape == (4, 10)
+    D, nbr = index.search(queries if n_views > 1 else queries[:, 0], 10, pool=0)
+    assert D.dtype == np.int32 and nbr.dtype == np.int64 and D.shape == (4, 10)
     for i in range(4):
         rD, rI = _reference(db, ids, queries[i], 10)
         np.testing.assert_array_equal(D[i], rD)
-        np.testing.assert_array_equal(I[i], rI)
+        np.testing.assert_array_equal(nbr[i], rI)
 
 
 def test_coarse_to_fine_ranks_the_coarse_pool_by_joint_distance() -> None:
@@ -79,14 +83,16 @@ def test_coarse_to_fine_ranks_the_coarse_pool_by_joint_distance() -> None:
     queries = _clustered(rng, 5)
     index = HashIndex(64)
     index.add(ids, db)
-    D, I = index.search(queries, 10, pool=50, max_pool=10**6)
+    D, nbr = index.search(queries, 10, pool=50, max_pool=10**6)
     for i in range(5):
         rows = _reference_pool(db, queries[i], 50)
         rD, rI = _reference(db, ids, queries[i : i + 1], 10, rows)
         np.testing.assert_array_equal(D[i], rD)
-        np.testing.assert_array_equal(I[i], rI)
+        np.testing.assert_array_equal(nbr[i], rI)
     # a pool covering everything is the exact search
-    np.testing.assert_array_equal(index.search(queries, 10, pool=5000)[1], index.search(queries, 10, pool=0)[1])
+    np.testing.assert_array_equal(
+        index.search(queries, 10, pool=5000)[1], index.search(queries, 10, pool=0)[1]
+    )
 
 
 def test_threaded_scan_over_many_chunks_matches_brute_force() -> None:
@@ -97,12 +103,12 @@ def test_threaded_scan_over_many_chunks_matches_brute_force() -> None:
     index = HashIndex(64, n_threads=2, chunk_rows=2000)
     index.add(ids, db)
     q = _codes(rng, 2, 64)
-    D, I = index.search(q, 5, pool=0)
+    D, nbr = index.search(q, 5, pool=0)
     Dc, Ic = index.search(q, 5, pool=300)
     for i in range(2):
         rD, rI = _reference(db, ids, q[i : i + 1], 5)
         np.testing.assert_array_equal(D[i], rD)
-        np.testing.assert_array_equal(I[i], rI)
+        np.testing.assert_array_equal(nbr[i], rI)
         rows = _reference_pool(db, q[i], 300)
         cD, cI = _reference(db, ids, q[i : i + 1], 5, rows)
         np.testing.assert_array_equal(Dc[i], cD)
@@ -130,7 +136,9 @@ def test_torch_popcount_matches_numpy() -> None:
     torch = pytest.importorskip("torch")
     from storage._index_torch import popcount64
 
-    words = np.random.default_rng(4).integers(0, 2**64 - 1, size=1000, dtype=np.uint64, endpoint=True)
+    words = np.random.default_rng(4).integers(
+        0, 2**64 - 1, size=1000, dtype=np.uint64, endpoint=True
+    )
     words[:3] = [0, 2**64 - 1, 2**63]
     got = popcount64(torch.from_numpy(words.view(np.int64))).numpy()
     np.testing.assert_array_equal(got, np.bitwise_count(words))
@@ -139,12 +147,12 @@ def test_torch_popcount_matches_numpy() -> None:
 def test_fewer_than_k_pads_with_minus_one_and_empty_index() -> None:
     rng = np.random.default_rng(5)
     index = HashIndex(32)
-    D, I = index.search(_codes(rng, 1, 32), 3)
-    assert (D == -1).all() and (I == -1).all()
+    D, nbr = index.search(_codes(rng, 1, 32), 3)
+    assert (D == -1).all() and (nbr == -1).all()
     index.add([5, 9], _codes(rng, 2, 32))
     for pool in (0, 1000):
-        D, I = index.search(_codes(rng, 1, 32), 4, pool=pool)
-        assert sorted(I[0, :2]) == [5, 9] and (I[0, 2:] == -1).all() and (D[0, 2:] == -1).all()
+        D, nbr = index.search(_codes(rng, 1, 32), 4, pool=pool)
+        assert sorted(nbr[0, :2]) == [5, 9] and (nbr[0, 2:] == -1).all() and (D[0, 2:] == -1).all()
 
 
 def test_add_rejects_duplicates_and_remove_keeps_results_consistent() -> None:
@@ -167,7 +175,9 @@ def test_add_rejects_duplicates_and_remove_keeps_results_consistent() -> None:
     fresh.add(ids[keep], db[keep])
     q = _codes(rng, 3, 64)
     for pool in (0, 60):
-        np.testing.assert_array_equal(index.search(q, 20, pool=pool)[1], fresh.search(q, 20, pool=pool)[1])
+        np.testing.assert_array_equal(
+            index.search(q, 20, pool=pool)[1], fresh.search(q, 20, pool=pool)[1]
+        )
     np.testing.assert_array_equal(index.reconstruct(ids[keep][:7]), db[keep][:7])
     with pytest.raises(KeyError):
         index.reconstruct(gone[:1])
@@ -187,10 +197,11 @@ def test_save_load_round_trip_gives_identical_results(tmp_path) -> None:
     again = HashIndex.load(path)
     q = _codes(rng, 4, 48)
     for pool in (0, 100):
-        for a, b in zip(index.search(q, 10, pool=pool), again.search(q, 10, pool=pool)):
+        pair = (index.search(q, 10, pool=pool), again.search(q, 10, pool=pool))
+        for a, b in zip(*pair, strict=True):
             np.testing.assert_array_equal(a, b)
     qe = rng.standard_normal((4, 16)).astype(np.float32)
-    for a, b in zip(index.search_reranked(q, qe, 5), again.search_reranked(q, qe, 5)):
+    for a, b in zip(index.search_reranked(q, qe, 5), again.search_reranked(q, qe, 5), strict=True):
         np.testing.assert_array_equal(a, b)
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(IndexFileError):
@@ -205,13 +216,13 @@ def test_search_reranked_orders_the_shortlist_by_l2() -> None:
     index = HashIndex(64, embedding_dim=8)
     index.add(ids, db, emb)
     q, qe = db[:2], emb[:2] + 0.01
-    D, I = index.search_reranked(q, qe, 5, shortlist=30, pool=0)
+    D, nbr = index.search_reranked(q, qe, 5, shortlist=30, pool=0)
     _, short = index.search(q, 30, pool=0)
     for i in range(2):
         d2 = ((emb[short[i] - 1000] - qe[i]) ** 2).sum(axis=1)
-        np.testing.assert_array_equal(I[i], short[i][np.argsort(d2, kind="stable")[:5]])
+        np.testing.assert_array_equal(nbr[i], short[i][np.argsort(d2, kind="stable")[:5]])
         np.testing.assert_allclose(D[i], np.sort(d2)[:5], rtol=1e-6)
-        assert I[i, 0] == ids[i]
+        assert nbr[i, 0] == ids[i]
 
 
 def test_registry_partitions_by_model_version(tmp_path) -> None:
@@ -239,8 +250,8 @@ def test_misleading_first_chunk_triggers_an_exact_rescan() -> None:
     ids = np.arange(len(db), dtype=np.int64)
     index = HashIndex(64, chunk_rows=1000, n_threads=1)
     index.add(ids, db)
-    D, I = index.search(q, 30, pool=50, max_pool=10**6)
+    D, nbr = index.search(q, 30, pool=50, max_pool=10**6)
     rD, rI = _reference(db, ids, q, 30, _reference_pool(db, q[0], 50))
     np.testing.assert_array_equal(D[0], rD)
-    np.testing.assert_array_equal(I[0], rI)
+    np.testing.assert_array_equal(nbr[0], rI)
     assert (D[0, :20] == 0).all() and (D[0, 20:] > 0).all()
