@@ -137,3 +137,19 @@ def test_loss_uses_the_similarity_of_each_layer() -> None:
     # dissimilar-at-distance-0 costs margin / 2 = 1 per layer that asks for texture too
     assert by_size.parts["contrastive"] == pytest.approx(0.0)
     assert mixed.parts["contrastive"] == pytest.approx(1.0)
+
+
+@pytest.mark.gpu
+def test_cpu_and_cuda_codes_agree() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    model = HashNet(HashNetConfig())
+    rois = _rois(64, HashNetConfig(), seed=3)
+    cpu = encode(model, rois, device="cpu")
+    gpu = encode(model, rois, device="cuda")
+    model.to("cpu")
+    np.testing.assert_allclose(gpu.embedding, cpu.embedding, atol=1e-4)
+    # a bit may flip only where its relaxed value is within float error of 0
+    differing = np.unpackbits(gpu.rows() ^ cpu.rows()).sum()
+    assert differing <= 0.001 * cpu.rows().size * 8, differing

@@ -255,3 +255,22 @@ def test_misleading_first_chunk_triggers_an_exact_rescan() -> None:
     np.testing.assert_array_equal(D[0], rD)
     np.testing.assert_array_equal(nbr[0], rI)
     assert (D[0, :20] == 0).all() and (D[0, 20:] > 0).all()
+
+
+@pytest.mark.gpu
+def test_cuda_backend_equals_numpy_backend() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    rng = np.random.default_rng(11)
+    db = _clustered(rng, 50_000, centres=50, flip=0.1)
+    ids = rng.permutation(50_000).astype(np.int64)
+    queries = _clustered(rng, 12, centres=50).reshape(4, 3, -1)
+    a = HashIndex(64)
+    b = HashIndex(64, backend="torch", device="cuda")
+    a.add(ids, db)
+    b.add(ids, db)
+    for q in (queries, queries[:, 0]):
+        for pool in (0, 1000):
+            for x, y in zip(a.search(q, 10, pool=pool), b.search(q, 10, pool=pool), strict=True):
+                np.testing.assert_array_equal(x, y)
