@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +60,6 @@ class LossConfig:
     margin: float = 2.0
     quant_alpha: float = 0.1
     similar: tuple[Similarity, Similarity, Similarity] = ("size_texture", "size", "size")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (for model cards)."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ linear layer gives ``K`` relaxed values; the code is their sign.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -72,10 +72,6 @@ class HashNetConfig:
             raise ValueError(f"roi_size must be a multiple of 8 and >= 16, got {self.roi_size}")
         if not 8 <= self.n_bits <= 64:
             raise ValueError(f"n_bits must be in 8..64, got {self.n_bits}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (for model cards)."""
-        return asdict(self)
 
 
 class HashNetOutput(NamedTuple):

@@ -115,21 +115,25 @@ def test_threaded_scan_over_many_chunks_matches_brute_force() -> None:
         np.testing.assert_array_equal(Ic[i], cI)
 
 
-@pytest.mark.parametrize("pool", [0, 40])
-def test_torch_backend_equals_numpy_backend(pool: int) -> None:
-    rng = np.random.default_rng(3)
-    db = _clustered(rng, 3000, centres=20, flip=0.15)
-    ids = rng.permutation(3000).astype(np.int64)
-    queries = _clustered(rng, 6, centres=20).reshape(2, 3, -1)
+def _assert_backends_agree(
+    device: str, n: int, centres: int, pools: tuple[int, ...], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    db = _clustered(rng, n, centres=centres, flip=0.15)
+    ids = rng.permutation(n).astype(np.int64)
+    queries = _clustered(rng, 6, centres=centres).reshape(2, 3, -1)
     a = HashIndex(64)
-    b = HashIndex(64, backend="torch", device="cpu")
+    b = HashIndex(64, backend="torch", device=device)
     a.add(ids, db)
     b.add(ids, db)
     for q in (queries, queries[:, 0]):
-        Da, Ia = a.search(q, 15, pool=pool)
-        Db, Ib = b.search(q, 15, pool=pool)
-        np.testing.assert_array_equal(Da, Db)
-        np.testing.assert_array_equal(Ia, Ib)
+        for pool in pools:
+            for x, y in zip(a.search(q, 15, pool=pool), b.search(q, 15, pool=pool), strict=True):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_torch_backend_equals_numpy_backend() -> None:
+    _assert_backends_agree("cpu", 3000, 20, (0, 40), seed=3)
 
 
 def test_torch_popcount_matches_numpy() -> None:
@@ -262,15 +266,4 @@ def test_cuda_backend_equals_numpy_backend() -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    rng = np.random.default_rng(11)
-    db = _clustered(rng, 50_000, centres=50, flip=0.1)
-    ids = rng.permutation(50_000).astype(np.int64)
-    queries = _clustered(rng, 12, centres=50).reshape(4, 3, -1)
-    a = HashIndex(64)
-    b = HashIndex(64, backend="torch", device="cuda")
-    a.add(ids, db)
-    b.add(ids, db)
-    for q in (queries, queries[:, 0]):
-        for pool in (0, 1000):
-            for x, y in zip(a.search(q, 10, pool=pool), b.search(q, 10, pool=pool), strict=True):
-                np.testing.assert_array_equal(x, y)
+    _assert_backends_agree("cuda", 50_000, 50, (0, 1000), seed=11)
