@@ -68,6 +68,11 @@ class Node:
             raise RuntimeError("the node is not started")
         return int(self._server.server_address[1])
 
+    @property
+    def association_count(self) -> int:
+        """Associations currently open with this node as acceptor."""
+        return 0 if self._server is None else len(self._server.active_associations)
+
     def _process(self, series_instance_uid: str) -> None:
         run_series(self.catalog, self.processor, series_instance_uid)
 

@@ -128,9 +128,8 @@ def start_node() -> Iterator[Callable[..., Any]]:
 
     def _start(settings: Any, **kwargs: Any) -> Node:
         node = Node(settings, **kwargs)
-        node.start()
+        node.start()  # returns with the socket bound and listening
         nodes.append(node)
-        wait_for_port(node.port)
         return node
 
     yield _start

@@ -112,3 +112,24 @@ def test_free_space_floor_refuses_with_a700_and_writes_nothing(tmp_path, make_se
     assert "Received Store Response (Refused: OutOfResources)" in result.stderr, result.stderr
     assert node.catalog.instance_count() == 0
     assert not [p for p in node.store.root.rglob("*") if p.is_file()]
+
+
+def test_associations_over_the_limit_are_rejected(make_settings, start_node) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    node = start_node(make_settings(network={"max_associations": 2}))
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    held = []
+    try:
+        wait_until(lambda: held.append(holder.associate("127.0.0.1", node.port, ae_title="DICOM_NODE"))
+                   or len([a for a in held if a.is_established]) == 2, what="two associations held")
+        busy = run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
+        assert busy.returncode != 0 and "Association Rejected" in busy.stderr
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+    wait_until(lambda: run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1",
+                                 str(node.port)]).returncode == 0, what="accepted again after release")
