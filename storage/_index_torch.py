@@ -17,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from storage._hamming import top_k
+
 logger = logging.getLogger(__name__)
 
 _M1 = 0x5555555555555555
@@ -54,13 +56,20 @@ class TorchCodes:
     ----------
     words : numpy.ndarray
         ``(n_layers, n)`` uint64 host words.
+    labels : numpy.ndarray
+        ``(n,)`` uint8 labels (for ``allowed_labels`` filtering).
     device : str
         torch device.
     """
 
-    def __init__(self, words: npt.NDArray[np.uint64], device: str) -> None:
+    def __init__(
+        self, words: npt.NDArray[np.uint64], labels: npt.NDArray[np.uint8], device: str
+    ) -> None:
         self.device = torch.device(device)
         self.words = torch.from_numpy(np.ascontiguousarray(words).view(np.int64)).to(self.device)
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64)).to(
+            self.device
+        )
         self.coarse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _coarse
         self.joint: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _joint
         if self.device.type == "cuda":
@@ -88,6 +97,7 @@ def search(
     pool: int,
     max_pool: int,
     coarse_layer: int,
+    penalties: list[npt.NDArray[np.int32] | None],
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
     """Joint-distance search; see :meth:`storage.index.HashIndex.search`.
 
@@ -101,8 +111,10 @@ def search(
         ``(nq, n_views, n_layers)`` uint64 query words.
     k, pool, max_pool, coarse_layer : int
         As in ``HashIndex.search``.
+    penalties : list
+        Per query, ``None`` or a ``(256,)`` int32 distance penalty per label
+        (0 where allowed, larger than any distance elsewhere).
     """
-    from storage.index import _top_k
 
     nq = qw.shape[0]
     D = np.full((nq, k), -1, np.int32)
@@ -112,9 +124,14 @@ def search(
     qt = torch.from_numpy(np.ascontiguousarray(qw).view(np.int64)).to(state.device)
     with torch.inference_mode():
         for i in range(nq):
+            lut = None if penalties[i] is None else torch.from_numpy(penalties[i]).to(state.device)
+            extra = None if lut is None else lut[state.labels]
             if pool:
                 d = state.coarse(state.words[coarse_layer], qt[i, 0, coarse_layer])
+                if extra is not None:
+                    d = d + extra
                 rows = _within(d, pool)
+                rows = rows[d[rows] <= 64]
                 if rows.numel() > max_pool:
                     order = torch.sort(d[rows], stable=True).indices[:max_pool]
                     rows = torch.sort(rows[order]).values
@@ -125,8 +142,11 @@ def search(
                     for s in range(0, state.n, _FLAT_CHUNK)
                 ]
                 full = torch.cat(parts)
+                if extra is not None:
+                    full = full + extra
                 rows = _within(full, k)
+                rows = rows[full[rows] <= 64 * state.words.shape[0]]
                 joint = full[rows]
             rows_np = rows.cpu().numpy()
-            D[i], nbr[i] = _top_k(joint.cpu().numpy().astype(np.int32), ids[rows_np], k)
+            D[i], nbr[i] = top_k(joint.cpu().numpy().astype(np.int32), ids[rows_np], k)
     return D, nbr

@@ -22,7 +22,9 @@ Coarse-to-fine (``pool > 0``): a pass over the coarse layer (default the
 64-bit middle code) keeps the ``pool`` nearest nodules, plus every nodule tied
 with the last of them (at most ``max_pool``, ties broken by insertion order);
 the joint distance ranks that pool. ``pool=0`` ranks every nodule by the joint
-distance (flat, exact). Results are sorted by ``(D, id)``, so the two backends
+distance (flat, exact). Each nodule may carry a small integer label (the
+predicted size class): ``allowed_labels`` restricts a query to some labels,
+the class filter of hierarchical retrieval. Results are sorted by ``(D, id)``, so the two backends
 (``"numpy"`` and ``"torch"``) and a save/load round trip give identical
 ``(D, I)``.
 
@@ -39,7 +41,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +49,16 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from storage._hamming import (
+    CHUNK_ROWS,
+    ChunkFactory,
+    bounded_pool,
+    bytes_per_layer,
+    pack_layers,
+    smallest,
+    top_k,
+    unpack_layers,
+)
 from storage.errors import DuplicateIdError, HashIndexError, IndexFileError
 
 __all__ = ["HashIndex", "HashIndexRegistry", "LAYERS", "pack_layers", "unpack_layers"]
@@ -58,128 +70,17 @@ LAYERS: tuple[str, ...] = ("shallow", "middle", "deep")
 
 Backend = Literal["numpy", "torch"]
 _FORMAT_VERSION = 1
-_CHUNK = 1 << 18  # rows per chunk (2 MiB of uint64): few Python calls, still in cache
+_BANNED = 1 << 16  # added to the distance of a nodule whose label is filtered out
 _MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def _bytes_per_layer(n_bits: int) -> int:
-    return (n_bits + 7) // 8
-
-
-def pack_layers(codes: npt.NDArray[np.uint8], n_bits: int, n_layers: int) -> npt.NDArray[np.uint64]:
-    """Turn code rows into one ``uint64`` word per layer.
-
-    Parameters
-    ----------
-    codes : numpy.ndarray
-        ``(n, n_layers * ceil(n_bits / 8))`` uint8 code rows, layer after layer.
-    n_bits : int
-        Bits per layer, 1..64.
-    n_layers : int
-        Layers per row.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_layers, n)`` uint64; bytes of each layer little-endian, zero-padded.
-    """
-    nb = _bytes_per_layer(n_bits)
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if codes.ndim != 2 or codes.shape[1] != n_layers * nb:
-        raise ValueError(f"codes must be (n, {n_layers * nb}) uint8, got {codes.shape}")
-    n = codes.shape[0]
-    padded = np.zeros((n_layers, n, 8), dtype=np.uint8)
-    padded[:, :, :nb] = codes.reshape(n, n_layers, nb).transpose(1, 0, 2)
-    return padded.view("<u8").reshape(n_layers, n).astype(np.uint64, copy=False)
-
-
-def unpack_layers(words: npt.NDArray[np.uint64], n_bits: int) -> npt.NDArray[np.uint8]:
-    """Inverse of :func:`pack_layers`: ``(n_layers, n)`` uint64 → ``(n, code_size)`` uint8."""
-    nb = _bytes_per_layer(n_bits)
-    n_layers, n = words.shape
-    raw = np.ascontiguousarray(words, dtype="<u8").view(np.uint8).reshape(n_layers, n, 8)
-    return np.ascontiguousarray(raw[:, :, :nb].transpose(1, 0, 2).reshape(n, n_layers * nb))
-
-
-ChunkFactory = Callable[[int, int], Iterator[tuple[int, npt.NDArray[np.integer]]]]
-"""``make_chunks(a, b)`` yields ``(first_row, distances)`` covering rows ``a:b``."""
-
-
-def _smallest(
-    make_chunks: ChunkFactory, a: int, b: int, keep: int, max_distance: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """Rows ``a:b`` with the ``keep`` smallest distances, and every row tied with the last.
-
-    The starting threshold is a generous quantile of a sample of the first
-    chunk (about ``8 * keep`` expected hits); it shrinks as candidates
-    accumulate, so late chunks contribute few rows. If the guess proves too
-    tight, the rows are scanned again with no threshold: the result is exact.
-    """
-    guess: int | None = None
-    while True:
-        rows: list[npt.NDArray[np.int64]] = []
-        dists: list[npt.NDArray[np.integer]] = []
-        total, tighten_at = 0, 2 * keep
-        mask: npt.NDArray[np.bool_] | None = None
-        threshold = max_distance
-        for start, d in make_chunks(a, b):
-            if mask is None:
-                mask = np.empty(d.size, np.bool_)
-                if guess is None:
-                    sample = np.sort(d[:8192])
-                    at = max(int(np.ceil(sample.size * 8 * keep / max(b - a, 1))), 16)
-                    guess = int(sample[at]) if at < sample.size else max_distance
-                threshold = guess
-            hit = np.flatnonzero(np.less_equal(d, threshold, out=mask[: d.size]))
-            if hit.size:
-                rows.append(hit + start)
-                dists.append(d[hit])
-                total += hit.size
-            if total >= tighten_at:
-                r, dd = np.concatenate(rows), np.concatenate(dists)
-                threshold = int(np.partition(dd, keep - 1)[keep - 1])
-                sel = dd <= threshold
-                rows, dists, total = [r[sel]], [dd[sel]], int(sel.sum())
-                tighten_at = max(2 * keep, 2 * total)
-        if total >= keep or guess is None or guess >= max_distance:
-            break
-        guess = max_distance  # the sample misled us: scan again, exactly
-    if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.int32)
-    r, dd = np.concatenate(rows), np.concatenate(dists).astype(np.int32)
-    if r.size > keep:
-        threshold = int(np.partition(dd, keep - 1)[keep - 1])
-        sel = dd <= threshold
-        r, dd = r[sel], dd[sel]
-    return r.astype(np.int64, copy=False), dd
-
-
-def _bounded_pool(
-    rows: npt.NDArray[np.int64], dists: npt.NDArray[np.int32], max_pool: int
-) -> npt.NDArray[np.int64]:
-    """Sorted pool rows, cut to ``max_pool`` by (distance, row)."""
-    order = np.argsort(rows, kind="stable")
-    rows, dists = rows[order], dists[order]
-    if rows.size > max_pool:
-        rows = rows[np.argsort(dists, kind="stable")[:max_pool]]
-        rows.sort()
-    return rows
-
-
-def _top_k(
-    dist: npt.NDArray[np.int32], ids: npt.NDArray[np.int64], k: int
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-    """``k`` smallest by ``(distance, id)``, padded with ``-1``."""
-    D = np.full(k, -1, np.int32)
-    Ids = np.full(k, -1, np.int64)
-    if dist.size > k:
-        cut = int(np.partition(dist, k - 1)[k - 1])
-        sel = np.flatnonzero(dist <= cut)
-        dist, ids = dist[sel], ids[sel]
-    order = np.lexsort((ids, dist))[:k]
-    D[: order.size] = dist[order]
-    Ids[: order.size] = ids[order]
-    return D, Ids
+def _penalty(allowed: Iterable[int] | None) -> npt.NDArray[np.int32] | None:
+    """Per-label distance penalty: 0 where allowed, ``_BANNED`` (beyond any distance) elsewhere."""
+    if allowed is None:
+        return None
+    lut = np.full(256, _BANNED, np.int32)
+    lut[np.asarray(list(allowed), dtype=np.int64)] = 0
+    return lut
 
 
 class HashIndex:
@@ -215,7 +116,7 @@ class HashIndex:
         backend: Backend = "numpy",
         device: str = "cpu",
         n_threads: int | None = None,
-        chunk_rows: int = _CHUNK,
+        chunk_rows: int = CHUNK_ROWS,
     ) -> None:
         if not 1 <= n_bits <= 64:
             raise ValueError(f"n_bits must be in 1..64, got {n_bits}")
@@ -231,10 +132,11 @@ class HashIndex:
         self.device = device
         self.n_threads = max(1, n_threads or min(os.cpu_count() or 1, 8))
         self.chunk_rows = int(chunk_rows)
-        self.code_size = n_layers * _bytes_per_layer(n_bits)
+        self.code_size = n_layers * bytes_per_layer(n_bits)
         self._n = 0
         self._words = np.zeros((n_layers, 0), np.uint64)
         self._ids = np.zeros(0, np.int64)
+        self._labels = np.zeros(0, np.uint8)
         self._emb: npt.NDArray[np.float32] | None = (
             np.zeros((0, embedding_dim), np.float32) if embedding_dim else None
         )
@@ -260,8 +162,8 @@ class HashIndex:
         return view
 
     def memory_bytes(self) -> int:
-        """Bytes held per the live rows (codes + ids + id map + embeddings)."""
-        per = self.n_layers * 8 + 8 + 16
+        """Bytes held for the live rows (codes + ids + id map + labels + embeddings)."""
+        per = self.n_layers * 8 + 8 + 16 + 1
         if self._emb is not None:
             per += 4 * self._emb.shape[1]
         return per * self._n
@@ -276,6 +178,8 @@ class HashIndex:
         ids: npt.ArrayLike,
         codes: npt.NDArray[np.uint8],
         embeddings: npt.NDArray[np.floating] | None = None,
+        *,
+        labels: npt.ArrayLike | None = None,
     ) -> None:
         """Add nodules.
 
@@ -287,6 +191,9 @@ class HashIndex:
             ``(n, code_size)`` uint8 code rows.
         embeddings : numpy.ndarray, optional
             ``(n, embedding_dim)`` float32; required iff the index keeps embeddings.
+        labels : array_like, optional
+            ``(n,)`` integers 0..255 (e.g. the predicted size class) that
+            ``search(..., allowed_labels=...)`` filters on; default 0.
 
         Raises
         ------
@@ -304,6 +211,9 @@ class HashIndex:
             raise ValueError(
                 f"embeddings must be ({n}, {self.embedding_dim}), got {np.shape(embeddings)}"
             )
+        lab = np.zeros(n, np.uint8) if labels is None else np.asarray(labels).reshape(-1)
+        if lab.size != n or (lab.size and (lab.min() < 0 or lab.max() > 255)):
+            raise ValueError(f"labels must be {n} integers in 0..255")
         new_sorted = np.sort(ids)
         dup = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
         present = self._rows_of(ids, missing="skip")
@@ -313,6 +223,7 @@ class HashIndex:
         sl = slice(self._n, self._n + n)
         self._words[:, sl] = words
         self._ids[sl] = ids
+        self._labels[sl] = lab
         if self._emb is not None and embeddings is not None:
             self._emb[sl] = embeddings
         rows = np.arange(self._n, self._n + n, dtype=np.int64)
@@ -340,6 +251,7 @@ class HashIndex:
         if holes.size:
             self._words[:, holes] = self._words[:, tail]
             self._ids[holes] = self._ids[tail]
+            self._labels[holes] = self._labels[tail]
             if self._emb is not None:
                 self._emb[holes] = self._emb[tail]
             pos = np.searchsorted(self._sorted_ids, self._ids[holes])
@@ -357,7 +269,9 @@ class HashIndex:
         words[:, : self._n] = self._words[:, : self._n]
         ids = np.zeros(cap, np.int64)
         ids[: self._n] = self._ids[: self._n]
-        self._words, self._ids = words, ids
+        labels = np.zeros(cap, np.uint8)
+        labels[: self._n] = self._labels[: self._n]
+        self._words, self._ids, self._labels = words, ids, labels
         if self._emb is not None:
             emb = np.zeros((cap, self._emb.shape[1]), np.float32)
             emb[: self._n] = self._emb[: self._n]
@@ -408,6 +322,7 @@ class HashIndex:
         *,
         pool: int = 1000,
         max_pool: int | None = None,
+        allowed_labels: Sequence[Iterable[int] | None] | None = None,
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
         """Nearest nodules by joint Hamming distance.
 
@@ -422,6 +337,9 @@ class HashIndex:
             Coarse-pass pool size; ``0`` ranks every nodule (exact, flat).
         max_pool : int, optional
             Cap on the pool when many nodules tie (default ``8 * pool``).
+        allowed_labels : sequence, optional
+            Per query, the labels (given to :meth:`add`) a result may carry, or
+            ``None`` for any: the class filter of hierarchical retrieval.
 
         Returns
         -------
@@ -436,15 +354,24 @@ class HashIndex:
         max_pool = max_pool or 8 * max(pool, k)
         if pool and pool < k:
             pool = k
+        if allowed_labels is not None and len(allowed_labels) != qw.shape[0]:
+            raise ValueError(f"allowed_labels needs one entry per query ({qw.shape[0]})")
+        penalties = [
+            None if allowed_labels is None else _penalty(allowed_labels[i])
+            for i in range(qw.shape[0])
+        ]
         if self.backend == "torch":
             from storage import _index_torch
 
             if self._torch_state is None:
-                self._torch_state = _index_torch.TorchCodes(self._words[:, : self._n], self.device)
+                self._torch_state = _index_torch.TorchCodes(
+                    self._words[:, : self._n], self._labels[: self._n], self.device
+                )
             return _index_torch.search(
-                self._torch_state, self._ids[: self._n], qw, k, pool, max_pool, self.coarse_layer
-            )
-        return self._search_numpy(qw, k, pool, max_pool)
+                self._torch_state, self._ids[: self._n], qw, k, pool, max_pool, self.coarse_layer,
+                penalties,
+            )  # fmt: skip
+        return self._search_numpy(qw, k, pool, max_pool, penalties)
 
     def _pool_executor(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -458,9 +385,9 @@ class HashIndex:
         parts = min(self.n_threads, max(1, n // self.chunk_rows))
         bounds = np.linspace(0, n, parts + 1).astype(int)
         if parts == 1:
-            return _smallest(make_chunks, 0, n, keep, max_d)
+            return smallest(make_chunks, 0, n, keep, max_d)
         futures = [
-            self._pool_executor().submit(_smallest, make_chunks, int(a), int(b), keep, max_d)
+            self._pool_executor().submit(smallest, make_chunks, int(a), int(b), keep, max_d)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         results = [f.result() for f in futures]
@@ -472,25 +399,47 @@ class HashIndex:
             rows, dists = rows[sel], dists[sel]
         return rows, dists
 
-    def _coarse_chunks(self, q: np.uint64) -> ChunkFactory:
+    def _coarse_chunks(self, q: np.uint64, penalty: npt.NDArray[np.int32] | None) -> ChunkFactory:
         layer = self._words[self.coarse_layer]
+        labels = self._labels
+        allowed = None if penalty is None else np.flatnonzero(penalty == 0).astype(np.uint8)
+        lut = None if penalty is None else np.where(penalty > 0, 128, 0).astype(np.uint8)
 
         def chunks(a: int, b: int) -> Iterator[tuple[int, npt.NDArray[np.integer]]]:
             size = self.chunk_rows
             xbuf = np.empty(size, np.uint64)
             dbuf = np.empty(size, np.uint8)
+            banned = np.empty(size, np.bool_)
             for s in range(a, b, size):
                 m = min(size, b - s)
                 np.bitwise_xor(layer[s : s + m], q, out=xbuf[:m])
-                yield s, np.bitwise_count(xbuf[:m], out=dbuf[:m])
+                d = np.bitwise_count(xbuf[:m], out=dbuf[:m])
+                if allowed is not None and lut is not None:
+                    lab = labels[s : s + m]
+                    if allowed.size <= 4:  # a few compares beat a table look-up
+                        ban = np.not_equal(lab, allowed[0] if allowed.size else 255, out=banned[:m])
+                        if allowed.size == 0:
+                            ban[:] = True
+                        for value in allowed[1:]:
+                            np.logical_and(ban, lab != value, out=ban)
+                        np.bitwise_or(d, np.left_shift(ban.view(np.uint8), 7), out=d)
+                    else:
+                        np.bitwise_or(d, lut[lab], out=d)
+                yield s, d
 
         return chunks
 
-    def _joint_chunks(self, qv: npt.NDArray[np.uint64]) -> ChunkFactory:
+    def _joint_chunks(
+        self, qv: npt.NDArray[np.uint64], penalty: npt.NDArray[np.int32] | None
+    ) -> ChunkFactory:
         def chunks(a: int, b: int) -> Iterator[tuple[int, npt.NDArray[np.integer]]]:
             size = max(1, self.chunk_rows // 4)
             for s in range(a, b, size):
-                yield s, self._joint(qv, self._words[:, s : min(s + size, b)])
+                e = min(s + size, b)
+                d = self._joint(qv, self._words[:, s:e])
+                if penalty is not None:
+                    d += penalty[self._labels[s:e]]
+                yield s, d
 
         return chunks
 
@@ -509,7 +458,12 @@ class HashIndex:
         return out
 
     def _search_numpy(
-        self, qw: npt.NDArray[np.uint64], k: int, pool: int, max_pool: int
+        self,
+        qw: npt.NDArray[np.uint64],
+        k: int,
+        pool: int,
+        max_pool: int,
+        penalties: list[npt.NDArray[np.int32] | None],
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
         nq = qw.shape[0]
         D = np.full((nq, k), -1, np.int32)
@@ -520,15 +474,15 @@ class HashIndex:
         for i in range(nq):
             if pool:
                 rows, dists = self._parallel_smallest(
-                    self._coarse_chunks(qw[i, 0, self.coarse_layer]), pool, 64
+                    self._coarse_chunks(qw[i, 0, self.coarse_layer], penalties[i]), pool, 64
                 )
-                rows = _bounded_pool(rows, dists, max_pool)
+                rows = bounded_pool(rows, dists, max_pool)
                 joint = self._joint(qw[i], self._words[:, rows])
             else:
                 rows, joint = self._parallel_smallest(
-                    self._joint_chunks(qw[i]), k, 64 * self.n_layers
+                    self._joint_chunks(qw[i], penalties[i]), k, 64 * self.n_layers
                 )
-            D[i], nbr[i] = _top_k(joint, ids[rows], k)
+            D[i], nbr[i] = top_k(joint, ids[rows], k)
         return D, nbr
 
     def search_reranked(
@@ -539,6 +493,7 @@ class HashIndex:
         *,
         shortlist: int = 100,
         pool: int = 1000,
+        allowed_labels: Sequence[Iterable[int] | None] | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Joint-distance shortlist, then rerank by squared L2 of the float embeddings.
 
@@ -550,6 +505,8 @@ class HashIndex:
             ``(nq, embedding_dim)`` float32.
         k, shortlist, pool : int
             Results, joint-distance shortlist size, coarse pool size.
+        allowed_labels : sequence, optional
+            As in :meth:`search`.
 
         Returns
         -------
@@ -561,7 +518,7 @@ class HashIndex:
         if self._emb is None:
             raise HashIndexError("this index keeps no embeddings (embedding_dim is None)")
         qe = np.asarray(query_embeddings, np.float32)
-        _, short = self.search(queries, max(shortlist, k), pool=pool)
+        _, short = self.search(queries, max(shortlist, k), pool=pool, allowed_labels=allowed_labels)
         D = np.full((short.shape[0], k), -1, np.float32)
         nbr = np.full((short.shape[0], k), -1, np.int64)
         for i, cand in enumerate(short):
@@ -589,6 +546,7 @@ class HashIndex:
             "meta": np.array(json.dumps(meta)),
             "ids": self._ids[: self._n],
             "words": self._words[:, : self._n],
+            "labels": self._labels[: self._n],
         }
         if self._emb is not None:
             arrays["embeddings"] = self._emb[: self._n]
@@ -614,7 +572,7 @@ class HashIndex:
         try:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                ids, words = z["ids"], z["words"]
+                ids, words, labels = z["ids"], z["words"], z["labels"]
                 emb = z["embeddings"] if "embeddings" in z.files else None
         except (OSError, ValueError, KeyError) as exc:
             raise IndexFileError(f"cannot read hash index {path}: {exc}") from exc
@@ -634,7 +592,7 @@ class HashIndex:
             raise IndexFileError(
                 f"hash index {path}: words {words.shape} do not match {ids.size} ids"
             )
-        index.add(ids, unpack_layers(words, index.n_bits), emb)
+        index.add(ids, unpack_layers(words, index.n_bits), emb, labels=labels)
         return index
 
 

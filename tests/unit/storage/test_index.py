@@ -267,3 +267,36 @@ def test_cuda_backend_equals_numpy_backend() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     _assert_backends_agree("cuda", 50_000, 50, (0, 1000), seed=11)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("pool", [0, 30])
+def test_allowed_labels_filter_results(backend: str, pool: int, tmp_path) -> None:
+    rng = np.random.default_rng(12)
+    db = _clustered(rng, 600, centres=4, flip=0.1)
+    ids = np.arange(600, dtype=np.int64) + 50
+    labels = rng.integers(0, 8, 600)
+    index = HashIndex(64, backend=backend, chunk_rows=128)  # type: ignore[arg-type]
+    index.add(ids, db, labels=labels)
+    q = _clustered(rng, 5, centres=4)
+    allowed = [[2], [0, 7], None, [0, 1, 2, 3, 5, 6], []]
+    D, nbr = index.search(q, 10, pool=pool, allowed_labels=allowed)
+    for i, ok in enumerate(allowed):
+        keep = np.arange(600) if ok is None else np.flatnonzero(np.isin(labels, ok))
+        if keep.size == 0:
+            assert (nbr[i] == -1).all() and (D[i] == -1).all()
+            continue
+        if pool:
+            sub = _reference_pool(db[keep], q[i], pool)
+            rD, rI = _reference(db[keep], ids[keep], q[i : i + 1], 10, sub)
+        else:
+            rD, rI = _reference(db[keep], ids[keep], q[i : i + 1], 10)
+        np.testing.assert_array_equal(D[i], rD)
+        np.testing.assert_array_equal(nbr[i], rI)
+    # a label that nobody carries gives nothing; labels survive save/load
+    assert (index.search(q[:1], 5, pool=pool, allowed_labels=[[200]])[1] == -1).all()
+    index.save(tmp_path / "l.npz")
+    again = HashIndex.load(tmp_path / "l.npz", backend=backend)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(again.search(q, 10, pool=pool, allowed_labels=allowed)[1], nbr)
+    with pytest.raises(ValueError):
+        index.add([1], db[:1], labels=[300])
