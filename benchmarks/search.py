@@ -12,6 +12,8 @@ probability 1/8, as real codes are clustered):
 
 - ``ours c2f``   ``storage.index.HashIndex`` numpy backend, 64-bit middle coarse
                  pass, pool 1,000, joint-distance rerank (the production path);
+- ``ours c2f + class filter``  the same, restricted to nodules of one of 8
+                 labels (the predicted-size-class filter);
 - ``ours flat``  the same index ranking every nodule by the joint distance;
 - ``faiss flat`` ``faiss.IndexBinaryFlat`` on the same 192-bit codes;
 - ``numpy naive``  ``bitwise_count(codes ^ q).sum(1)`` then ``argpartition``;
@@ -121,7 +123,7 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
     ids = np.arange(n, dtype=np.int64)
     rows: list[Row] = []
     index = HashIndex(N_BITS, n_threads=args.threads)
-    index.add(ids, codes)
+    index.add(ids, codes, labels=rng.integers(0, 8, n))  # labels: a predicted size class
     nq, nslow = args.queries, max(3, args.queries // 10)
     single = [queries[i : i + 1] for i in range(nq)]
 
@@ -170,6 +172,16 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
         batch_qps(c2f, args.batch),
         bpn,
         recall(exact_D, joint_of(index, queries[:n_exact], nbr)),
+    )
+    one_class = [[3]]
+    filtered = lambda q: index.search(q, K, pool=args.pool, allowed_labels=one_class * len(q))  # noqa: E731
+    add_row(
+        "ours c2f + class filter",
+        latency(filtered, nq),
+        batch_qps(filtered, args.batch),
+        bpn,
+        None,
+        "1 of 8 labels allowed",
     )
     flat = lambda q: index.search(q, K, pool=0)  # noqa: E731
     add_row(
