@@ -37,14 +37,16 @@ tests). ``HashIndexRegistry`` keeps one index per model version.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +83,23 @@ def _penalty(allowed: Iterable[int] | None) -> npt.NDArray[np.int32] | None:
     lut = np.full(256, _BANNED, np.int32)
     lut[np.asarray(list(allowed), dtype=np.int64)] = 0
     return lut
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(
+    method: Callable[Concatenate[HashIndex, _P], _R],
+) -> Callable[Concatenate[HashIndex, _P], _R]:
+    """Run a method under the index's lock (searches wait for adds and removes)."""
+
+    def wrapper(self: HashIndex, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
 
 
 class HashIndex:
@@ -144,6 +163,7 @@ class HashIndex:
         self._sorted_rows = np.zeros(0, np.int64)  # ... and their rows
         self._executor: ThreadPoolExecutor | None = None
         self._torch_state: Any = None  # torch backend mirror, built lazily
+        self._lock = threading.RLock()  # add/remove/search/save from several threads
 
     # ------------------------------------------------------------------ content
     @property
@@ -168,11 +188,13 @@ class HashIndex:
             per += 4 * self._emb.shape[1]
         return per * self._n
 
+    @_locked
     def reconstruct(self, ids: npt.ArrayLike) -> npt.NDArray[np.uint8]:
         """Code rows ``(len(ids), code_size)`` uint8 of stored ids (``KeyError`` if absent)."""
         rows = self._rows_of(np.asarray(ids, np.int64), missing="raise")
         return unpack_layers(self._words[:, rows], self.n_bits)
 
+    @_locked
     def add(
         self,
         ids: npt.ArrayLike,
@@ -232,6 +254,7 @@ class HashIndex:
         self._torch_state = None
         logger.debug("hash index: added %d, total %d", n, self._n)
 
+    @_locked
     def remove(self, ids: npt.ArrayLike) -> int:
         """Remove nodules by id; unknown ids are ignored. Returns how many were removed.
 
@@ -315,6 +338,7 @@ class HashIndex:
         words = pack_layers(q.reshape(nq * nv, self.code_size), self.n_bits, self.n_layers)
         return words.reshape(self.n_layers, nq, nv).transpose(1, 2, 0).copy()  # (nq, nv, L)
 
+    @_locked
     def search(
         self,
         queries: npt.NDArray[np.uint8],
@@ -485,6 +509,7 @@ class HashIndex:
             D[i], nbr[i] = top_k(joint, ids[rows], k)
         return D, nbr
 
+    @_locked
     def search_reranked(
         self,
         queries: npt.NDArray[np.uint8],
@@ -532,6 +557,7 @@ class HashIndex:
         return D, nbr
 
     # ------------------------------------------------------------------ persistence
+    @_locked
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to ``path`` (``.npz``, no pickle) atomically."""
         path = Path(path)

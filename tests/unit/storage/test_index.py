@@ -300,3 +300,29 @@ def test_allowed_labels_filter_results(backend: str, pool: int, tmp_path) -> Non
     np.testing.assert_array_equal(again.search(q, 10, pool=pool, allowed_labels=allowed)[1], nbr)
     with pytest.raises(ValueError):
         index.add([1], db[:1], labels=[300])
+
+
+def test_concurrent_adds_and_searches_stay_consistent() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(13)
+    db = _codes(rng, 4000, 64)
+    index = HashIndex(64, chunk_rows=500)
+    q = _codes(rng, 1, 64)
+
+    def add(part: int) -> None:
+        sl = slice(part * 200, (part + 1) * 200)
+        index.add(np.arange(4000)[sl], db[sl])
+
+    def search(_: int) -> np.ndarray:
+        return index.search(q, 5, pool=50)[1]
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(add, p) for p in range(20)] + [
+            pool.submit(search, i) for i in range(20)
+        ]
+        for f in futures:
+            f.result()
+    assert index.ntotal == 4000
+    rD, rI = _reference(db, np.arange(4000), q, 5, _reference_pool(db, q[0], 50))
+    np.testing.assert_array_equal(index.search(q, 5, pool=50)[1][0], rI)
