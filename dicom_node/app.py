@@ -16,7 +16,7 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import __version__
-from dicom_node.handlers import handle_store
+from dicom_node.handlers import handle_find, handle_store
 from dicom_node.ingest import Ingest
 from dicom_node.processing import Processor, RecordingProcessor, run_series
 from dicom_node.scp import build_ae, make_server
@@ -106,7 +106,10 @@ class Node:
         self.resume()
         self.watcher.start()
         ae = build_ae(settings)
-        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, handle_store, [self.ingest])]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, handle_store, [self.ingest]),
+            (evt.EVT_C_FIND, handle_find, [self.catalog]),
+        ]
         self._server = make_server(ae, settings, handlers)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-scp", daemon=True

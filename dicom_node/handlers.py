@@ -7,6 +7,7 @@ binding, never from globals (STYLE G2).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
@@ -14,9 +15,11 @@ from pynetdicom.events import Event
 
 from dicom_node.errors import InvalidDataset
 from dicom_node.ingest import Ingest
-from dicom_node.status import Status, status_dataset, store_guard
+from dicom_node.query import parse_identifier, response_identifier
+from dicom_node.status import Status, find_failure_for, status_dataset, store_guard
+from storage.catalog import Catalog
 
-__all__ = ["handle_store"]
+__all__ = ["handle_find", "handle_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +71,49 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
         calling_ae_title=event.assoc.requestor.ae_title,
     )
     return status_dataset(Status.SUCCESS)
+
+
+def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset | None]]:
+    """Handle a Study Root C-FIND request over the catalog.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        ``EVT_C_FIND``.
+    catalog : Catalog
+
+    Yields
+    ------
+    tuple
+        ``(status, identifier)`` pairs (see Status below).
+
+    Status
+    ------
+    0xFF00 Pending
+        One match per response.
+    0xFE00 Cancel
+        The peer sent C-CANCEL; matching stopped.
+    0x0000 Success
+        Matching is complete (sent by pynetdicom after the last pending).
+    0xA900 Failed - Identifier does not match SOP class
+        Missing or unknown level, a missing upper-level unique key, a malformed
+        date, time or UID, sequence matching.
+    0xC300 Failed - Unable to process
+        Anything else (logged with a trace).
+    """
+    try:
+        query = parse_identifier(event.identifier)
+        rows = catalog.find(query.level.value, query.matches)
+        for row in rows:
+            if event.is_cancelled:
+                yield int(Status.CANCEL), None
+                return
+            yield int(Status.PENDING), response_identifier(query, row)
+    except Exception as exc:  # noqa: BLE001 - the one mapping point for C-FIND
+        status = find_failure_for(exc)
+        if status is Status.UNABLE_TO_PROCESS:
+            logger.exception("C-FIND failed unexpectedly")
+        else:
+            logger.warning("C-FIND answered 0x%04X: %s", int(status), exc)
+        yield int(status), status_dataset(status, str(exc))
+        return

@@ -19,7 +19,10 @@ import pynetdicom
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 from pydicom.uid import (
     UID,
@@ -88,6 +91,9 @@ def build_ae(settings: Settings) -> AE:
     configure_pynetdicom()
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_supported_context(
+        StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    )
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))

@@ -122,3 +122,12 @@ def store_guard(func: F) -> F:
             return status_dataset(status, str(exc) if status is not Status.PROCESSING_FAILURE else "internal error")
 
     return wrapper  # type: ignore[return-value]
+
+
+def find_failure_for(exc: BaseException) -> Status:
+    """The C-FIND failure status for an exception raised while answering."""
+    from dicom_node.errors import InvalidQuery
+
+    if isinstance(exc, InvalidQuery):
+        return Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    return Status.UNABLE_TO_PROCESS

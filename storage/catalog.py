@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import CatalogError
 
-__all__ = ["Catalog", "InstanceRecord", "SeriesState", "SeriesSummary", "metadata"]
+__all__ = ["Catalog", "Condition", "InstanceRecord", "SeriesState", "SeriesSummary", "metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +184,118 @@ _STUDY_FIELDS = (
 )
 
 
+class Condition(Protocol):
+    """One matching condition of a query (``dicom_node.query.Match`` fits).
+
+    ``kind`` is ``single``, ``wildcard`` (``*``, ``?``), ``range`` (values
+    ``(low, high)``, empty = open) or ``list`` (any of the values).
+    """
+
+    @property
+    def keyword(self) -> str:
+        """DICOM keyword of the matched attribute."""
+
+    @property
+    def kind(self) -> Any:
+        """Matching kind (a str, or a str Enum)."""
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The values to match."""
+
+
+#: DICOM keyword -> column, per query level (Study Root).
+_STUDY_COLUMNS = {
+    "StudyInstanceUID": studies.c.study_instance_uid,
+    "PatientName": studies.c.patient_name,
+    "PatientID": studies.c.patient_id,
+    "PatientBirthDate": studies.c.patient_birth_date,
+    "PatientSex": studies.c.patient_sex,
+    "StudyDate": studies.c.study_date,
+    "StudyTime": studies.c.study_time,
+    "AccessionNumber": studies.c.accession_number,
+    "StudyID": studies.c.study_id,
+    "StudyDescription": studies.c.study_description,
+    "ReferringPhysicianName": studies.c.referring_physician_name,
+}
+_SERIES_COLUMNS = {
+    "SeriesInstanceUID": series.c.series_instance_uid,
+    "Modality": series.c.modality,
+    "SeriesNumber": series.c.series_number,
+    "SeriesDescription": series.c.series_description,
+    "NumberOfSeriesRelatedInstances": series.c.instance_count,
+}
+_INSTANCE_COLUMNS = {
+    "SOPInstanceUID": instances.c.sop_instance_uid,
+    "SOPClassUID": instances.c.sop_class_uid,
+    "InstanceNumber": instances.c.instance_number,
+}
+_CASE_INSENSITIVE = {"PatientName", "ReferringPhysicianName"}
+
+
+def _kind(kind: Any) -> str:
+    """The matching kind as a plain string (str Enums included)."""
+    return str(getattr(kind, "value", kind))
+
+
+def _like_pattern(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _condition_clause(column: Any, condition: Condition) -> Any:
+    kind, values = _kind(condition.kind), condition.values
+    insensitive = condition.keyword in _CASE_INSENSITIVE
+    if kind == "single":
+        if isinstance(column.type, sa.Integer):
+            try:
+                return column == int(values[0])
+            except ValueError:
+                return sa.false()
+        if insensitive:
+            return sa.func.lower(column) == values[0].lower()
+        return column == values[0]
+    if kind == "wildcard":
+        pattern = _like_pattern(values[0])
+        return column.ilike(pattern, escape="\\") if insensitive else column.like(pattern, escape="\\")
+    if kind == "range":
+        low, high = values
+        clauses = []
+        if low:
+            clauses.append(column >= low)
+        if high:
+            # A time range's high bound "1200" includes 120059.
+            clauses.append(column <= high + ("\uffff" if condition.keyword.endswith("Time") else ""))
+        return sa.and_(*clauses)
+    if kind == "list":
+        return column.in_(values)
+    raise CatalogError(f"unknown matching kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class _AsKeyword:
+    """A condition re-targeted at another keyword (ModalitiesInStudy -> Modality)."""
+
+    keyword: str
+    condition: Any
+
+    @property
+    def kind(self) -> str:
+        return _kind(self.condition.kind)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(self.condition.values)
+
+
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # DICOM matching is case-sensitive except for person names (ilike).
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
 
 
@@ -525,6 +631,75 @@ class Catalog:
             )
             for row in rows
         ]
+
+    def find(self, level: str, conditions: Sequence[Condition]) -> Iterator[dict[str, Any]]:
+        """Rows matching a Study Root query, keyed by DICOM keyword.
+
+        Parameters
+        ----------
+        level : str
+            ``STUDY``, ``SERIES`` or ``IMAGE``.
+        conditions : sequence of Condition
+            Matching keys; keys of other levels than ``level`` and those above
+            it are ignored by the caller's parser.
+
+        Yields
+        ------
+        dict
+            One row per match, with every key the level can return.
+        """
+        columns = dict(_STUDY_COLUMNS)
+        if level in ("SERIES", "IMAGE"):
+            columns |= _SERIES_COLUMNS
+        if level == "IMAGE":
+            columns |= _INSTANCE_COLUMNS
+        labelled = [column.label(keyword) for keyword, column in columns.items()]
+        query = sa.select(*labelled)
+        if level == "STUDY":
+            query = query.select_from(studies)
+        elif level == "SERIES":
+            query = query.select_from(series.join(studies))
+        else:
+            query = query.select_from(instances.join(series).join(studies))
+        for condition in conditions:
+            if condition.keyword == "ModalitiesInStudy":
+                modality = _condition_clause(series.c.modality, _AsKeyword("Modality", condition))
+                query = query.where(
+                    sa.exists().where(series.c.study_instance_uid == studies.c.study_instance_uid).where(modality)
+                )
+            elif condition.keyword in columns:
+                query = query.where(_condition_clause(columns[condition.keyword], condition))
+        order = {"STUDY": [studies.c.study_date, studies.c.study_instance_uid],
+                 "SERIES": [series.c.series_number, series.c.series_instance_uid],
+                 "IMAGE": [instances.c.instance_number, instances.c.sop_instance_uid]}[level]
+        query = query.order_by(*order)
+        with self._begin() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+        if level == "STUDY" and rows:
+            self._add_study_aggregates(rows)
+        yield from rows
+
+    def _add_study_aggregates(self, rows: list[dict[str, Any]]) -> None:
+        uids = [row["StudyInstanceUID"] for row in rows]
+        found: dict[str, dict[str, Any]] = {}
+        with self._begin() as connection:
+            for start in range(0, len(uids), 500):
+                chunk = uids[start : start + 500]
+                result = connection.execute(
+                    sa.select(series.c.study_instance_uid, series.c.modality, series.c.instance_count)
+                    .where(series.c.study_instance_uid.in_(chunk))
+                )
+                for study_uid, modality, count in result:
+                    entry = found.setdefault(study_uid, {"modalities": [], "series": 0, "instances": 0})
+                    if modality and modality not in entry["modalities"]:
+                        entry["modalities"].append(modality)
+                    entry["series"] += 1
+                    entry["instances"] += int(count)
+        for row in rows:
+            entry = found.get(row["StudyInstanceUID"], {"modalities": [], "series": 0, "instances": 0})
+            row["ModalitiesInStudy"] = "\\".join(sorted(entry["modalities"]))
+            row["NumberOfStudyRelatedSeries"] = entry["series"]
+            row["NumberOfStudyRelatedInstances"] = entry["instances"]
 
     def instance_count(self) -> int:
         """Number of catalogued instances."""

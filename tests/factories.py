@@ -77,14 +77,20 @@ def write_ct_series(
     transfer_syntax_uid: UID | None = None,
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
+    **attributes: object,
 ) -> list[Path]:
-    """Write ``count`` CT slices of one series; compress when a syntax is given."""
+    """Write ``count`` CT slices of one series; compress when a syntax is given.
+
+    ``attributes`` (DICOM keywords) override the defaults, e.g. ``PatientName``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     study = study_instance_uid or generate_uid()
     series = series_instance_uid or generate_uid()
     paths = []
     for index in range(count):
         ds = ct_slice(index, study_instance_uid=study, series_instance_uid=series, rows=rows, columns=columns)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
         if transfer_syntax_uid is not None and transfer_syntax_uid != ExplicitVRLittleEndian:
             ds.compress(transfer_syntax_uid)
         path = directory / f"ct{index:04d}.dcm"

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dicom_node.errors import InvalidQuery
+from dicom_node.query import Level, MatchKind, parse_identifier
+
+
+def _identifier(**keys) -> Dataset:
+    ds = Dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid values on purpose
+        for keyword, value in keys.items():
+            setattr(ds, keyword, value)
+    return ds
+
+
+def test_matching_kinds() -> None:
+    query = parse_identifier(
+        _identifier(
+            QueryRetrieveLevel="STUDY",
+            PatientName="Doe*",
+            StudyDate="20240101-20241231",
+            StudyTime="-1200",
+            StudyInstanceUID=["1.2.3", "1.2.4"],
+            AccessionNumber="A1",
+            ModalitiesInStudy=["CT", "SR"],
+            PatientID="",
+        )
+    )
+    assert query.level is Level.STUDY
+    kinds = {m.keyword: (m.kind, m.values) for m in query.matches}
+    assert kinds == {
+        "PatientName": (MatchKind.WILDCARD, ("Doe*",)),
+        "StudyDate": (MatchKind.RANGE, ("20240101", "20241231")),
+        "StudyTime": (MatchKind.RANGE, ("", "1200")),
+        "StudyInstanceUID": (MatchKind.LIST, ("1.2.3", "1.2.4")),
+        "AccessionNumber": (MatchKind.SINGLE, ("A1",)),
+        "ModalitiesInStudy": (MatchKind.LIST, ("CT", "SR")),
+    }
+    assert "PatientID" in query.return_keys  # universal matching: returned, not matched
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({}, "QueryRetrieveLevel (0008,0052) is missing"),
+        ({"QueryRetrieveLevel": "PATIENT"}, "is not STUDY, SERIES or IMAGE"),
+        ({"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": "1.2"}, "needs a single SeriesInstanceUID"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20240101T"}, "is not a valid value"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024-01-01"}, "is not YYYYMMDD"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024010-"}, "is not YYYYMMDD"),
+        ({"QueryRetrieveLevel": "STUDY", "AccessionNumber": "A\\B"}, "only supported for UIDs"),
+    ],
+)
+def test_invalid_identifiers(keys, message) -> None:
+    with pytest.raises(InvalidQuery, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_identifier(_identifier(**keys))
+
+
+def test_keys_of_lower_levels_are_not_matched_at_study_level() -> None:
+    query = parse_identifier(_identifier(QueryRetrieveLevel="STUDY", SOPInstanceUID="1.2.3"))
+    assert query.matches == () and query.unsupported_keys == ("SOPInstanceUID",)
