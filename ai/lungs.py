@@ -20,7 +20,7 @@ papers 001 and 004), made robust and run with torch on the GPU when present:
    left lung (label 2).
 4. **Vessels and juxtapleural nodules kept**: each lung is closed with a ball
    of ``closing_mm`` on a coarse isotropic grid (torch max-pooling) and its
-   holes are filled slice by slice.
+   holes are filled (3-D holes, and small in-plane holes slice by slice).
 
 Torch does the thresholds and the morphology (``device`` picks CPU or CUDA);
 connected components run on the CPU with connected-components-3d, the fastest
@@ -170,15 +170,28 @@ def close_mask(
     return mask | fine
 
 
-def _fill_holes_2d(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Fill the holes of every axial slice (``(z, y, x)`` bool in, bool out)."""
-    out = mask.copy()
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        background = np.pad(~mask[z], 1, constant_values=True)
-        labels = cc3d.connected_components(background, connectivity=4)
-        outside = labels[0, 0]
-        holes = (labels != outside) & (labels > 0)
-        out[z] |= holes[1:-1, 1:-1]
+def _fill_holes(
+    mask: npt.NDArray[np.bool_], spacing: tuple[float, float, float], max_hole_mm2: float
+) -> npt.NDArray[np.bool_]:
+    """Fill 3-D holes, then axial-slice holes of at most ``max_hole_mm2``.
+
+    A whole-slice fill would also fill the diaphragm dome, which the lung base
+    rings in axial slices; the dome is open downwards in 3-D and wide, so the
+    3-D fill and the area limit both leave it out, while vessels and nodules
+    (small in-plane holes) are filled.
+    """
+    background = np.pad(~mask, 1, constant_values=True)
+    labels = cc3d.connected_components(background, connectivity=6)
+    out = mask | ((labels != labels[0, 0, 0]) & (labels > 0))[1:-1, 1:-1, 1:-1]
+    max_pixels = max_hole_mm2 / (spacing[1] * spacing[2])
+    for z in np.flatnonzero(out.any(axis=(1, 2))):
+        plane = np.pad(~out[z], 1, constant_values=True)
+        plane_labels = cc3d.connected_components(plane, connectivity=4)
+        sizes = np.bincount(plane_labels.ravel())
+        small = sizes <= max_pixels
+        small[0] = False
+        small[plane_labels[0, 0]] = False
+        out[z] |= small[plane_labels][1:-1, 1:-1]
     return out
 
 
@@ -370,6 +383,7 @@ def segment_lungs(
     closing_mm: float = 6.0,
     min_component_fraction: float = 0.05,
     max_erosions: int = 12,
+    max_hole_mm2: float = 400.0,
 ) -> LungMask:
     """Segment and label the lungs of a chest CT volume.
 
@@ -391,6 +405,8 @@ def segment_lungs(
         dropped.
     max_erosions : int
         Most erosions tried to part touching lungs.
+    max_hole_mm2 : float
+        Largest in-plane hole filled slice by slice (3-D holes are always filled).
 
     Returns
     -------
@@ -421,7 +437,7 @@ def segment_lungs(
     for value in (RIGHT_LUNG, LEFT_LUNG):
         one = torch.from_numpy(seeds == value).to(device)
         closed = close_mask(one, closing_mm, volume.spacing).cpu().numpy()
-        filled = _fill_holes_2d(closed)
+        filled = _fill_holes(closed, volume.spacing, max_hole_mm2)
         labels_box[filled & (labels_box == 0)] = value
     labels = np.zeros(volume.shape, dtype=np.uint8)
     labels[box] = labels_box
