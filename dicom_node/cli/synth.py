@@ -21,62 +21,113 @@ def add_subparser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "synth",
         help="write synthetic chest-CT studies with known nodules (DICOM + truth)",
-        description="Synthesize a cohort of chest CT studies (a prior and follow-ups per patient) with "
+        description="Synthesize a cohort of chest CT studies (a prior and follow-ups per "
+        "patient) with "
         "annotations.csv (LUNA16 form), truth.json and lung masks.",
     )
     parser.add_argument("out", type=Path, help="output directory")
     cohort = parser.add_argument_group("Cohort Options")
     cohort.add_argument("--patients", type=int, default=4, help="number of patients (default 4)")
-    cohort.add_argument("--seed", type=int, default=0, help="seed; same seed, same files (default 0)")
+    cohort.add_argument(
+        "--seed", type=int, default=0, help="seed; same seed, same files (default 0)"
+    )
     cohort.add_argument("--studies", type=int, default=2, help="studies per patient (default 2)")
     cohort.add_argument("--nodules", type=int, default=4, help="lesions per patient (default 4)")
-    cohort.add_argument("--scale", type=float, default=1.0, help="anatomy size factor (default 1.0)")
-    cohort.add_argument("--noise", type=float, default=20.0, help="image noise std in HU (default 20)")
+    cohort.add_argument(
+        "--scale", type=float, default=1.0, help="anatomy size factor (default 1.0)"
+    )
+    cohort.add_argument(
+        "--noise", type=float, default=20.0, help="image noise std in HU (default 20)"
+    )
     scan = parser.add_argument_group("Scan Options")
     scan.add_argument("--matrix", type=int, default=512, help="rows = columns (default 512)")
     scan.add_argument("--pixel-mm", type=float, default=0.7, help="pixel size in mm (default 0.7)")
-    scan.add_argument("--slice-mm", type=float, default=1.25, help="slice spacing/thickness in mm (default 1.25)")
-    scan.add_argument("--slices", type=int, default=None, help="number of slices (default: cover the lungs)")
-    scan.add_argument("--orientation", choices=("mixed", "head-first", "feet-first"), default="mixed",
-                      help="patient position of the series (default mixed)")
+    scan.add_argument(
+        "--slice-mm", type=float, default=1.25, help="slice spacing/thickness in mm (default 1.25)"
+    )
+    scan.add_argument(
+        "--slices", type=int, default=None, help="number of slices (default: cover the lungs)"
+    )
+    scan.add_argument(
+        "--orientation",
+        choices=("mixed", "head-first", "feet-first"),
+        default="mixed",
+        help="patient position of the series (default mixed)",
+    )
     output = parser.add_argument_group("Output Options")
-    output.add_argument("--compression", choices=("none", "jpeg-ls", "jpeg2000"), default="none",
-                        help="lossless pixel compression (default none)")
-    output.add_argument("--format", choices=("dicom", "luna16", "lidc"), default="dicom",
-                        help="dicom cohort (default), LUNA16 .mhd/.raw sample or LIDC-IDRI DICOM + XML sample")
-    output.add_argument("--preview", action="store_true", help="also write OUT/preview.png (dicom format)")
-    output.add_argument("--workers", type=int, default=1, help="processes writing patients in parallel")
+    output.add_argument(
+        "--compression",
+        choices=("none", "jpeg-ls", "jpeg2000"),
+        default="none",
+        help="lossless pixel compression (default none)",
+    )
+    output.add_argument(
+        "--format",
+        choices=("dicom", "luna16", "lidc"),
+        default="dicom",
+        help="dicom cohort (default), LUNA16 .mhd/.raw sample or LIDC-IDRI DICOM + XML sample",
+    )
+    output.add_argument(
+        "--preview", action="store_true", help="also write OUT/preview.png (dicom format)"
+    )
+    output.add_argument(
+        "--workers", type=int, default=1, help="processes writing patients in parallel"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ai.phantom import ScanGeometry, write_cohort
 
-    geometry = ScanGeometry(matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices)
+    geometry = ScanGeometry(
+        matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices
+    )
     started = time.perf_counter()
     if args.format == "luna16":
         from ai.readers.luna16 import write_luna16_sample
 
-        paths = write_luna16_sample(args.out, patients=args.patients, seed=args.seed, geometry=geometry,
-                                    anatomy_scale=args.scale, noise_hu=args.noise)
+        paths = write_luna16_sample(
+            args.out,
+            patients=args.patients,
+            seed=args.seed,
+            geometry=geometry,
+            anatomy_scale=args.scale,
+            noise_hu=args.noise,
+        )
         print(f"wrote {len(paths)} LUNA16 scans and annotations.csv to {args.out}")
         return 0
     if args.format == "lidc":
         from ai.readers.lidc import write_lidc_sample
 
-        dirs = write_lidc_sample(args.out, patients=args.patients, seed=args.seed, geometry=geometry,
-                                 anatomy_scale=args.scale, noise_hu=args.noise)
+        dirs = write_lidc_sample(
+            args.out,
+            patients=args.patients,
+            seed=args.seed,
+            geometry=geometry,
+            anatomy_scale=args.scale,
+            noise_hu=args.noise,
+        )
         print(f"wrote {len(dirs)} LIDC-IDRI style scans (DICOM + XML) to {args.out}")
         return 0
     summary = write_cohort(
-        args.out, patients=args.patients, seed=args.seed, studies_per_patient=args.studies,
-        nodules_per_patient=args.nodules, geometry=geometry, anatomy_scale=args.scale,
+        args.out,
+        patients=args.patients,
+        seed=args.seed,
+        studies_per_patient=args.studies,
+        nodules_per_patient=args.nodules,
+        geometry=geometry,
+        anatomy_scale=args.scale,
         transfer_syntax="explicit" if args.compression == "none" else args.compression,
-        orientation=args.orientation, noise_hu=args.noise, workers=args.workers,
+        orientation=args.orientation,
+        noise_hu=args.noise,
+        workers=args.workers,
     )
     elapsed = time.perf_counter() - started
     print(f"{'patients':>9} {'studies':>8} {'nodules':>8} {'files':>7} {'seconds':>8}")
-    print(f"{summary.patients:>9} {summary.studies:>8} {summary.nodules:>8} {summary.files:>7} {elapsed:>8.1f}")
+    print(
+        f"{summary.patients:>9} {summary.studies:>8} {summary.nodules:>8} {summary.files:>7} "
+        f"{elapsed:>8.1f}"
+    )
     print(f"annotations: {summary.annotations_csv}\ntruth:       {summary.truth_json}")
     if args.preview:
         from ai.phantom.preview import preview_cohort

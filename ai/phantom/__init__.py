@@ -1,0 +1,51 @@
+"""Synthetic chest CT with labelled nodules (tests, demo, training, benchmarks).
+
+- :mod:`ai.phantom.anatomy`: analytic anatomy and vessel trees of a patient.
+- :mod:`ai.phantom.nodules`: :class:`NoduleTruth`, lesion planning and placement.
+- :mod:`ai.phantom.render`: one study into a scanner grid (:func:`synthesize_study`).
+- :mod:`ai.phantom.dicom`: DICOM CT series of a study; :func:`write_cohort`.
+
+Lung mask labels: 0 outside the lungs, 1 the patient's right lung (negative
+LPS ``x``), 2 the patient's left lung. Size classes come from
+:func:`ai.classes.size_class`.
+"""
+
+from __future__ import annotations
+
+from ai.classes import size_class
+from ai.phantom.anatomy import LEFT_LUNG, RIGHT_LUNG
+from ai.phantom.cohort import CohortSummary, write_cohort
+from ai.phantom.dicom import TRANSFER_SYNTAXES, identity_for, series_volume, study_datasets
+from ai.phantom.nodules import LOCATIONS, SHAPES, TEXTURES, NoduleTruth
+from ai.phantom.render import (
+    TEST_GEOMETRY,
+    PatientPlan,
+    PhantomStudy,
+    ScanGeometry,
+    plan_patient,
+    render_study,
+    synthesize_study,
+)
+
+__all__ = [
+    "CohortSummary",
+    "TRANSFER_SYNTAXES",
+    "identity_for",
+    "series_volume",
+    "study_datasets",
+    "write_cohort",
+    "LEFT_LUNG",
+    "LOCATIONS",
+    "RIGHT_LUNG",
+    "SHAPES",
+    "TEST_GEOMETRY",
+    "TEXTURES",
+    "NoduleTruth",
+    "PatientPlan",
+    "PhantomStudy",
+    "ScanGeometry",
+    "plan_patient",
+    "render_study",
+    "size_class",
+    "synthesize_study",
+]
