@@ -52,8 +52,12 @@ def _process(args: list[str], port: int, env: dict[str, str], log: Path) -> Iter
 def storescp(work: Path) -> Iterator[tuple[int, str]]:
     port, out = free_port(), work / "storescp"
     out.mkdir()
-    with _process(["/usr/bin/storescp", "-od", str(out), "-aet", "STORESCP", str(port)], port, PEER_ENV,
-                  work / "storescp.log"):
+    with _process(
+        ["/usr/bin/storescp", "-od", str(out), "-aet", "STORESCP", str(port)],
+        port,
+        PEER_ENV,
+        work / "storescp.log",
+    ):
         yield port, "STORESCP"
 
 
@@ -61,12 +65,24 @@ def storescp(work: Path) -> Iterator[tuple[int, str]]:
 def orthanc(work: Path) -> Iterator[tuple[int, str]]:
     port, http = free_port(), free_port()
     config = work / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "bench", "StorageDirectory": str(work / "orthanc-db"), "IndexDirectory": str(work / "orthanc-db"),
-        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
-        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "StorageCompression": False,
-        "SyncStorageArea": True, "Plugins": [],
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "bench",
+                "StorageDirectory": str(work / "orthanc-db"),
+                "IndexDirectory": str(work / "orthanc-db"),
+                "DicomAet": "ORTHANC",
+                "DicomPort": port,
+                "HttpPort": http,
+                "RemoteAccessAllowed": False,
+                "DicomCheckCalledAet": False,
+                "DicomAlwaysAllowStore": True,
+                "StorageCompression": False,
+                "SyncStorageArea": True,
+                "Plugins": [],
+            }
+        )
+    )
     with _process(["/usr/sbin/Orthanc", str(config)], port, PEER_ENV, work / "orthanc.log"):
         yield port, "ORTHANC"
 
@@ -92,8 +108,12 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE,
 def bare_pynetdicom(work: Path) -> Iterator[tuple[int, str]]:
     port, out = free_port(), work / "bare"
     out.mkdir()
-    with _process([sys.executable, "-c", _BARE_SCP, str(port), str(out)], port, dict(os.environ),
-                  work / "bare.log"):
+    with _process(
+        [sys.executable, "-c", _BARE_SCP, str(port), str(out)],
+        port,
+        dict(os.environ),
+        work / "bare.log",
+    ):
         yield port, "BARE"
 
 
@@ -101,10 +121,25 @@ def node(fsync: bool) -> Callable[[Path], object]:
     @contextmanager
     def _node(work: Path) -> Iterator[tuple[int, str]]:
         port = free_port()
-        env = {**os.environ, "DICOM_NODE_SERIES_IDLE_SECONDS": "3600", "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
-               "DICOM_NODE_STORAGE_FSYNC": "true" if fsync else "false"}
-        args = [sys.executable, "-m", "dicom_node", "-q", "serve", "--data-dir", str(work / "node"),
-                "--host", "127.0.0.1", "--port", str(port)]
+        env = {
+            **os.environ,
+            "DICOM_NODE_SERIES_IDLE_SECONDS": "3600",
+            "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
+            "DICOM_NODE_STORAGE_FSYNC": "true" if fsync else "false",
+        }
+        args = [
+            sys.executable,
+            "-m",
+            "dicom_node",
+            "-q",
+            "serve",
+            "--data-dir",
+            str(work / "node"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         with _process(args, port, env, work / "node.log"):
             yield port, "DICOM_NODE"
 
@@ -115,7 +150,9 @@ def _send(series: Path, port: int, aec: str) -> float:
     started = time.perf_counter()
     result = subprocess.run(
         ["/usr/bin/storescu", "-aec", aec, "127.0.0.1", str(port), "+sd", str(series)],
-        env=PEER_ENV, capture_output=True, text=True,
+        env=PEER_ENV,
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - started
     if result.returncode != 0 or "Failed" in result.stderr:
@@ -157,12 +194,16 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = statistics.median(times)
 
     reference = results["dcmtk storescp (no fsync, no database)"]
-    print(f"\nstorescu -> receiver, {args.slices} slices {args.matrix}x{args.matrix}, "
-          f"{megabytes:.0f} MB, median of {args.repeat}, TCP_NODELAY=1, {os.cpu_count()} CPUs\n")
+    print(
+        f"\nstorescu -> receiver, {args.slices} slices {args.matrix}x{args.matrix}, "
+        f"{megabytes:.0f} MB, median of {args.repeat}, TCP_NODELAY=1, {os.cpu_count()} CPUs\n"
+    )
     print(f"{'receiver':<42} {'seconds':>8} {'slices/s':>9} {'MB/s':>7} {'x storescp':>10}")
     for name, seconds in results.items():
-        print(f"{name:<42} {seconds:>8.2f} {args.slices / seconds:>9.0f} {megabytes / seconds:>7.0f} "
-              f"{reference / seconds:>10.2f}")
+        print(
+            f"{name:<42} {seconds:>8.2f} {args.slices / seconds:>9.0f} {megabytes / seconds:>7.0f} "
+            f"{reference / seconds:>10.2f}"
+        )
     return 0
 
 

@@ -18,6 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node import __version__
 from dicom_node.handlers import handle_find, handle_store
 from dicom_node.ingest import Ingest
+from dicom_node.outbox import Outbox
 from dicom_node.processing import Processor, RecordingProcessor, run_series
 from dicom_node.scp import build_ae, make_server
 from dicom_node.series import SeriesWatcher, complete_idle_series
@@ -58,6 +59,9 @@ class Node:
             settings.series.check_interval_seconds,
             self.queue.submit,
         )
+        self.outbox = Outbox(
+            self.catalog, settings.instances_dir, settings.outbox, settings.ae_title
+        )
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -83,7 +87,9 @@ class Node:
         for uid in interrupted:
             self.catalog.transition(uid, SeriesState.COMPLETE, from_states=[SeriesState.PROCESSING])
         if interrupted:
-            logger.warning("%d series were interrupted while processing; queued again", len(interrupted))
+            logger.warning(
+                "%d series were interrupted while processing; queued again", len(interrupted)
+            )
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
         pending = 0
         for uid in self.catalog.series_in_states([SeriesState.COMPLETE]):
@@ -103,6 +109,7 @@ class Node:
                 "security.allowed_calling_ae_titles to restrict it"
             )
         self.queue.start()
+        self.outbox.start()
         self.resume()
         self.watcher.start()
         ae = build_ae(settings)
@@ -112,7 +119,10 @@ class Node:
         ]
         self._server = make_server(ae, settings, handlers)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-scp", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="dicom-scp",
+            daemon=True,
         )
         self._thread.start()
         logger.info(
@@ -127,7 +137,9 @@ class Node:
     def _write_runtime_file(self) -> None:
         runtime = Path(self.settings.data_dir) / "node.json"
         runtime.write_text(
-            json.dumps({"ae_title": self.settings.ae_title, "host": self.settings.host, "port": self.port})
+            json.dumps(
+                {"ae_title": self.settings.ae_title, "host": self.settings.host, "port": self.port}
+            )
         )
 
     def stop(self) -> None:
@@ -139,5 +151,6 @@ class Node:
             self._thread.join()
         self.watcher.stop()
         self.queue.stop()
+        self.outbox.stop()
         self.catalog.close()
         logger.info("stopped")

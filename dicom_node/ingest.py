@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -51,6 +52,8 @@ class Received:
     series_instance_uid: str
     new: bool
     """False when the identical instance was already stored and catalogued."""
+    relative_path: str
+    """Where the file is, below the instance store root."""
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
@@ -119,10 +122,14 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax_uid: str) -> None:
         bits = int(dataset.BitsAllocated)
         expected = int(dataset.Rows) * int(dataset.Columns) * frames * samples * bits // 8
     except Exception as exc:  # noqa: BLE001
-        raise InvalidDataset("image pixel description (Rows, Columns, BitsAllocated) is invalid") from exc
+        raise InvalidDataset(
+            "image pixel description (Rows, Columns, BitsAllocated) is invalid"
+        ) from exc
     actual = len(dataset.PixelData)
     if actual < expected:
-        raise InvalidDataset(f"Pixel Data is {actual} bytes; the image needs {expected} (truncated)")
+        raise InvalidDataset(
+            f"Pixel Data is {actual} bytes; the image needs {expected} (truncated)"
+        )
 
 
 class Ingest:
@@ -210,5 +217,30 @@ class Ingest:
                 self.store.remove(stored.relative_path)
             raise
         if stored.outcome is PutOutcome.IDENTICAL and not new:
-            logger.info("instance %s re-sent with identical content; nothing rewritten", sop_instance_uid)
-        return Received(sop_instance_uid, series_instance_uid, new)
+            logger.info(
+                "instance %s re-sent with identical content; nothing rewritten", sop_instance_uid
+            )
+        return Received(sop_instance_uid, series_instance_uid, new, stored.relative_path)
+
+    def keep(self, dataset: Dataset, *, calling_ae_title: str | None = None) -> Received:
+        """Store an object the node made (SR, key images) through the same checks.
+
+        Parameters
+        ----------
+        dataset : pydicom.dataset.Dataset
+            A complete dataset with file meta (highdicom objects have one).
+
+        Returns
+        -------
+        Received
+        """
+        buffer = BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        return self.receive(
+            dataset,
+            buffer.getvalue(),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            affected_sop_class_uid=str(dataset.SOPClassUID),
+            affected_sop_instance_uid=str(dataset.SOPInstanceUID),
+            calling_ae_title=calling_ae_title,
+        )

@@ -18,9 +18,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
     for name in ("dicom_node", "ai", "storage"):

@@ -72,8 +72,14 @@ def run_series(catalog: Catalog, processor: Processor, series_instance_uid: str)
         from_states=[SeriesState.PROCESSING],
         reason=outcome.reason,
     ):
-        logger.info("series %s changed while processing (late instance); it will run again", series_instance_uid)
+        logger.info(
+            "series %s changed while processing (late instance); it will run again",
+            series_instance_uid,
+        )
     logger.info(
-        "series %s -> %s in %.2f s", series_instance_uid, outcome.state.value, time.perf_counter() - started
+        "series %s -> %s in %.2f s",
+        series_instance_uid,
+        outcome.state.value,
+        time.perf_counter() - started,
     )
     return outcome

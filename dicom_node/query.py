@@ -55,23 +55,41 @@ class Match:
 #: Keys the catalog can match and return, by level; the columns live in storage.catalog.
 KEYS: dict[Level, tuple[str, ...]] = {
     Level.STUDY: (
-        "StudyInstanceUID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-        "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription",
-        "ReferringPhysicianName", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDescription",
+        "ReferringPhysicianName",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
         "NumberOfStudyRelatedInstances",
     ),
     Level.SERIES: (
-        "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
         "NumberOfSeriesRelatedInstances",
     ),
     Level.IMAGE: ("SOPInstanceUID", "SOPClassUID", "InstanceNumber"),
 }
-UNIQUE_KEY = {Level.STUDY: "StudyInstanceUID", Level.SERIES: "SeriesInstanceUID", Level.IMAGE: "SOPInstanceUID"}
+UNIQUE_KEY = {
+    Level.STUDY: "StudyInstanceUID",
+    Level.SERIES: "SeriesInstanceUID",
+    Level.IMAGE: "SOPInstanceUID",
+}
 _UID_KEYS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
 _RANGE_KEYS = {"StudyDate", "StudyTime", "PatientBirthDate"}
 #: Keys returned but not matchable (computed, or multi-valued).
 _RETURN_ONLY = {
-    "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
     "NumberOfSeriesRelatedInstances",
 }
 _DATE = re.compile(r"^\d{8}$")
@@ -127,7 +145,9 @@ def _match_for(keyword: str, value: str) -> Match | None:
         pattern = _TIME if keyword == "StudyTime" else _DATE
         for part in (low, high):
             if part and not pattern.match(part):
-                raise InvalidQuery(f"{keyword} range {value!r} is not {'HHMMSS' if pattern is _TIME else 'YYYYMMDD'}")
+                raise InvalidQuery(
+                    f"{keyword} range {value!r} is not {'HHMMSS' if pattern is _TIME else 'YYYYMMDD'}"
+                )
         if not low and not high:
             raise InvalidQuery(f"{keyword} range has neither bound")
         return Match(keyword, MatchKind.RANGE, (low, high))
@@ -167,7 +187,9 @@ def parse_identifier(identifier: Dataset) -> StudyQuery:
     try:
         level = Level(raw_level)
     except ValueError as exc:
-        raise InvalidQuery(f"QueryRetrieveLevel {raw_level!r} is not STUDY, SERIES or IMAGE") from exc
+        raise InvalidQuery(
+            f"QueryRetrieveLevel {raw_level!r} is not STUDY, SERIES or IMAGE"
+        ) from exc
     allowed = {k for lvl in _levels_up_to(level) for k in KEYS[lvl]}
     matches: list[Match] = []
     return_keys: list[str] = []
@@ -194,8 +216,12 @@ def parse_identifier(identifier: Dataset) -> StudyQuery:
     unique = UNIQUE_KEY[level]
     if unique not in return_keys:
         return_keys.append(unique)
-    charset = _text(identifier, "SpecificCharacterSet") if "SpecificCharacterSet" in identifier else None
-    return StudyQuery(level, tuple(matches), tuple(return_keys), charset or None, tuple(unsupported))
+    charset = (
+        _text(identifier, "SpecificCharacterSet") if "SpecificCharacterSet" in identifier else None
+    )
+    return StudyQuery(
+        level, tuple(matches), tuple(return_keys), charset or None, tuple(unsupported)
+    )
 
 
 def response_identifier(query: StudyQuery, row: dict[str, object]) -> Dataset:

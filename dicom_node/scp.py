@@ -16,6 +16,24 @@ from typing import Any
 
 import pydicom.config
 import pynetdicom
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event, EventHandlerType
@@ -24,28 +42,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
-from pydicom.uid import (
-    UID,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2K,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLosslessSV1,
-    JPEGLossless,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 
 from dicom_node.settings import Settings
 
-__all__ = ["STORAGE_TRANSFER_SYNTAXES", "build_ae", "configure_pynetdicom", "make_server", "tls_context"]
+__all__ = [
+    "STORAGE_TRANSFER_SYNTAXES",
+    "build_ae",
+    "configure_pynetdicom",
+    "make_server",
+    "tls_context",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,9 @@ from typing import Any
 from dicom_node.errors import SettingsError
 
 __all__ = [
+    "Destination",
     "NetworkSettings",
+    "OutboxSettings",
     "SecuritySettings",
     "SeriesSettings",
     "Settings",
@@ -112,6 +114,54 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class Destination:
+    """A DICOM peer results are sent to, parsed from ``AE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, where: str = "outbox.destinations") -> Destination:
+        """Parse ``AE@host:port``; raise SettingsError with the reason."""
+        ae_title, at, address = text.partition("@")
+        host, colon, port = address.rpartition(":")
+        if not at or not colon or not host:
+            raise SettingsError(f"{where}: {text!r} is not AE@host:port")
+        validate_ae_title(ae_title, where)
+        try:
+            number = int(port)
+        except ValueError as exc:
+            raise SettingsError(f"{where}: {text!r} has no numeric port") from exc
+        if not 1 <= number <= 65535:
+            raise SettingsError(f"{where}: {text!r} port is not 1-65535")
+        return cls(ae_title, host.strip("[]"), number)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """``[outbox]``: where results (SR, key images) are sent, and how hard we try."""
+
+    destinations: tuple[str, ...] = ()
+    """Peers as ``AE@host:port``, e.g. ``["PACS@10.0.0.5:104"]``; empty = keep results locally."""
+    calling_ae_title: str = ""
+    """Calling AE title for sending; empty = ``ae_title``."""
+    retry_initial_seconds: float = 10.0
+    """First wait after a failed delivery; doubles on each further failure."""
+    retry_max_seconds: float = 600.0
+    """Longest wait between two attempts."""
+    give_up_after_hours: float = 72.0
+    """A delivery still failing this long after it was queued is marked failed."""
+
+    def parsed_destinations(self) -> tuple[Destination, ...]:
+        """The destinations, parsed."""
+        return tuple(Destination.parse(text) for text in self.destinations)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node is configured with, created once and passed down."""
 
@@ -128,6 +178,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     series: SeriesSettings = field(default_factory=SeriesSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
     @property
     def instances_dir(self) -> Path:
@@ -272,7 +323,12 @@ def _apply_env(base: Settings, table: Mapping[str, Any]) -> Settings:
         if _is_section(tp):
             section_hints = _hints(tp)
             sub_changes = {
-                sub: _convert(raw, section_hints[sub], f"{ENV_PREFIX}{key.upper()}_{sub.upper()}", from_env=True)
+                sub: _convert(
+                    raw,
+                    section_hints[sub],
+                    f"{ENV_PREFIX}{key.upper()}_{sub.upper()}",
+                    from_env=True,
+                )
                 for sub, raw in value.items()
             }
             changes[key] = dataclasses.replace(getattr(base, key), **sub_changes)
@@ -333,7 +389,11 @@ def load_settings(
         settings = _apply(
             Settings,
             settings,
-            {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items() if v is not None},
+            {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in overrides.items()
+                if v is not None
+            },
             "command line",
         )
     validate(settings, check_paths=check_paths)
@@ -350,7 +410,9 @@ def validate_ae_title(value: str, where: str) -> None:
     if len(value) > 16:
         raise SettingsError(f"{where}: AE title {value!r} is {len(value)} characters (maximum 16)")
     if "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
-        raise SettingsError(f"{where}: AE title {value!r} has a backslash or a non-printable character")
+        raise SettingsError(
+            f"{where}: AE title {value!r} has a backslash or a non-printable character"
+        )
 
 
 def validate(settings: Settings, *, check_paths: bool = True) -> None:
@@ -383,20 +445,36 @@ def validate(settings: Settings, *, check_paths: bool = True) -> None:
     if bool(sec.tls_certificate) != bool(sec.tls_private_key):
         raise SettingsError("security: TLS needs both tls_certificate and tls_private_key")
     if sec.tls_ca_certificates and not sec.tls_enabled:
-        raise SettingsError("security.tls_ca_certificates is set but TLS is off (no certificate/key)")
+        raise SettingsError(
+            "security.tls_ca_certificates is set but TLS is off (no certificate/key)"
+        )
     if settings.storage.min_free_mb < 0:
         raise SettingsError("storage.min_free_mb must not be negative")
     url = settings.storage.catalog_url
     if url and not (url.startswith("sqlite:") or url.startswith("postgresql")):
-        raise SettingsError(f"storage.catalog_url: only sqlite:/// and postgresql+psycopg:// URLs, got {url.split(':')[0]!r}")
+        raise SettingsError(
+            f"storage.catalog_url: only sqlite:/// and postgresql+psycopg:// URLs, got {url.split(':')[0]!r}"
+        )
     if settings.series.idle_seconds < 0:
         raise SettingsError("series.idle_seconds must not be negative")
     if settings.series.check_interval_seconds <= 0:
         raise SettingsError("series.check_interval_seconds must be positive")
     if settings.worker.threads < 0:
-        raise SettingsError("worker.threads must not be negative (0 = no processing in this process)")
+        raise SettingsError(
+            "worker.threads must not be negative (0 = no processing in this process)"
+        )
     if settings.worker.device not in {"auto", "cpu", "cuda"}:
         raise SettingsError(f"worker.device: {settings.worker.device!r} is not auto, cpu or cuda")
+    outbox = settings.outbox
+    outbox.parsed_destinations()
+    if outbox.calling_ae_title:
+        validate_ae_title(outbox.calling_ae_title, "outbox.calling_ae_title")
+    if outbox.retry_initial_seconds <= 0 or outbox.retry_max_seconds < outbox.retry_initial_seconds:
+        raise SettingsError(
+            "outbox: retry_initial_seconds must be positive and not above retry_max_seconds"
+        )
+    if outbox.give_up_after_hours <= 0:
+        raise SettingsError("outbox.give_up_after_hours must be positive")
     if check_paths:
         _check_data_dir(settings.data_dir)
         for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
@@ -411,4 +489,6 @@ def _check_data_dir(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise SettingsError(f"data_dir: {path} is not a writable directory ({exc.strerror})") from exc
+        raise SettingsError(
+            f"data_dir: {path} is not a writable directory ({exc.strerror})"
+        ) from exc

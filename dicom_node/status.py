@@ -119,7 +119,9 @@ def store_guard(func: F) -> F:
                 logger.exception("C-STORE failed unexpectedly")
             else:
                 logger.warning("C-STORE answered 0x%04X: %s", int(status), exc)
-            return status_dataset(status, str(exc) if status is not Status.PROCESSING_FAILURE else "internal error")
+            return status_dataset(
+                status, str(exc) if status is not Status.PROCESSING_FAILURE else "internal error"
+            )
 
     return wrapper  # type: ignore[return-value]
 

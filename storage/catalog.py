@@ -23,7 +23,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import CatalogError
 
-__all__ = ["Catalog", "Condition", "InstanceRecord", "SeriesState", "SeriesSummary", "metadata"]
+__all__ = [
+    "Catalog",
+    "Condition",
+    "Delivery",
+    "DeliveryState",
+    "InstanceRecord",
+    "SeriesState",
+    "SeriesSummary",
+    "metadata",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +123,60 @@ instances = sa.Table(
 jobs = sa.Table(
     "jobs",
     metadata,
-    sa.Column("series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), primary_key=True),
+    sa.Column(
+        "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), primary_key=True
+    ),
     sa.Column("processor_version", sa.String(64), primary_key=True),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("detail", sa.Text),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
 )
+
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("destination", sa.String(120), nullable=False),
+    sa.Column("sop_instance_uid", UID, nullable=False),
+    sa.Column("sop_class_uid", UID, nullable=False),
+    sa.Column("relative_path", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("done_at", sa.Float),
+    sa.UniqueConstraint("destination", "sop_instance_uid", name="uq_outbox_destination_instance"),
+)
+
+
+class DeliveryState(str, Enum):
+    """Where one outbox delivery stands."""
+
+    PENDING = "pending"
+    """Waiting for its next attempt."""
+    DONE = "done"
+    """The destination answered Success or Warning."""
+    FAILED = "failed"
+    """The destination answered Failure, or retries ran out; ``last_error`` says why."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One object to send to one destination."""
+
+    id: int
+    destination: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    relative_path: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -257,7 +313,9 @@ def _condition_clause(column: Any, condition: Condition) -> Any:
         return column == values[0]
     if kind == "wildcard":
         pattern = _like_pattern(values[0])
-        return column.ilike(pattern, escape="\\") if insensitive else column.like(pattern, escape="\\")
+        return (
+            column.ilike(pattern, escape="\\") if insensitive else column.like(pattern, escape="\\")
+        )
     if kind == "range":
         low, high = values
         clauses = []
@@ -265,7 +323,9 @@ def _condition_clause(column: Any, condition: Condition) -> Any:
             clauses.append(column >= low)
         if high:
             # A time range's high bound "1200" includes 120059.
-            clauses.append(column <= high + ("\uffff" if condition.keyword.endswith("Time") else ""))
+            clauses.append(
+                column <= high + ("\uffff" if condition.keyword.endswith("Time") else "")
+            )
         return sa.and_(*clauses)
     if kind == "list":
         return column.in_(values)
@@ -372,10 +432,14 @@ class Catalog:
             return postgresql_insert(table)
         raise CatalogError(f"unsupported catalog database {dialect!r}")  # pragma: no cover
 
-    def _insert_ignore(self, connection: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+    def _insert_ignore(
+        self, connection: Connection, table: sa.Table, values: dict[str, Any]
+    ) -> bool:
         """INSERT unless the primary key exists; True if a row was inserted."""
         key = list(table.primary_key.columns)
-        statement = self._dialect_insert(table).values(**values).on_conflict_do_nothing().returning(*key)
+        statement = (
+            self._dialect_insert(table).values(**values).on_conflict_do_nothing().returning(*key)
+        )
         return connection.execute(statement).first() is not None
 
     # -- ingest ------------------------------------------------------------
@@ -405,7 +469,11 @@ class Catalog:
                 self._insert_ignore(
                     connection,
                     studies,
-                    {"study_instance_uid": record.study_instance_uid, "created_at": now, **study_values},
+                    {
+                        "study_instance_uid": record.study_instance_uid,
+                        "created_at": now,
+                        **study_values,
+                    },
                 )
                 self._insert_ignore(
                     connection,
@@ -452,7 +520,9 @@ class Catalog:
         """The stored content hash of an instance, or None if not catalogued."""
         with self._begin() as connection:
             value = connection.execute(
-                sa.select(instances.c.sha256).where(instances.c.sop_instance_uid == sop_instance_uid)
+                sa.select(instances.c.sha256).where(
+                    instances.c.sop_instance_uid == sop_instance_uid
+                )
             ).scalar_one_or_none()
         return None if value is None else str(value)
 
@@ -538,7 +608,9 @@ class Catalog:
 
     # -- jobs --------------------------------------------------------------
 
-    def start_job(self, series_instance_uid: str, processor_version: str, *, now: float | None = None) -> None:
+    def start_job(
+        self, series_instance_uid: str, processor_version: str, *, now: float | None = None
+    ) -> None:
         """Record that a processor run began (replacing an unfinished one)."""
         now = time.time() if now is None else now
         with self._begin() as connection:
@@ -578,11 +650,15 @@ class Catalog:
     def job(self, series_instance_uid: str, processor_version: str) -> dict[str, Any] | None:
         """The job row of a series for a processor version, or None."""
         with self._begin() as connection:
-            row = connection.execute(
-                sa.select(jobs)
-                .where(jobs.c.series_instance_uid == series_instance_uid)
-                .where(jobs.c.processor_version == processor_version)
-            ).mappings().first()
+            row = (
+                connection.execute(
+                    sa.select(jobs)
+                    .where(jobs.c.series_instance_uid == series_instance_uid)
+                    .where(jobs.c.processor_version == processor_version)
+                )
+                .mappings()
+                .first()
+            )
         return None if row is None else dict(row)
 
     # -- reading -----------------------------------------------------------
@@ -665,13 +741,17 @@ class Catalog:
             if condition.keyword == "ModalitiesInStudy":
                 modality = _condition_clause(series.c.modality, _AsKeyword("Modality", condition))
                 query = query.where(
-                    sa.exists().where(series.c.study_instance_uid == studies.c.study_instance_uid).where(modality)
+                    sa.exists()
+                    .where(series.c.study_instance_uid == studies.c.study_instance_uid)
+                    .where(modality)
                 )
             elif condition.keyword in columns:
                 query = query.where(_condition_clause(columns[condition.keyword], condition))
-        order = {"STUDY": [studies.c.study_date, studies.c.study_instance_uid],
-                 "SERIES": [series.c.series_number, series.c.series_instance_uid],
-                 "IMAGE": [instances.c.instance_number, instances.c.sop_instance_uid]}[level]
+        order = {
+            "STUDY": [studies.c.study_date, studies.c.study_instance_uid],
+            "SERIES": [series.c.series_number, series.c.series_instance_uid],
+            "IMAGE": [instances.c.instance_number, instances.c.sop_instance_uid],
+        }[level]
         query = query.order_by(*order)
         with self._begin() as connection:
             rows = [dict(row) for row in connection.execute(query).mappings()]
@@ -686,28 +766,135 @@ class Catalog:
             for start in range(0, len(uids), 500):
                 chunk = uids[start : start + 500]
                 result = connection.execute(
-                    sa.select(series.c.study_instance_uid, series.c.modality, series.c.instance_count)
-                    .where(series.c.study_instance_uid.in_(chunk))
+                    sa.select(
+                        series.c.study_instance_uid, series.c.modality, series.c.instance_count
+                    ).where(series.c.study_instance_uid.in_(chunk))
                 )
                 for study_uid, modality, count in result:
-                    entry = found.setdefault(study_uid, {"modalities": [], "series": 0, "instances": 0})
+                    entry = found.setdefault(
+                        study_uid, {"modalities": [], "series": 0, "instances": 0}
+                    )
                     if modality and modality not in entry["modalities"]:
                         entry["modalities"].append(modality)
                     entry["series"] += 1
                     entry["instances"] += int(count)
         for row in rows:
-            entry = found.get(row["StudyInstanceUID"], {"modalities": [], "series": 0, "instances": 0})
+            entry = found.get(
+                row["StudyInstanceUID"], {"modalities": [], "series": 0, "instances": 0}
+            )
             row["ModalitiesInStudy"] = "\\".join(sorted(entry["modalities"]))
             row["NumberOfStudyRelatedSeries"] = entry["series"]
             row["NumberOfStudyRelatedInstances"] = entry["instances"]
 
+    # -- outbox --------------------------------------------------------------
+
+    def enqueue_delivery(
+        self,
+        destination: str,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        relative_path: str,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """Queue an object for a destination; False if it already was (delivered once)."""
+        now = time.time() if now is None else now
+        with self._begin() as connection:
+            return self._insert_ignore(
+                connection,
+                outbox,
+                {
+                    "destination": destination,
+                    "sop_instance_uid": sop_instance_uid,
+                    "sop_class_uid": sop_class_uid,
+                    "relative_path": relative_path,
+                    "state": DeliveryState.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                },
+            )
+
+    def deliveries(
+        self, states: Sequence[DeliveryState] | None = None, *, due_before: float | None = None
+    ) -> list[Delivery]:
+        """Outbox rows, oldest first, optionally by state and due time."""
+        query = sa.select(outbox).order_by(outbox.c.id)
+        if states is not None:
+            query = query.where(outbox.c.state.in_([s.value for s in states]))
+        if due_before is not None:
+            query = query.where(outbox.c.next_attempt_at <= due_before)
+        with self._begin() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [
+            Delivery(
+                id=int(r["id"]),
+                destination=r["destination"],
+                sop_instance_uid=r["sop_instance_uid"],
+                sop_class_uid=r["sop_class_uid"],
+                relative_path=r["relative_path"],
+                state=DeliveryState(r["state"]),
+                attempts=int(r["attempts"]),
+                next_attempt_at=float(r["next_attempt_at"]),
+                created_at=float(r["created_at"]),
+                last_error=r["last_error"],
+            )
+            for r in rows
+        ]
+
+    def finish_delivery(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        *,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record one attempt: done, failed, or pending again at ``next_attempt_at``."""
+        now = time.time() if now is None else now
+        values: dict[str, Any] = {
+            "state": state.value,
+            "attempts": outbox.c.attempts + 1,
+            "last_error": error,
+        }
+        if state is DeliveryState.DONE:
+            values["done_at"] = now
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        with self._begin() as connection:
+            connection.execute(outbox.update().where(outbox.c.id == delivery_id).values(**values))
+
+    def requeue_deliveries(
+        self,
+        *,
+        sop_instance_uids: Sequence[str] | None = None,
+        include_done: bool = False,
+        now: float | None = None,
+    ) -> int:
+        """Put failed (and optionally done) deliveries back to pending; return how many."""
+        now = time.time() if now is None else now
+        states = [DeliveryState.FAILED.value] + ([DeliveryState.DONE.value] if include_done else [])
+        statement = outbox.update().where(outbox.c.state.in_(states))
+        if sop_instance_uids:
+            statement = statement.where(outbox.c.sop_instance_uid.in_(list(sop_instance_uids)))
+        statement = statement.values(
+            state=DeliveryState.PENDING.value, next_attempt_at=now, created_at=now, done_at=None
+        )
+        with self._begin() as connection:
+            return int(connection.execute(statement).rowcount)
+
     def instance_count(self) -> int:
         """Number of catalogued instances."""
         with self._begin() as connection:
-            return int(connection.execute(sa.select(sa.func.count()).select_from(instances)).scalar_one())
+            return int(
+                connection.execute(sa.select(sa.func.count()).select_from(instances)).scalar_one()
+            )
 
     def instance_paths(self) -> dict[str, str]:
         """``{sop_instance_uid: relative_path}`` for every instance."""
         with self._begin() as connection:
-            rows = connection.execute(sa.select(instances.c.sop_instance_uid, instances.c.relative_path)).all()
+            rows = connection.execute(
+                sa.select(instances.c.sop_instance_uid, instances.c.relative_path)
+            ).all()
         return {str(r[0]): str(r[1]) for r in rows}

@@ -87,7 +87,9 @@ class InstanceStore:
             part.unlink(missing_ok=True)
             removed += 1
         if removed:
-            logger.warning("removed %d partial instance file(s) left by an interrupted write", removed)
+            logger.warning(
+                "removed %d partial instance file(s) left by an interrupted write", removed
+            )
         return removed
 
     def path_of(self, relative_path: str) -> Path:
@@ -159,7 +161,9 @@ class InstanceStore:
                 for directory in [final.parent, *created]:
                     _fsync_directory(directory)
         except OSError as exc:
-            raise InstanceWriteError(f"could not store instance {sop_instance_uid}: {exc.strerror}") from exc
+            raise InstanceWriteError(
+                f"could not store instance {sop_instance_uid}: {exc.strerror}"
+            ) from exc
         return StoredInstance(relative.as_posix(), len(data), digest, PutOutcome.STORED)
 
     def remove(self, relative_path: str) -> None:

@@ -42,8 +42,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 30.0,
-                  process: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_port(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+    process: subprocess.Popen[Any] | None = None,
+) -> None:
     """Block until something accepts TCP connections on ``host:port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,7 +62,9 @@ def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 30.0,
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
     """Poll a state predicate (catalog rows, files) until true or time out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,9 +158,23 @@ class NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dicom_node", "-v", "serve", "--data-dir", str(self.data_dir),
-                 "--port", str(self.port), "--host", "127.0.0.1"],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "dicom_node",
+                    "-v",
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    "--host",
+                    "127.0.0.1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=REPO,
             )
         wait_for_port(self.port, process=self.process)
 
@@ -186,11 +207,15 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
         proc.stop()
 
 
-def run_peer(args: list[str], *, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_peer(
+    args: list[str], *, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run a dcmtk tool with TCP_NODELAY=1, capturing its output."""
     result = subprocess.run(args, env=PEER_ENV, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -228,18 +253,49 @@ def postgresql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
             parent.chmod(parent.stat().st_mode | 0o011)
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = subprocess.Popen(
-        [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-         "-k", str(root), "-c", "fsync=off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            *as_user,
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(root),
+            "-c",
+            "fsync=off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port, process=server)
         deadline = time.monotonic() + 30
-        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError("PostgreSQL did not become ready")
             time.sleep(0.1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UID, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 PATIENT_NAME = "Doe^Jane^Quincy"
 PATIENT_ID = "PID-7731-SECRET"
@@ -88,7 +88,9 @@ def write_ct_series(
     series = series_instance_uid or generate_uid()
     paths = []
     for index in range(count):
-        ds = ct_slice(index, study_instance_uid=study, series_instance_uid=series, rows=rows, columns=columns)
+        ds = ct_slice(
+            index, study_instance_uid=study, series_instance_uid=series, rows=rows, columns=columns
+        )
         for keyword, value in attributes.items():
             setattr(ds, keyword, value)
         if transfer_syntax_uid is not None and transfer_syntax_uid != ExplicitVRLittleEndian:

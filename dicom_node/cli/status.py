@@ -26,13 +26,26 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from storage.catalog import Catalog
+    from storage.catalog import Catalog, DeliveryState
 
     catalog = Catalog(settings.catalog_url)
     try:
         rows = catalog.summaries()
+        deliveries = catalog.deliveries([DeliveryState.PENDING, DeliveryState.FAILED])
     finally:
         catalog.close()
+    delivery_records = [
+        {
+            "sop_instance_uid": d.sop_instance_uid,
+            "sop_class_uid": d.sop_class_uid,
+            "destination": d.destination,
+            "state": d.state.value,
+            "attempts": d.attempts,
+            "next_attempt_at": d.next_attempt_at,
+            "last_error": d.last_error,
+        }
+        for d in deliveries
+    ]
     records = []
     for row in rows:
         record: dict[str, Any] = {
@@ -52,12 +65,18 @@ def run(args: argparse.Namespace) -> int:
             record["patient_id"] = row.patient_id
         records.append(record)
     if args.json:
-        print(json.dumps({"series": records}, indent=2))
+        print(json.dumps({"series": records, "deliveries": delivery_records}, indent=2))
         return 0
-    if not records:
-        print("no studies received yet")
-        return 0
-    print(_table(records, show_phi=args.show_phi))
+    print(_table(records, show_phi=args.show_phi) if records else "no studies received yet")
+    if delivery_records:
+        print(
+            f"\n{len(delivery_records)} deliveries pending or failed (dicom-node resend queues failed ones again):"
+        )
+        for d in delivery_records:
+            print(
+                f"  {d['state']:<8} {d['destination']:<28} attempts {d['attempts']:<3} "
+                f"{d['sop_instance_uid']}  {d['last_error'] or ''}"
+            )
     return 0
 
 

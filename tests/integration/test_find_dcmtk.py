@@ -18,19 +18,31 @@ def archive(tmp_path, make_settings, start_node):
     """A node holding three studies of two patients."""
     node = start_node(make_settings())
     studies = {}
-    for name, pid, date, slices in (("Doe^Jane", "P1", "20240105", 3), ("Doe^Jane", "P1", "20250610", 2),
-                                    ("Roe^Richard", "P2", "20250611", 4)):
+    for name, pid, date, slices in (
+        ("Doe^Jane", "P1", "20240105", 3),
+        ("Doe^Jane", "P1", "20250610", 2),
+        ("Roe^Richard", "P2", "20250611", 4),
+    ):
         directory = tmp_path / f"{pid}-{date}"
-        paths = write_ct_series(directory, slices, PatientName=name, PatientID=pid, StudyDate=date,
-                                AccessionNumber=f"A{date}")
+        paths = write_ct_series(
+            directory,
+            slices,
+            PatientName=name,
+            PatientID=pid,
+            StudyDate=date,
+            AccessionNumber=f"A{date}",
+        )
         studies[date] = pydicom.dcmread(paths[0], stop_before_pixels=True)
-        result = run_peer([dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port),
-                           *map(str, paths)])
+        result = run_peer(
+            [dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)]
+        )
         assert result.returncode == 0, result.stderr
     return node, studies
 
 
-def _find(port: int, out: Path, *keys: str, extra: tuple[str, ...] = ()) -> tuple[list[pydicom.Dataset], str]:
+def _find(
+    port: int, out: Path, *keys: str, extra: tuple[str, ...] = ()
+) -> tuple[list[pydicom.Dataset], str]:
     out.mkdir(exist_ok=True)
     for old in out.glob("*.dcm"):
         old.unlink()
@@ -43,9 +55,17 @@ def _find(port: int, out: Path, *keys: str, extra: tuple[str, ...] = ()) -> tupl
 
 def test_study_level_wildcard_date_range_and_counts(archive, tmp_path) -> None:
     node, studies = archive
-    found, _ = _find(node.port, tmp_path / "q1", "QueryRetrieveLevel=STUDY", "PatientName=doe*",
-                     "StudyDate=20250101-", "StudyInstanceUID", "ModalitiesInStudy",
-                     "NumberOfStudyRelatedInstances", "AccessionNumber")
+    found, _ = _find(
+        node.port,
+        tmp_path / "q1",
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=doe*",
+        "StudyDate=20250101-",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "AccessionNumber",
+    )
     assert [ds.StudyInstanceUID for ds in found] == [studies["20250610"].StudyInstanceUID]
     (ds,) = found
     assert ds.PatientName == "Doe^Jane" and ds.ModalitiesInStudy == "CT"
@@ -56,18 +76,35 @@ def test_study_level_wildcard_date_range_and_counts(archive, tmp_path) -> None:
 def test_uid_list_series_and_image_levels(archive, tmp_path) -> None:
     node, studies = archive
     uids = [studies["20240105"].StudyInstanceUID, studies["20250611"].StudyInstanceUID]
-    found, _ = _find(node.port, tmp_path / "q2", "QueryRetrieveLevel=STUDY",
-                     "StudyInstanceUID=" + "\\".join(uids), "PatientID")
+    found, _ = _find(
+        node.port,
+        tmp_path / "q2",
+        "QueryRetrieveLevel=STUDY",
+        "StudyInstanceUID=" + "\\".join(uids),
+        "PatientID",
+    )
     assert sorted(ds.StudyInstanceUID for ds in found) == sorted(uids)
     study = studies["20250611"]
-    series, _ = _find(node.port, tmp_path / "q3", "QueryRetrieveLevel=SERIES",
-                      f"StudyInstanceUID={study.StudyInstanceUID}", "SeriesInstanceUID", "Modality=CT",
-                      "NumberOfSeriesRelatedInstances")
+    series, _ = _find(
+        node.port,
+        tmp_path / "q3",
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study.StudyInstanceUID}",
+        "SeriesInstanceUID",
+        "Modality=CT",
+        "NumberOfSeriesRelatedInstances",
+    )
     assert [ds.SeriesInstanceUID for ds in series] == [study.SeriesInstanceUID]
     assert series[0].NumberOfSeriesRelatedInstances == 4
-    images, _ = _find(node.port, tmp_path / "q4", "QueryRetrieveLevel=IMAGE",
-                      f"StudyInstanceUID={study.StudyInstanceUID}",
-                      f"SeriesInstanceUID={study.SeriesInstanceUID}", "SOPInstanceUID", "InstanceNumber")
+    images, _ = _find(
+        node.port,
+        tmp_path / "q4",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={study.StudyInstanceUID}",
+        f"SeriesInstanceUID={study.SeriesInstanceUID}",
+        "SOPInstanceUID",
+        "InstanceNumber",
+    )
     assert [int(ds.InstanceNumber) for ds in images] == [1, 2, 3, 4]
 
 

@@ -52,7 +52,9 @@ def _slice(**changes):
     return ds
 
 
-def test_each_bad_dataset_gets_its_status_and_the_node_stays_up(tmp_path, make_settings, start_node) -> None:
+def test_each_bad_dataset_gets_its_status_and_the_node_stays_up(
+    tmp_path, make_settings, start_node
+) -> None:
     node = start_node(make_settings())
     good = _slice()
     statuses = _send_all(

@@ -19,8 +19,19 @@ pytestmark = pytest.mark.integration
 def _storescu(node_port: int, paths: list[Path] | Path, *extra: str, aet: str = "STORESCU"):
     targets = [str(paths)] if isinstance(paths, Path) else [str(p) for p in paths]
     return run_peer(
-        [dcmtk("storescu"), "-v", "-aet", aet, "-aec", "DICOM_NODE", *extra,
-         "127.0.0.1", str(node_port), "+sd", *targets]
+        [
+            dcmtk("storescu"),
+            "-v",
+            "-aet",
+            aet,
+            "-aec",
+            "DICOM_NODE",
+            *extra,
+            "127.0.0.1",
+            str(node_port),
+            "+sd",
+            *targets,
+        ]
     )
 
 
@@ -64,7 +75,9 @@ def test_storescu_series_arrives_identical_catalogued_then_complete(
 @pytest.mark.parametrize(
     ("transfer_syntax", "flag"), [(JPEGLSLossless, "-xt"), (JPEG2000Lossless, "-xv")]
 )
-def test_compressed_series_is_kept_as_sent(tmp_path, make_settings, start_node, transfer_syntax, flag) -> None:
+def test_compressed_series_is_kept_as_sent(
+    tmp_path, make_settings, start_node, transfer_syntax, flag
+) -> None:
     source = tmp_path / "compressed"
     paths = write_ct_series(source, 4, transfer_syntax_uid=transfer_syntax)
     node = start_node(make_settings())
@@ -74,11 +87,16 @@ def test_compressed_series_is_kept_as_sent(tmp_path, make_settings, start_node, 
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         kept = node.store.path_of(stored[ds.SOPInstanceUID])
-        assert pydicom.dcmread(kept, stop_before_pixels=True).file_meta.TransferSyntaxUID == transfer_syntax
+        assert (
+            pydicom.dcmread(kept, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            == transfer_syntax
+        )
         assert dataset_bytes(kept) == dataset_bytes(path)
 
 
-def test_resent_identical_instance_succeeds_without_rewrite(tmp_path, make_settings, start_node) -> None:
+def test_resent_identical_instance_succeeds_without_rewrite(
+    tmp_path, make_settings, start_node
+) -> None:
     paths = write_ct_series(tmp_path / "s", 2)
     node = start_node(make_settings())
     assert _storescu(node.port, paths).returncode == 0
@@ -92,20 +110,28 @@ def test_resent_identical_instance_succeeds_without_rewrite(tmp_path, make_setti
 
 def test_calling_ae_not_on_allowlist_is_rejected(make_settings, start_node) -> None:
     node = start_node(make_settings(security={"allowed_calling_ae_titles": ["PACS"]}))
-    refused = run_peer([dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
+    refused = run_peer(
+        [dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
+    )
     assert refused.returncode != 0
     assert "Association Rejected" in refused.stderr
-    allowed = run_peer([dcmtk("echoscu"), "-aet", "PACS", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
+    allowed = run_peer(
+        [dcmtk("echoscu"), "-aet", "PACS", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
+    )
     assert allowed.returncode == 0, allowed.stderr
 
 
 def test_peer_address_not_allowed_is_dropped(make_settings, start_node) -> None:
     node = start_node(make_settings(security={"allowed_peer_addresses": ["10.99.0.0/16"]}))
-    refused = run_peer([dcmtk("echoscu"), "-to", "5", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
+    refused = run_peer(
+        [dcmtk("echoscu"), "-to", "5", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
+    )
     assert refused.returncode != 0
 
 
-def test_free_space_floor_refuses_with_a700_and_writes_nothing(tmp_path, make_settings, start_node) -> None:
+def test_free_space_floor_refuses_with_a700_and_writes_nothing(
+    tmp_path, make_settings, start_node
+) -> None:
     paths = write_ct_series(tmp_path / "s", 1)
     node = start_node(make_settings(storage={"min_free_mb": 2**40}))
     result = _storescu(node.port, paths)
@@ -123,13 +149,25 @@ def test_associations_over_the_limit_are_rejected(make_settings, start_node) -> 
     holder.add_requested_context(Verification)
     held = []
     try:
-        wait_until(lambda: held.append(holder.associate("127.0.0.1", node.port, ae_title="DICOM_NODE"))
-                   or len([a for a in held if a.is_established]) == 2, what="two associations held")
+        wait_until(
+            lambda: (
+                held.append(holder.associate("127.0.0.1", node.port, ae_title="DICOM_NODE"))
+                or len([a for a in held if a.is_established]) == 2
+            ),
+            what="two associations held",
+        )
         busy = run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
         assert busy.returncode != 0 and "Association Rejected" in busy.stderr
     finally:
         for assoc in held:
             if assoc.is_established:
                 assoc.release()
-    wait_until(lambda: run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1",
-                                 str(node.port)]).returncode == 0, what="accepted again after release")
+    wait_until(
+        lambda: (
+            run_peer(
+                [dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
+            ).returncode
+            == 0
+        ),
+        what="accepted again after release",
+    )

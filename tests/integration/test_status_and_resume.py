@@ -9,7 +9,7 @@ import pytest
 from dicom_node.cli import main
 from storage.catalog import SeriesState
 from tests.conftest import dcmtk, run_peer, wait_until
-from tests.factories import PATIENT_ID, PATIENT_NAME, write_ct_series
+from tests.factories import PATIENT_ID, write_ct_series
 
 pytestmark = pytest.mark.integration
 
@@ -18,20 +18,34 @@ def test_status_table_and_json_without_phi(tmp_path, make_settings, start_node, 
     settings = make_settings()
     node = start_node(settings)
     paths = write_ct_series(tmp_path / "s", 3)
-    assert run_peer([dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port),
-                     *map(str, paths)]).returncode == 0
+    assert (
+        run_peer(
+            [dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)]
+        ).returncode
+        == 0
+    )
     series_uid = node.catalog.summaries()[0].series_instance_uid
-    wait_until(lambda: node.catalog.job(series_uid, node.processor.version) is not None
-               and node.catalog.job(series_uid, node.processor.version)["finished_at"] is not None,
-               what="processor ran on the completed series")
+    wait_until(
+        lambda: (
+            node.catalog.job(series_uid, node.processor.version) is not None
+            and node.catalog.job(series_uid, node.processor.version)["finished_at"] is not None
+        ),
+        what="processor ran on the completed series",
+    )
 
     assert main(["status", "--data-dir", str(settings.data_dir), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     (row,) = document["series"]
     assert row["series_instance_uid"] == series_uid
     assert row["instance_count"] == 3 and row["modality"] == "CT" and row["state"] == "complete"
-    assert set(row) >= {"study_instance_uid", "series_instance_uid", "modality", "instance_count",
-                        "state", "reason"}
+    assert set(row) >= {
+        "study_instance_uid",
+        "series_instance_uid",
+        "modality",
+        "instance_count",
+        "state",
+        "reason",
+    }
     assert "patient_name" not in row
 
     assert main(["status", "--data-dir", str(settings.data_dir)]) == 0
@@ -43,18 +57,38 @@ def test_status_table_and_json_without_phi(tmp_path, make_settings, start_node, 
     assert PATIENT_ID in capsys.readouterr().out
 
 
-def test_complete_but_unprocessed_work_is_picked_up_at_start(tmp_path, make_settings, start_node) -> None:
+def test_complete_but_unprocessed_work_is_picked_up_at_start(
+    tmp_path, make_settings, start_node
+) -> None:
     paths = write_ct_series(tmp_path / "s", 2)
     first = start_node(make_settings(worker={"threads": 0}))  # receives, never processes
-    assert run_peer([dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(first.port),
-                     *map(str, paths)]).returncode == 0
+    assert (
+        run_peer(
+            [
+                dcmtk("storescu"),
+                "-aec",
+                "DICOM_NODE",
+                "127.0.0.1",
+                str(first.port),
+                *map(str, paths),
+            ]
+        ).returncode
+        == 0
+    )
     series_uid = first.catalog.summaries()[0].series_instance_uid
-    wait_until(lambda: first.catalog.series_state(series_uid)[0] is SeriesState.COMPLETE, what="complete")
+    wait_until(
+        lambda: first.catalog.series_state(series_uid)[0] is SeriesState.COMPLETE, what="complete"
+    )
     # Pretend the node died while processing: the state says processing.
     first.catalog.transition(series_uid, SeriesState.PROCESSING)
     first.stop()
 
     second = start_node(make_settings())
-    wait_until(lambda: (second.catalog.job(series_uid, second.processor.version) or {}).get("finished_at")
-               is not None, what="interrupted series processed after restart")
+    wait_until(
+        lambda: (
+            (second.catalog.job(series_uid, second.processor.version) or {}).get("finished_at")
+            is not None
+        ),
+        what="interrupted series processed after restart",
+    )
     assert second.catalog.series_state(series_uid)[0] is SeriesState.COMPLETE

@@ -26,23 +26,30 @@ def _make_pki(directory: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(common_name: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
     def write(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
         (directory / f"{stem}.key").write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
         )
         (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
-        .public_key(ca_key.public_key()).serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+        x509.CertificateBuilder()
+        .subject_name(name("test CA"))
+        .issuer_name(name("test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
@@ -50,13 +57,18 @@ def _make_pki(directory: Path) -> dict[str, Path]:
     for stem, serial in (("server", 2), ("client", 3)):
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
-            x509.CertificateBuilder().subject_name(name(stem)).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            x509.CertificateBuilder()
+            .subject_name(name(stem))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
         )
         if stem == "server":
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
             )
         write(stem, key, builder.sign(ca_key, hashes.SHA256()))
     return {p.stem + "_" + p.suffix[1:]: p for p in directory.iterdir()}
@@ -74,20 +86,51 @@ def test_tls_association_with_client_certificate(tmp_path, make_settings, start_
         )
     )
     tls = ["+tls", str(pki["client_key"]), str(pki["client_crt"]), "+cf", str(pki["ca_crt"])]
-    echo = run_peer([dcmtk("echoscu"), "-v", *tls, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
+    echo = run_peer(
+        [dcmtk("echoscu"), "-v", *tls, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
+    )
     assert echo.returncode == 0, echo.stderr
     paths = write_ct_series(tmp_path / "s", 3)
-    store = run_peer([dcmtk("storescu"), *tls, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)])
+    store = run_peer(
+        [
+            dcmtk("storescu"),
+            *tls,
+            "-aec",
+            "DICOM_NODE",
+            "127.0.0.1",
+            str(node.port),
+            *map(str, paths),
+        ]
+    )
     assert store.returncode == 0, store.stderr
     assert node.catalog.instance_count() == 3
     # Plain DICOM on the TLS port fails, and so does TLS without a client certificate.
-    plain = run_peer([dcmtk("echoscu"), "-to", "5", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
+    plain = run_peer(
+        [dcmtk("echoscu"), "-to", "5", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
+    )
     assert plain.returncode != 0
-    anonymous = run_peer([dcmtk("echoscu"), "-to", "5", "+tla", "+cf", str(pki["ca_crt"]),
-                          "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
+    anonymous = run_peer(
+        [
+            dcmtk("echoscu"),
+            "-to",
+            "5",
+            "+tla",
+            "+cf",
+            str(pki["ca_crt"]),
+            "-aec",
+            "DICOM_NODE",
+            "127.0.0.1",
+            str(node.port),
+        ]
+    )
     assert anonymous.returncode != 0
     # The node is still up after the failed handshakes.
-    assert run_peer([dcmtk("echoscu"), *tls, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]).returncode == 0
+    assert (
+        run_peer(
+            [dcmtk("echoscu"), *tls, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
+        ).returncode
+        == 0
+    )
 
 
 def _acknowledged(storescu_output: str) -> list[str]:
@@ -105,12 +148,25 @@ def _acknowledged(storescu_output: str) -> list[str]:
 
 def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_process) -> None:
     paths = write_ct_series(tmp_path / "s", 150, rows=256, columns=256)
-    node = node_process(env={"DICOM_NODE_SERIES_IDLE_SECONDS": "1", "DICOM_NODE_STORAGE_MIN_FREE_MB": "0"})
+    node = node_process(
+        env={"DICOM_NODE_SERIES_IDLE_SECONDS": "1", "DICOM_NODE_STORAGE_MIN_FREE_MB": "0"}
+    )
     node.start()
     catalog = Catalog(f"sqlite:///{node.data_dir / 'catalog.sqlite3'}")
     sender = subprocess.Popen(
-        [dcmtk("storescu"), "-v", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)],
-        env=PEER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            dcmtk("storescu"),
+            "-v",
+            "-aec",
+            "DICOM_NODE",
+            "127.0.0.1",
+            str(node.port),
+            *map(str, paths),
+        ],
+        env=PEER_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         wait_until(lambda: catalog.instance_count() >= 40, what="40 instances catalogued")
@@ -142,7 +198,9 @@ def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_p
         what="series complete after restart",
     )
     # The PACS resends what was not acknowledged: everything ends up stored once.
-    again = run_peer([dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)])
+    again = run_peer(
+        [dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)]
+    )
     assert again.returncode == 0, again.stderr
     assert catalog.instance_count() == 150
     catalog.close()

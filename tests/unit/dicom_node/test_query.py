@@ -49,7 +49,10 @@ def test_matching_kinds() -> None:
     [
         ({}, "QueryRetrieveLevel (0008,0052) is missing"),
         ({"QueryRetrieveLevel": "PATIENT"}, "is not STUDY, SERIES or IMAGE"),
-        ({"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": "1.2"}, "needs a single SeriesInstanceUID"),
+        (
+            {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": "1.2"},
+            "needs a single SeriesInstanceUID",
+        ),
         ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20240101T"}, "is not a valid value"),
         ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024-01-01"}, "is not YYYYMMDD"),
         ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024010-"}, "is not YYYYMMDD"),

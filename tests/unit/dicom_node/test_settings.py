@@ -68,9 +68,18 @@ def test_environment_lists_and_booleans(tmp_path) -> None:
         ({"DICOM_NODE_PORT": "eleven"}, "DICOM_NODE_PORT: expected an integer"),
         ({"DICOM_NODE_AE_TITLE": "A_TITLE_OF_17_CHR"}, "17 characters (maximum 16)"),
         ({"DICOM_NODE_AE_TITLE": "  "}, "must not be empty"),
-        ({"DICOM_NODE_SERIES_IDLE_SECOND": "5"}, "DICOM_NODE_SERIES_IDLE_SECOND is not a known setting"),
-        ({"DICOM_NODE_SECURITY_ALLOWED_PEER_ADDRESSES": "10.0.0.0/33"}, "not an IP address or network"),
-        ({"DICOM_NODE_SECURITY_TLS_CERTIFICATE": "/x.pem"}, "needs both tls_certificate and tls_private_key"),
+        (
+            {"DICOM_NODE_SERIES_IDLE_SECOND": "5"},
+            "DICOM_NODE_SERIES_IDLE_SECOND is not a known setting",
+        ),
+        (
+            {"DICOM_NODE_SECURITY_ALLOWED_PEER_ADDRESSES": "10.0.0.0/33"},
+            "not an IP address or network",
+        ),
+        (
+            {"DICOM_NODE_SECURITY_TLS_CERTIFICATE": "/x.pem"},
+            "needs both tls_certificate and tls_private_key",
+        ),
         ({"DICOM_NODE_WORKER_DEVICE": "tpu"}, "is not auto, cpu or cuda"),
         ({"DICOM_NODE_STORAGE_CATALOG_URL": "mysql://x"}, "only sqlite"),
     ],
@@ -113,6 +122,8 @@ def test_cli_reports_configuration_errors(capsys) -> None:
 def test_describe_masks_the_database_password() -> None:
     settings = dataclasses.replace(
         Settings(),
-        storage=dataclasses.replace(Settings().storage, catalog_url="postgresql+psycopg://node:s3cret@db/node"),
+        storage=dataclasses.replace(
+            Settings().storage, catalog_url="postgresql+psycopg://node:s3cret@db/node"
+        ),
     )
     assert "s3cret" not in str(settings.describe())

@@ -49,7 +49,10 @@ def test_record_is_idempotent_and_counts(catalog) -> None:
     assert summary.instance_count == 2
     assert summary.state is SeriesState.RECEIVING
     assert summary.last_received_at == 102.0
-    assert catalog.series_instance_paths("1.2.3") == ["1.2/1.2.3/1.2.3.1.dcm", "1.2/1.2.3/1.2.3.2.dcm"]
+    assert catalog.series_instance_paths("1.2.3") == [
+        "1.2/1.2.3/1.2.3.1.dcm",
+        "1.2/1.2.3/1.2.3.2.dcm",
+    ]
 
 
 def test_idle_series_complete_and_late_instance_reopens(catalog) -> None:
@@ -64,9 +67,12 @@ def test_idle_series_complete_and_late_instance_reopens(catalog) -> None:
 
 def test_transition_is_conditional(catalog) -> None:
     catalog.record_instance(_record("1.2.3.1"), now=100.0)
-    assert not catalog.transition("1.2.3", SeriesState.PROCESSING, from_states=[SeriesState.COMPLETE])
-    assert catalog.transition("1.2.3", SeriesState.COMPLETE, from_states=[SeriesState.RECEIVING],
-                              idle_before=100.0)
+    assert not catalog.transition(
+        "1.2.3", SeriesState.PROCESSING, from_states=[SeriesState.COMPLETE]
+    )
+    assert catalog.transition(
+        "1.2.3", SeriesState.COMPLETE, from_states=[SeriesState.RECEIVING], idle_before=100.0
+    )
     assert catalog.transition("1.2.3", SeriesState.PROCESSING, from_states=[SeriesState.COMPLETE])
     assert catalog.series_in_states([SeriesState.PROCESSING]) == ["1.2.3"]
 
