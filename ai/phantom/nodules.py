@@ -222,7 +222,7 @@ def _vessel_clearance(patient: Patient, center: npt.NDArray[np.float64]) -> floa
     return float((dist - radius).min())
 
 
-def _random_lung_point(
+def random_lung_point(
     patient: Patient, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.float64], int]:
     s = patient.scale
@@ -267,7 +267,7 @@ def _try_place(
         if not label or _fraction_inside(patient, center, extent + margin, label) < 1.0:
             return None
     elif track.location == "juxtapleural":
-        start, label = _random_lung_point(patient, rng)
+        start, label = random_lung_point(patient, rng)
         direction = np.array([rng.normal(), rng.normal(), 0.3 * rng.normal()])
         direction /= np.linalg.norm(direction)
         steps = np.arange(0.0, 300.0, 0.5)[:, None] * direction[None] + start[None]
@@ -285,7 +285,7 @@ def _try_place(
         if _vessel_clearance(patient, center) < radius + 1.0:
             return None
     else:
-        center, label = _random_lung_point(patient, rng)
+        center, label = random_lung_point(patient, rng)
         if _fraction_inside(patient, center, extent + margin, label) < 1.0:
             return None
         if _vessel_clearance(patient, center) < extent + relax * 2.0:

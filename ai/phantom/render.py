@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -339,6 +340,141 @@ def _capsule_box(
     return _bbox(grid_axes, low, high)
 
 
+def _capsules_in_grid(
+    caps: Capsules,
+    pad: float,
+    offset: npt.NDArray[np.float64],
+    grid_axes: tuple[npt.NDArray[np.float64], ...],
+) -> list[int]:
+    """Indices of the capsules whose bounding boxes meet the grid (vectorised pre-filter)."""
+    if len(caps) == 0:
+        return []
+    r = np.maximum(caps.r0, caps.r1)[:, None] + pad
+    low = np.minimum(caps.p0, caps.p1) - r + offset
+    high = np.maximum(caps.p0, caps.p1) + r + offset
+    grid_low = np.array([grid_axes[2][0], grid_axes[1][0], grid_axes[0][0]])
+    grid_high = np.array([grid_axes[2][-1], grid_axes[1][-1], grid_axes[0][-1]])
+    meets = ((high >= grid_low) & (low <= grid_high)).all(axis=1)
+    return [int(i) for i in np.flatnonzero(meets)]
+
+
+def render_grid(
+    patient: Patient,
+    offset: npt.NDArray[np.float64],
+    axes_zyx: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]],
+    nodules: Sequence[tuple[NoduleTrack, NoduleTruth]],
+    *,
+    noise_key: int,
+    noise_hu: float = 20.0,
+    blur_voxels: tuple[float, float, float] = (0.45, 0.6, 0.6),
+) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Render the patient on any axial grid (a whole study or one patch).
+
+    Parameters
+    ----------
+    patient : Patient
+        Anatomy.
+    offset : numpy.ndarray
+        ``(3,)`` world minus patient-frame position, mm.
+    axes_zyx : tuple of numpy.ndarray
+        Ascending, evenly spaced world ``z``, ``y`` and ``x`` voxel centres in mm.
+    nodules : sequence of (NoduleTrack, NoduleTruth)
+        Nodules to draw (world centres in the truth); label ``i + 1`` in the nodule mask.
+    noise_key : int
+        Seed of the texture and noise (same key, same noise).
+    noise_hu : float, optional
+        Noise std after blurring, HU.
+    blur_voxels : tuple of float, optional
+        Gaussian sigma ``(z, y, x)`` in voxels.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(z, y, x)`` int16 HU, uint8 lung labels, uint8 nodule labels.
+    """
+    zs, ys, xs = axes_zyx
+    grid_axes = (zs, ys, xs)
+    shape = (len(zs), len(ys), len(xs))
+    dz, px = float(zs[1] - zs[0]) if len(zs) > 1 else 1.0, float(xs[1] - xs[0])
+    hu = np.empty(shape, dtype=np.float32)
+    lungs = np.empty(shape, dtype=np.uint8)
+    xp = (xs - offset[0])[None, :]
+    yp = (ys - offset[1])[:, None]
+    for k, z in enumerate(zs):
+        hu[k], lungs[k] = _slab_anatomy(patient, xp, yp, float(z - offset[2]))
+    in_lung = lungs > 0
+    texture = _texture(shape, (dz, px, px), noise_key + 1)
+    gravity = np.clip(
+        (ys - offset[1] - 8.0 * patient.scale) / (78.0 * patient.scale), -1, 1
+    ).astype(np.float32)
+    lung_hu = A.HU_LUNG + 22.0 * texture + 45.0 * gravity[None, :, None]
+    hu[in_lung] = lung_hu[in_lung]
+    del texture, lung_hu
+    edge = float(px)
+    # great vessels and airways carve the lungs
+    for i in _capsules_in_grid(patient.great_vessels, edge, offset, grid_axes):
+        box = _capsule_box(patient.great_vessels, i, edge, offset, grid_axes)
+        if box is None:
+            continue
+        occ = _capsule_occupancy(
+            patient.great_vessels, i, _points(grid_axes, box) - offset, 0.0, edge
+        )
+        hu[box] = hu[box] * (1 - occ) + A.HU_VESSEL * occ
+        lungs[box][occ >= 0.5] = 0
+    wall = 2.2 * patient.scale
+    for i in _capsules_in_grid(patient.airways, wall + edge, offset, grid_axes):
+        box = _capsule_box(patient.airways, i, wall + edge, offset, grid_axes)
+        if box is None:
+            continue
+        pts = _points(grid_axes, box) - offset
+        outer = _capsule_occupancy(patient.airways, i, pts, wall, edge)
+        lumen = _capsule_occupancy(patient.airways, i, pts, 0.0, edge)
+        hu[box] = hu[box] * (1 - outer) + 30.0 * (outer - lumen) + A.HU_AIR * lumen
+        lungs[box][outer >= 0.5] = 0
+    # pulmonary vessels, inside the lungs only
+    vessels = patient.vessels
+    for i in _capsules_in_grid(vessels, edge, offset, grid_axes):
+        box = _capsule_box(vessels, i, edge, offset, grid_axes)
+        if box is None:
+            continue
+        occ = _capsule_occupancy(vessels, i, _points(grid_axes, box) - offset, 0.0, edge).astype(
+            np.float32
+        )
+        block = hu[box]
+        inside = lungs[box] > 0
+        blended = block + occ * np.maximum(A.HU_VESSEL - block, 0.0)
+        hu[box] = np.where(inside, blended, block)
+    nodule_mask = np.zeros(shape, dtype=np.uint8)
+    for label, (track, truth) in enumerate(nodules, start=1):
+        reach = truth.diameter_mm / 2.0 * 2.0 + 2.0 * edge
+        center = np.asarray(truth.center_xyz)
+        box = _bbox(grid_axes, center - reach, center + reach)
+        if box is None:
+            continue
+        occ, nodule_hu = nodule_occupancy(
+            track, truth.diameter_mm, _points(grid_axes, box) - center, edge
+        )
+        block = hu[box]
+        hu[box] = np.maximum(block, block + occ * (nodule_hu - block))
+        solid = occ >= 0.5
+        nodule_mask[box][solid] = label
+        lungs[box][solid] = track.lung
+    # scanner: blur, then noise scaled so that its std after the same blur is noise_hu
+    image = ndimage.gaussian_filter(hu, sigma=blur_voxels, mode="nearest")
+    del hu
+    if noise_hu > 0:
+        rng = np.random.default_rng([noise_key, 606])
+        noise = rng.standard_normal(shape, dtype=np.float32)
+        noise = ndimage.gaussian_filter(
+            noise, sigma=tuple(0.6 * b for b in blur_voxels), mode="nearest"
+        )
+        noise *= np.float32(noise_hu / max(float(noise[::4, ::8, ::8].std()), 1e-6))
+        image += noise
+        del noise
+    np.clip(np.rint(image), -1024, 3071, out=image)
+    return image.astype(np.int16), lungs, nodule_mask
+
+
 def render_study(
     plan: PatientPlan,
     study_index: int,
@@ -386,95 +522,24 @@ def render_study(
     z_center = 0.5 * (z_low + z_high)
     z0 = round((z_center - (n_slices - 1) / 2.0 * dz) / dz) * dz
     zs = z0 + np.arange(n_slices) * dz
-    grid_axes = (zs, ys, xs)
-    shape = (n_slices, n, n)
-    hu = np.empty(shape, dtype=np.float32)
-    lungs = np.empty(shape, dtype=np.uint8)
-    xp = (xs - offset[0])[None, :]
-    yp = (ys - offset[1])[:, None]
-    for k, z in enumerate(zs):
-        hu[k], lungs[k] = _slab_anatomy(patient, xp, yp, float(z - offset[2]))
-    in_lung = lungs > 0
-    texture = _texture(
-        shape, (dz, px, px), plan.seed * 1000 + plan.patient_index * 10 + study_index
-    )
-    gravity = np.clip(
-        (ys - offset[1] - 8.0 * patient.scale) / (78.0 * patient.scale), -1, 1
-    ).astype(np.float32)
-    lung_hu = A.HU_LUNG + 22.0 * texture + 45.0 * gravity[None, :, None]
-    hu[in_lung] = lung_hu[in_lung]
-    del texture, lung_hu
-    edge = float(px)
-    # great vessels and airways carve the lungs
-    for i in range(len(patient.great_vessels)):
-        box = _capsule_box(patient.great_vessels, i, edge, offset, grid_axes)
-        if box is None:
-            continue
-        occ = _capsule_occupancy(
-            patient.great_vessels, i, _points(grid_axes, box) - offset, 0.0, edge
-        )
-        hu[box] = hu[box] * (1 - occ) + A.HU_VESSEL * occ
-        lungs[box][occ >= 0.5] = 0
-    wall = 2.2 * patient.scale
-    for i in range(len(patient.airways)):
-        box = _capsule_box(patient.airways, i, wall + edge, offset, grid_axes)
-        if box is None:
-            continue
-        pts = _points(grid_axes, box) - offset
-        outer = _capsule_occupancy(patient.airways, i, pts, wall, edge)
-        lumen = _capsule_occupancy(patient.airways, i, pts, 0.0, edge)
-        hu[box] = hu[box] * (1 - outer) + 30.0 * (outer - lumen) + A.HU_AIR * lumen
-        lungs[box][outer >= 0.5] = 0
-    # pulmonary vessels, inside the lungs only
-    vessels = patient.vessels
-    for i in range(len(vessels)):
-        box = _capsule_box(vessels, i, edge, offset, grid_axes)
-        if box is None:
-            continue
-        occ = _capsule_occupancy(vessels, i, _points(grid_axes, box) - offset, 0.0, edge).astype(
-            np.float32
-        )
-        block = hu[box]
-        inside = lungs[box] > 0
-        blended = block + occ * np.maximum(A.HU_VESSEL - block, 0.0)
-        hu[box] = np.where(inside, blended, block)
-    nodule_mask = np.zeros(shape, dtype=np.uint8)
     truths: list[NoduleTruth] = []
+    drawn: list[tuple[NoduleTrack, NoduleTruth]] = []
     for track in plan.tracks:
         truth = truth_for_study(track, plan.label, study_index, offset)
-        if truth is None:
-            continue
-        truths.append(truth)
-        if not with_nodules:
-            continue
-        reach = truth.diameter_mm / 2.0 * 2.0 + 2.0 * edge
-        center = np.asarray(truth.center_xyz)
-        box = _bbox(grid_axes, center - reach, center + reach)
-        if box is None:
-            continue
-        occ, nodule_hu = nodule_occupancy(
-            track, truth.diameter_mm, _points(grid_axes, box) - center, edge
-        )
-        block = hu[box]
-        hu[box] = np.maximum(block, block + occ * (nodule_hu - block))
-        solid = occ >= 0.5
-        nodule_mask[box][solid] = len(truths)
-        lungs[box][solid] = track.lung
-    # scanner: blur, then noise scaled so that its std after the same blur is noise_hu
-    image = ndimage.gaussian_filter(hu, sigma=blur_voxels, mode="nearest")
-    del hu
-    if noise_hu > 0:
-        rng = np.random.default_rng([plan.seed, plan.patient_index, study_index, 606])
-        noise = rng.standard_normal(shape, dtype=np.float32)
-        noise = ndimage.gaussian_filter(
-            noise, sigma=tuple(0.6 * b for b in blur_voxels), mode="nearest"
-        )
-        noise *= np.float32(noise_hu / max(float(noise[::4, ::8, ::8].std()), 1e-6))
-        image += noise
-        del noise
-    np.clip(np.rint(image), -1024, 3071, out=image)
+        if truth is not None:
+            truths.append(truth)
+            drawn.append((track, truth))
+    image, lungs, nodule_mask = render_grid(
+        patient,
+        offset,
+        (zs, ys, xs),
+        drawn if with_nodules else [],
+        noise_key=plan.seed * 1000 + plan.patient_index * 10 + study_index,
+        noise_hu=noise_hu,
+        blur_voxels=blur_voxels,
+    )
     volume = Volume(
-        array=image.astype(np.int16),
+        array=image,
         spacing=(float(dz), float(px), float(px)),
         origin=(float(xs[0]), float(ys[0]), float(zs[0])),
         direction=np.eye(3),

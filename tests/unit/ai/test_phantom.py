@@ -139,3 +139,29 @@ def test_bad_geometry_is_refused():
         dataclasses.replace(TEST_GEOMETRY, matrix=4)
     with pytest.raises(ValueError):
         render_study(plan_patient(0, 0, anatomy_scale=0.6, n_studies=1), 1, TEST_GEOMETRY)
+
+
+def test_patch_mode_labels_match_the_pixels():
+    from ai.phantom.patches import make_patches
+
+    batch = make_patches(24, seed=4, size_zyx=(16, 32, 32), spacing_mm=1.5, patients=2)
+    assert batch.patches.shape == (24, 16, 32, 32) and batch.patches.dtype == np.int16
+    assert 0 < batch.has_nodule.sum() < 24
+    for i in range(len(batch)):
+        mask = batch.nodule_masks[i] > 0
+        if batch.has_nodule[i]:
+            assert batch.size_class[i] == size_class(float(batch.diameter_mm[i]))
+            assert min(batch.texture[i], batch.shape[i], batch.location[i]) >= 0
+            assert np.abs(batch.offset_mm[i]).max() <= 2.0 + 1e-6
+            if batch.diameter_mm[i] >= 6:
+                assert mask.any()
+                centre = (np.array(batch.patches.shape[1:]) - 1) / 2.0
+                found = np.argwhere(mask).mean(axis=0)
+                expected_zyx = centre + batch.offset_mm[i][::-1] / batch.spacing_mm
+                assert np.linalg.norm(found - expected_zyx) * batch.spacing_mm < 1.0
+        else:
+            assert not mask.any() and batch.size_class[i] == 0 and batch.texture[i] == -1
+            # negatives are centred in the lungs
+            assert batch.lung_masks[i][8, 16, 16] > 0 or np.median(batch.patches[i]) < -500
+    again = make_patches(24, seed=4, size_zyx=(16, 32, 32), spacing_mm=1.5, patients=2)
+    assert np.array_equal(again.patches, batch.patches)
