@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from storage.errors import CatalogError
 
 __all__ = [
+    "NODULE_FIELDS",
     "Catalog",
     "Condition",
     "Delivery",
@@ -133,6 +134,75 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.Float),
 )
 
+
+nodules = sa.Table(
+    "nodules",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column(
+        "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), nullable=False
+    ),
+    sa.Column(
+        "study_instance_uid",
+        UID,
+        sa.ForeignKey("studies.study_instance_uid"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("nodule_index", sa.Integer, nullable=False),
+    sa.Column("center_x", sa.Float, nullable=False),
+    sa.Column("center_y", sa.Float, nullable=False),
+    sa.Column("center_z", sa.Float, nullable=False),
+    sa.Column("diameter_mm", sa.Float, nullable=False),
+    sa.Column("long_axis_mm", sa.Float, nullable=False),
+    sa.Column("volume_mm3", sa.Float, nullable=False),
+    sa.Column("mean_hu", sa.Float, nullable=False),
+    sa.Column("peak_hu", sa.Float, nullable=False),
+    sa.Column("texture", sa.String(16), nullable=False),
+    sa.Column("laterality", sa.String(8), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("size_class", sa.Integer, nullable=False),
+    sa.Column("predicted_size_class", sa.Integer, nullable=False),
+    sa.Column("predicted_texture", sa.String(16), nullable=False),
+    sa.Column("shallow", sa.LargeBinary, nullable=False),
+    sa.Column("middle", sa.LargeBinary, nullable=False),
+    sa.Column("deep", sa.LargeBinary, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),
+    sa.Column("thumbnail", sa.LargeBinary),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("series_instance_uid", "model_version", "nodule_index", name="uq_nodule"),
+    sa.Index("ix_nodules_version", "model_version"),
+)
+
+#: Nodule columns a caller provides (the rest are keys and bookkeeping).
+NODULE_FIELDS = (
+    "nodule_index",
+    "center_x",
+    "center_y",
+    "center_z",
+    "diameter_mm",
+    "long_axis_mm",
+    "volume_mm3",
+    "mean_hu",
+    "peak_hu",
+    "texture",
+    "laterality",
+    "confidence",
+    "size_class",
+    "predicted_size_class",
+    "predicted_texture",
+    "shallow",
+    "middle",
+    "deep",
+    "embedding",
+    "thumbnail",
+)
 
 outbox = sa.Table(
     "outbox",
@@ -785,6 +855,164 @@ class Catalog:
             row["ModalitiesInStudy"] = "\\".join(sorted(entry["modalities"]))
             row["NumberOfStudyRelatedSeries"] = entry["series"]
             row["NumberOfStudyRelatedInstances"] = entry["instances"]
+
+    # -- nodules and their codes ----------------------------------------------
+
+    def replace_nodules(
+        self,
+        series_instance_uid: str,
+        model_version: str,
+        rows: Sequence[dict[str, Any]],
+        *,
+        now: float | None = None,
+    ) -> list[int]:
+        """Store a series' nodules for one model version, replacing earlier ones.
+
+        Idempotent per (series, model version): a rerun after a crash or a
+        re-index writes the same rows again in one transaction.
+
+        Parameters
+        ----------
+        rows : sequence of dict
+            One dict per nodule with every key of :data:`NODULE_FIELDS`.
+
+        Returns
+        -------
+        list of int
+            The new nodule ids, in the order of ``rows``.
+        """
+        now = time.time() if now is None else now
+        with self._begin() as connection:
+            study_instance_uid = connection.execute(
+                sa.select(series.c.study_instance_uid).where(
+                    series.c.series_instance_uid == series_instance_uid
+                )
+            ).scalar_one()
+            connection.execute(
+                nodules.delete()
+                .where(nodules.c.series_instance_uid == series_instance_uid)
+                .where(nodules.c.model_version == model_version)
+            )
+            ids = []
+            for row in rows:
+                values = {k: row[k] for k in NODULE_FIELDS}
+                result = connection.execute(
+                    nodules.insert()
+                    .values(
+                        series_instance_uid=series_instance_uid,
+                        study_instance_uid=study_instance_uid,
+                        model_version=model_version,
+                        created_at=now,
+                        **values,
+                    )
+                    .returning(nodules.c.id)
+                )
+                ids.append(int(result.scalar_one()))
+        return ids
+
+    def nodule_ids_of_series(self, series_instance_uid: str, model_version: str) -> list[int]:
+        """Ids of a series' nodules for a model version."""
+        with self._begin() as connection:
+            rows = connection.execute(
+                sa.select(nodules.c.id)
+                .where(nodules.c.series_instance_uid == series_instance_uid)
+                .where(nodules.c.model_version == model_version)
+                .order_by(nodules.c.nodule_index)
+            ).all()
+        return [int(r[0]) for r in rows]
+
+    def iter_codes(
+        self, model_version: str, *, batch: int = 50_000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Batches of ``{id, shallow, middle, deep, embedding, predicted_size_class}`` for an index rebuild."""
+        last = -1
+        columns = (
+            nodules.c.id,
+            nodules.c.shallow,
+            nodules.c.middle,
+            nodules.c.deep,
+            nodules.c.embedding,
+            nodules.c.predicted_size_class,
+        )
+        while True:
+            with self._begin() as connection:
+                rows = (
+                    connection.execute(
+                        sa.select(*columns)
+                        .where(nodules.c.model_version == model_version)
+                        .where(nodules.c.id > last)
+                        .order_by(nodules.c.id)
+                        .limit(batch)
+                    )
+                    .mappings()
+                    .all()
+                )
+            if not rows:
+                return
+            yield [dict(r) for r in rows]
+            last = int(rows[-1]["id"])
+
+    def model_versions(self) -> list[str]:
+        """Model versions with stored nodules."""
+        with self._begin() as connection:
+            return [
+                str(r[0]) for r in connection.execute(sa.select(nodules.c.model_version).distinct())
+            ]
+
+    def nodules_by_id(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Nodule rows with their study (patient, date), keyed by id."""
+        if not ids:
+            return {}
+        query = (
+            sa.select(
+                nodules,
+                studies.c.patient_id,
+                studies.c.patient_name,
+                studies.c.study_date,
+                studies.c.accession_number,
+            )
+            .join(studies, studies.c.study_instance_uid == nodules.c.study_instance_uid)
+            .where(nodules.c.id.in_([int(i) for i in ids]))
+        )
+        with self._begin() as connection:
+            rows = connection.execute(query).mappings().all()
+        return {int(r["id"]): dict(r) for r in rows}
+
+    def nodules_of(
+        self,
+        *,
+        model_version: str,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        patient_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Nodules of a study, a series or a patient (with study date), by study date."""
+        query = (
+            sa.select(nodules, studies.c.patient_id, studies.c.study_date)
+            .join(studies, studies.c.study_instance_uid == nodules.c.study_instance_uid)
+            .where(nodules.c.model_version == model_version)
+            .order_by(studies.c.study_date, nodules.c.series_instance_uid, nodules.c.nodule_index)
+        )
+        if study_instance_uid is not None:
+            query = query.where(nodules.c.study_instance_uid == study_instance_uid)
+        if series_instance_uid is not None:
+            query = query.where(nodules.c.series_instance_uid == series_instance_uid)
+        if patient_id is not None:
+            query = query.where(studies.c.patient_id == patient_id)
+        with self._begin() as connection:
+            return [dict(r) for r in connection.execute(query).mappings().all()]
+
+    def study(self, study_instance_uid: str) -> dict[str, Any] | None:
+        """One study row, or None."""
+        with self._begin() as connection:
+            row = (
+                connection.execute(
+                    sa.select(studies).where(studies.c.study_instance_uid == study_instance_uid)
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else dict(row)
 
     # -- outbox --------------------------------------------------------------
 
