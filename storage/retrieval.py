@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from storage.catalog import Catalog
 from storage.index import LAYERS, HashIndex
@@ -181,7 +180,7 @@ class Retriever:
             if fetch <= 0:
                 return []
             if self.index.embedding_dim:
-                D, I = self.index.search_reranked(
+                _, neighbours = self.index.search_reranked(
                     code,
                     embedding,
                     fetch,
@@ -190,8 +189,8 @@ class Retriever:
                     allowed_labels=allowed,
                 )
             else:
-                D, I = self.index.search(code, fetch, pool=self.pool, allowed_labels=allowed)
-            ids = [int(i) for i in I[0] if i >= 0 and int(i) != int(query.get("id", -1))]
+                _, neighbours = self.index.search(code, fetch, pool=self.pool, allowed_labels=allowed)
+            ids = [int(i) for i in neighbours[0] if i >= 0 and int(i) != int(query.get("id", -1))]
             rows = self.catalog.nodules_by_id(ids)
             kept = [
                 i
