@@ -18,6 +18,7 @@ from ai.phantom.cohort import CohortSummary, write_cohort
 from ai.phantom.dicom import TRANSFER_SYNTAXES, identity_for, series_volume, study_datasets
 from ai.phantom.nodules import LOCATIONS, SHAPES, TEXTURES, NoduleTruth
 from ai.phantom.render import (
+    DEFAULT_GEOMETRY,
     TEST_GEOMETRY,
     PatientPlan,
     PhantomStudy,
@@ -29,6 +30,7 @@ from ai.phantom.render import (
 
 __all__ = [
     "CohortSummary",
+    "DEFAULT_GEOMETRY",
     "TRANSFER_SYNTAXES",
     "identity_for",
     "series_volume",
