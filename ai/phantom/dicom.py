@@ -272,7 +272,7 @@ def _slice(
     ds.RescaleType = "HU"
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     if syntax != ExplicitVRLittleEndian:
-        ds.compress(syntax, np.ascontiguousarray(pixels))
+        ds.compress(syntax, np.ascontiguousarray(pixels), generate_instance_uid=False)
     return ds
 
 
