@@ -15,6 +15,7 @@ import numpy.typing as npt
 __all__ = [
     "CHUNK_ROWS",
     "ChunkFactory",
+    "LabelPartitions",
     "bounded_pool",
     "bytes_per_layer",
     "pack_layers",
@@ -146,3 +147,55 @@ def top_k(
     D[: order.size] = dist[order]
     Ids[: order.size] = ids[order]
     return D, Ids
+
+
+class LabelPartitions:
+    """Per-label contiguous copies of one layer's words, with their ids.
+
+    A search restricted to some labels then scans only their rows. Arrays grow
+    by doubling; removal compacts the label's arrays (order kept).
+    """
+
+    def __init__(self) -> None:
+        self._words: dict[int, npt.NDArray[np.uint64]] = {}
+        self._ids: dict[int, npt.NDArray[np.int64]] = {}
+        self._n: dict[int, int] = {}
+
+    def add(
+        self,
+        labels: npt.NDArray[np.uint8],
+        words: npt.NDArray[np.uint64],
+        ids: npt.NDArray[np.int64],
+    ) -> None:
+        """Append ``(n,)`` words and ids under their ``(n,)`` labels."""
+        for label in np.unique(labels).tolist():
+            sel = labels == label
+            w, i = words[sel], ids[sel]
+            n = self._n.get(label, 0)
+            cap = self._ids[label].size if label in self._ids else 0
+            if n + w.size > cap:
+                cap = max(n + w.size, 2 * cap, 256)
+                grown_w, grown_i = np.zeros(cap, np.uint64), np.zeros(cap, np.int64)
+                if n:
+                    grown_w[:n], grown_i[:n] = self._words[label][:n], self._ids[label][:n]
+                self._words[label], self._ids[label] = grown_w, grown_i
+            self._words[label][n : n + w.size] = w
+            self._ids[label][n : n + w.size] = i
+            self._n[label] = n + w.size
+
+    def remove(self, labels: npt.NDArray[np.uint8], ids: npt.NDArray[np.int64]) -> None:
+        """Drop ``ids`` (stored under ``labels``, same length)."""
+        for label in np.unique(labels).tolist():
+            n = self._n.get(label, 0)
+            keep = ~np.isin(self._ids[label][:n], ids[labels == label])
+            k = int(keep.sum())
+            self._words[label][:k] = self._words[label][:n][keep]
+            self._ids[label][:k] = self._ids[label][:n][keep]
+            self._n[label] = k
+
+    def part(self, label: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+        """``(words, ids)`` views of one label's rows (empty if none)."""
+        n = self._n.get(label, 0)
+        if n == 0:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        return self._words[label][:n], self._ids[label][:n]

@@ -24,7 +24,8 @@ with the last of them (at most ``max_pool``, ties broken by insertion order);
 the joint distance ranks that pool. ``pool=0`` ranks every nodule by the joint
 distance (flat, exact). Each nodule may carry a small integer label (the
 predicted size class): ``allowed_labels`` restricts a query to some labels,
-the class filter of hierarchical retrieval. Results are sorted by ``(D, id)``, so the two backends
+the class filter of hierarchical retrieval; the coarse layer is also kept per
+label, so a filtered coarse pass scans only the allowed labels' rows. Results are sorted by ``(D, id)``, so the two backends
 (``"numpy"`` and ``"torch"``) and a save/load round trip give identical
 ``(D, I)``.
 
@@ -54,6 +55,7 @@ import numpy.typing as npt
 from storage._hamming import (
     CHUNK_ROWS,
     ChunkFactory,
+    LabelPartitions,
     bounded_pool,
     bytes_per_layer,
     pack_layers,
@@ -156,6 +158,7 @@ class HashIndex:
         self._words = np.zeros((n_layers, 0), np.uint64)
         self._ids = np.zeros(0, np.int64)
         self._labels = np.zeros(0, np.uint8)
+        self._parts = LabelPartitions()  # coarse words by label, for filtered searches
         self._emb: npt.NDArray[np.float32] | None = (
             np.zeros((0, embedding_dim), np.float32) if embedding_dim else None
         )
@@ -182,8 +185,8 @@ class HashIndex:
         return view
 
     def memory_bytes(self) -> int:
-        """Bytes held for the live rows (codes + ids + id map + labels + embeddings)."""
-        per = self.n_layers * 8 + 8 + 16 + 1
+        """Bytes held for the live rows (codes, ids, id map, labels, partitions, embeddings)."""
+        per = self.n_layers * 8 + 8 + 16 + 1 + 16
         if self._emb is not None:
             per += 4 * self._emb.shape[1]
         return per * self._n
@@ -251,6 +254,7 @@ class HashIndex:
         rows = np.arange(self._n, self._n + n, dtype=np.int64)
         self._n += n
         self._merge_id_map(ids, rows)
+        self._parts.add(lab.astype(np.uint8), words[self.coarse_layer], ids)
         self._torch_state = None
         logger.debug("hash index: added %d, total %d", n, self._n)
 
@@ -269,6 +273,7 @@ class HashIndex:
         tail = np.setdiff1d(np.arange(new_n, self._n), rows, assume_unique=True)
         # keep the id map consistent: drop removed ids, re-point moved ones
         removed_ids = np.sort(self._ids[rows])
+        self._parts.remove(self._labels[rows], self._ids[rows])
         keep = ~np.isin(self._sorted_ids, removed_ids, assume_unique=True)
         self._sorted_ids, self._sorted_rows = self._sorted_ids[keep], self._sorted_rows[keep]
         if holes.size:
@@ -403,9 +408,8 @@ class HashIndex:
         return self._executor
 
     def _parallel_smallest(
-        self, make_chunks: ChunkFactory, keep: int, max_d: int
+        self, make_chunks: ChunkFactory, n: int, keep: int, max_d: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-        n = self._n
         parts = min(self.n_threads, max(1, n // self.chunk_rows))
         bounds = np.linspace(0, n, parts + 1).astype(int)
         if parts == 1:
@@ -423,35 +427,39 @@ class HashIndex:
             rows, dists = rows[sel], dists[sel]
         return rows, dists
 
-    def _coarse_chunks(self, q: np.uint64, penalty: npt.NDArray[np.int32] | None) -> ChunkFactory:
-        layer = self._words[self.coarse_layer]
-        labels = self._labels
-        allowed = None if penalty is None else np.flatnonzero(penalty == 0).astype(np.uint8)
-        lut = None if penalty is None else np.where(penalty > 0, 128, 0).astype(np.uint8)
-
+    def _coarse_chunks(self, layer: npt.NDArray[np.uint64], q: np.uint64) -> ChunkFactory:
         def chunks(a: int, b: int) -> Iterator[tuple[int, npt.NDArray[np.integer]]]:
             size = self.chunk_rows
             xbuf = np.empty(size, np.uint64)
             dbuf = np.empty(size, np.uint8)
-            banned = np.empty(size, np.bool_)
             for s in range(a, b, size):
                 m = min(size, b - s)
                 np.bitwise_xor(layer[s : s + m], q, out=xbuf[:m])
-                d = np.bitwise_count(xbuf[:m], out=dbuf[:m])
-                if allowed is not None and lut is not None:
-                    lab = labels[s : s + m]
-                    if allowed.size <= 4:  # a few compares beat a table look-up
-                        ban = np.not_equal(lab, allowed[0] if allowed.size else 255, out=banned[:m])
-                        if allowed.size == 0:
-                            ban[:] = True
-                        for value in allowed[1:]:
-                            np.logical_and(ban, lab != value, out=ban)
-                        np.bitwise_or(d, np.left_shift(ban.view(np.uint8), 7), out=d)
-                    else:
-                        np.bitwise_or(d, lut[lab], out=d)
-                yield s, d
+                yield s, np.bitwise_count(xbuf[:m], out=dbuf[:m])
 
         return chunks
+
+    def _coarse_pool(
+        self, q: np.uint64, pool: int, penalty: npt.NDArray[np.int32] | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """Rows and coarse distances within the ``pool``-th smallest (allowed labels only)."""
+        if penalty is None:
+            layer = self._words[self.coarse_layer]
+            return self._parallel_smallest(self._coarse_chunks(layer, q), self._n, pool, 64)
+        found_ids, found_d = [], []
+        for label in np.flatnonzero(penalty == 0).tolist():
+            words, ids = self._parts.part(label)
+            if words.size:
+                r, d = self._parallel_smallest(self._coarse_chunks(words, q), words.size, pool, 64)
+                found_ids.append(ids[r])
+                found_d.append(d)
+        if not found_ids:
+            return np.empty(0, np.int64), np.empty(0, np.int32)
+        ids_all, d_all = np.concatenate(found_ids), np.concatenate(found_d)
+        if d_all.size > pool:
+            sel = d_all <= int(np.partition(d_all, pool - 1)[pool - 1])
+            ids_all, d_all = ids_all[sel], d_all[sel]
+        return self._rows_of(ids_all, missing="raise"), d_all
 
     def _joint_chunks(
         self, qv: npt.NDArray[np.uint64], penalty: npt.NDArray[np.int32] | None
@@ -497,14 +505,12 @@ class HashIndex:
         ids = self._ids[: self._n]
         for i in range(nq):
             if pool:
-                rows, dists = self._parallel_smallest(
-                    self._coarse_chunks(qw[i, 0, self.coarse_layer], penalties[i]), pool, 64
-                )
+                rows, dists = self._coarse_pool(qw[i, 0, self.coarse_layer], pool, penalties[i])
                 rows = bounded_pool(rows, dists, max_pool)
                 joint = self._joint(qw[i], self._words[:, rows])
             else:
                 rows, joint = self._parallel_smallest(
-                    self._joint_chunks(qw[i], penalties[i]), k, 64 * self.n_layers
+                    self._joint_chunks(qw[i], penalties[i]), self._n, k, 64 * self.n_layers
                 )
             D[i], nbr[i] = top_k(joint, ids[rows], k)
         return D, nbr

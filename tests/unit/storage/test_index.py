@@ -182,6 +182,11 @@ def test_add_rejects_duplicates_and_remove_keeps_results_consistent() -> None:
         np.testing.assert_array_equal(
             index.search(q, 20, pool=pool)[1], fresh.search(q, 20, pool=pool)[1]
         )
+        # the label partitions (filtered coarse pass) follow removals too
+        np.testing.assert_array_equal(
+            index.search(q, 20, pool=pool, allowed_labels=[[0]] * 3)[1],
+            fresh.search(q, 20, pool=pool)[1],
+        )
     np.testing.assert_array_equal(index.reconstruct(ids[keep][:7]), db[keep][:7])
     with pytest.raises(KeyError):
         index.reconstruct(gone[:1])
