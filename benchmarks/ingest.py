@@ -124,6 +124,7 @@ def node(fsync: bool) -> Callable[[Path], object]:
         env = {
             **os.environ,
             "DICOM_NODE_SERIES_IDLE_SECONDS": "3600",
+            "DICOM_NODE_SIMILARITY_PORT": "-1",
             "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
             "DICOM_NODE_STORAGE_FSYNC": "true" if fsync else "false",
         }

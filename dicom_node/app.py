@@ -16,13 +16,14 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import __version__
-from dicom_node.handlers import handle_find, handle_store
+from dicom_node.handlers import handle_find, handle_find_similar, handle_store
 from dicom_node.ingest import Ingest
 from dicom_node.outbox import Outbox
 from dicom_node.processing import Processor, RecordingProcessor, run_series
-from dicom_node.scp import build_ae, make_server
+from dicom_node.scp import build_ae, build_similarity_ae, make_server
 from dicom_node.series import SeriesWatcher, complete_idle_series
 from dicom_node.settings import Settings
+from dicom_node.similarity import PrivacyPolicy, SimilarityIndex, SimilarityService
 from storage.catalog import Catalog, SeriesState
 from storage.instances import InstanceStore
 from storage.queue import EmbeddedQueue
@@ -40,9 +41,17 @@ class Node:
     settings : Settings
     processor : Processor, optional
         What runs on completed series (default: records that it ran).
+    similarity_index : SimilarityIndex, optional
+        The hash index answering similarity queries (none: folders are empty).
     """
 
-    def __init__(self, settings: Settings, *, processor: Processor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        processor: Processor | None = None,
+        similarity_index: SimilarityIndex | None = None,
+    ) -> None:
         self.settings = settings
         self.processor: Processor = processor or RecordingProcessor()
         self.store = InstanceStore(
@@ -62,8 +71,18 @@ class Node:
         self.outbox = Outbox(
             self.catalog, settings.instances_dir, settings.outbox, settings.ae_title
         )
+        self.policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
+        self.similarity_index = similarity_index
+        self.similarity = SimilarityService(
+            self.catalog,
+            similarity_index,
+            self.policy,
+            studies_per_folder=settings.similarity.studies_per_folder,
+            matches_per_nodule=settings.similarity.matches_per_nodule,
+        )
         self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._similarity_server: ThreadedAssociationServer | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def port(self) -> int:
@@ -71,6 +90,13 @@ class Node:
         if self._server is None:
             raise RuntimeError("the node is not started")
         return int(self._server.server_address[1])
+
+    @property
+    def similarity_port(self) -> int:
+        """The similarity AE's TCP port."""
+        if self._similarity_server is None:
+            raise RuntimeError("the similarity AE is not running")
+        return int(self._similarity_server.server_address[1])
 
     @property
     def association_count(self) -> int:
@@ -112,43 +138,61 @@ class Node:
         self.outbox.start()
         self.resume()
         self.watcher.start()
-        ae = build_ae(settings)
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, handle_store, [self.ingest]),
             (evt.EVT_C_FIND, handle_find, [self.catalog]),
         ]
-        self._server = make_server(ae, settings, handlers)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="dicom-scp",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = make_server(build_ae(settings), settings, handlers)
+        self._serve(self._server, "dicom-scp")
+        if settings.similarity.port >= 0:
+            self._similarity_server = make_server(
+                build_similarity_ae(settings),
+                settings,
+                [(evt.EVT_C_FIND, handle_find_similar, [self.similarity])],
+                port=settings.similarity.port,
+            )
+            self._serve(self._similarity_server, "dicom-similarity-scp")
         logger.info(
-            "listening as %s on %s:%d%s",
+            "listening as %s on %s:%d%s%s",
             settings.ae_title,
             settings.host,
             self.port,
             " (TLS)" if settings.security.tls_enabled else "",
+            f"; similarity AE {settings.similarity.ae_title} on port {self.similarity_port}"
+            if self._similarity_server is not None
+            else "",
         )
         self._write_runtime_file()
 
-    def _write_runtime_file(self) -> None:
-        runtime = Path(self.settings.data_dir) / "node.json"
-        runtime.write_text(
-            json.dumps(
-                {"ae_title": self.settings.ae_title, "host": self.settings.host, "port": self.port}
-            )
+    def _serve(self, server: ThreadedAssociationServer, name: str) -> None:
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True
         )
+        thread.start()
+        self._threads.append(thread)
+
+    def _write_runtime_file(self) -> None:
+        runtime = {
+            "ae_title": self.settings.ae_title,
+            "host": self.settings.host,
+            "port": self.port,
+        }
+        if self._similarity_server is not None:
+            runtime |= {
+                "similarity_ae_title": self.settings.similarity.ae_title,
+                "similarity_port": self.similarity_port,
+            }
+        (Path(self.settings.data_dir) / "node.json").write_text(json.dumps(runtime))
 
     def stop(self) -> None:
         """Stop listening, then the watcher and the workers."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
+        for server in (self._server, self._similarity_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._similarity_server = None
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
         self.watcher.stop()
         self.queue.stop()
         self.outbox.stop()

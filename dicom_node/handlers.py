@@ -16,10 +16,11 @@ from pynetdicom.events import Event
 from dicom_node.errors import InvalidDataset
 from dicom_node.ingest import Ingest
 from dicom_node.query import parse_identifier, response_identifier
+from dicom_node.similarity import SimilarityService, index_study_of_query, similar_study_identifier
 from dicom_node.status import Status, find_failure_for, status_dataset, store_guard
 from storage.catalog import Catalog
 
-__all__ = ["handle_find", "handle_store"]
+__all__ = ["handle_find", "handle_find_similar", "handle_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,5 +116,64 @@ def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset |
             logger.exception("C-FIND failed unexpectedly")
         else:
             logger.warning("C-FIND answered 0x%04X: %s", int(status), exc)
+        yield int(status), status_dataset(status, str(exc))
+        return
+
+
+def handle_find_similar(
+    event: Event, service: SimilarityService
+) -> Iterator[tuple[int, Dataset | None]]:
+    """Handle a C-FIND on the similarity AE: the similar-case folder of an index study.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        ``EVT_C_FIND``.
+    service : SimilarityService
+
+    Yields
+    ------
+    tuple
+        ``(status, identifier)`` pairs.
+
+    Status
+    ------
+    0xFF00 Pending
+        One similar prior study, in rank order.
+    0xFE00 Cancel
+        C-CANCEL received.
+    0x0000 Success
+        Complete (no match: an unknown folder or a study without nodules).
+    0xA900 Failed - Identifier does not match SOP class
+        Not a STUDY-level query.
+    0xC300 Failed - Unable to process
+        Anything else (logged with a trace).
+    """
+    try:
+        query = index_study_of_query(event.identifier)
+        index_uid, folder, similar = service.answer(query)
+        calling = event.assoc.requestor.ae_title
+        for study in similar:
+            if event.is_cancelled:
+                yield int(Status.CANCEL), None
+                return
+            assert folder is not None and index_uid is not None
+            yield (
+                int(Status.PENDING),
+                similar_study_identifier(
+                    study,
+                    folder=folder,
+                    index_study_instance_uid=index_uid,
+                    return_keys=query.return_keys,
+                    policy=service.policy,
+                    calling_ae_title=calling,
+                ),
+            )
+    except Exception as exc:  # noqa: BLE001 - the one mapping point for this C-FIND
+        status = find_failure_for(exc)
+        if status is Status.UNABLE_TO_PROCESS:
+            logger.exception("similarity C-FIND failed unexpectedly")
+        else:
+            logger.warning("similarity C-FIND answered 0x%04X: %s", int(status), exc)
         yield int(status), status_dataset(status, str(exc))
         return

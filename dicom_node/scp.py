@@ -48,6 +48,7 @@ from dicom_node.settings import Settings
 __all__ = [
     "STORAGE_TRANSFER_SYNTAXES",
     "build_ae",
+    "build_similarity_ae",
     "configure_pynetdicom",
     "make_server",
     "tls_context",
@@ -103,15 +104,33 @@ def build_ae(settings: Settings) -> AE:
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
+    _apply_network_settings(ae, settings)
+    return ae
+
+
+def build_similarity_ae(settings: Settings) -> AE:
+    """The similarity AE: Verification and Study Root C-FIND only."""
+    configure_pynetdicom()
+    ae = AE(ae_title=settings.similarity.ae_title)
+    ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_supported_context(
+        StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    )
+    _apply_network_settings(ae, settings)
+    return ae
+
+
+def _apply_network_settings(ae: AE, settings: Settings) -> None:
     net = settings.network
     ae.maximum_associations = net.max_associations
     ae.acse_timeout = net.acse_timeout
     ae.dimse_timeout = net.dimse_timeout
     ae.network_timeout = net.network_timeout
     ae.maximum_pdu_size = net.max_pdu
+    # Each AE answers only to its own title (the two share the host, not the port).
+    ae.require_called_aet = True
     if settings.security.allowed_calling_ae_titles:
         ae.require_calling_aet = list(settings.security.allowed_calling_ae_titles)
-    return ae
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -192,7 +211,7 @@ ASSOCIATION_LOG_HANDLERS: list[EventHandlerType] = [
 
 
 def make_server(
-    ae: AE, settings: Settings, handlers: list[EventHandlerType]
+    ae: AE, settings: Settings, handlers: list[EventHandlerType], *, port: int | None = None
 ) -> ThreadedAssociationServer:
     """Bind the listening socket and return the (not yet serving) server.
 
@@ -205,7 +224,7 @@ def make_server(
         ipaddress.ip_network(a, strict=False) for a in settings.security.allowed_peer_addresses
     )
     server: ThreadedAssociationServer = ae.make_server(
-        (settings.host, settings.port),
+        (settings.host, settings.port if port is None else port),
         ssl_context=tls_context(settings),
         evt_handlers=[*ASSOCIATION_LOG_HANDLERS, *handlers],
         server_class=_Server,

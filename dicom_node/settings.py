@@ -29,6 +29,9 @@ __all__ = [
     "Destination",
     "NetworkSettings",
     "OutboxSettings",
+    "PrivacySettings",
+    "QualificationSettings",
+    "SimilaritySettings",
     "SecuritySettings",
     "SeriesSettings",
     "Settings",
@@ -114,6 +117,50 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class QualificationSettings:
+    """``[qualification]``: which completed series are processed (rules as data).
+
+    A series failing a rule becomes ``skipped`` with the rule's reason.
+    """
+
+    modalities: tuple[str, ...] = ("CT",)
+    """Modality (0008,0060) values processed."""
+    sop_class_uids: tuple[str, ...] = ("1.2.840.10008.5.1.4.1.1.2",)
+    """SOP classes processed (CT Image Storage)."""
+    image_type_includes: tuple[str, ...] = ("ORIGINAL", "AXIAL")
+    """Values that ImageType (0008,0008) must all contain: axial original images."""
+    max_slice_thickness_mm: float = 2.5
+    """Thicker slices are skipped (the U-Net paper excludes > 2.5 mm)."""
+    min_slices: int = 40
+    """Fewer images cannot cover the lungs."""
+    min_lung_volume_ml: float = 500.0
+    """Less segmented lung than this: not a chest CT, or the lungs are cut off."""
+
+
+@dataclass(frozen=True)
+class SimilaritySettings:
+    """``[similarity]``: the AE answering similar-case C-FIND queries."""
+
+    ae_title: str = "DICOM_NODE_SIM"
+    """AE title of the similarity C-FIND SCP."""
+    port: int = 11113
+    """Its TCP port (0 = any free port; -1 = no similarity AE)."""
+    studies_per_folder: int = 10
+    """Similar prior studies listed per index study."""
+    matches_per_nodule: int = 10
+    """Similar nodules fetched per query nodule before aggregating to studies."""
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """``[privacy]``: who may see other patients' identity in results."""
+
+    identities_visible_to: tuple[str, ...] = ()
+    """Calling (or destination) AE titles that see other patients' names and IDs;
+    everyone else gets de-identified case ids (``CASE-…``)."""
+
+
+@dataclass(frozen=True)
 class Destination:
     """A DICOM peer results are sent to, parsed from ``AE@host:port``."""
 
@@ -179,6 +226,9 @@ class Settings:
     series: SeriesSettings = field(default_factory=SeriesSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    qualification: QualificationSettings = field(default_factory=QualificationSettings)
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     @property
     def instances_dir(self) -> Path:
@@ -465,6 +515,25 @@ def validate(settings: Settings, *, check_paths: bool = True) -> None:
         )
     if settings.worker.device not in {"auto", "cpu", "cuda"}:
         raise SettingsError(f"worker.device: {settings.worker.device!r} is not auto, cpu or cuda")
+    sim = settings.similarity
+    validate_ae_title(sim.ae_title, "similarity.ae_title")
+    if sim.ae_title == settings.ae_title:
+        raise SettingsError("similarity.ae_title must differ from ae_title")
+    if not -1 <= sim.port <= 65535 or (sim.port == settings.port and sim.port > 0):
+        raise SettingsError(
+            f"similarity.port: {sim.port} must be -1, 0 or a free TCP port other than port"
+        )
+    if sim.studies_per_folder < 1 or sim.matches_per_nodule < 1:
+        raise SettingsError(
+            "similarity: studies_per_folder and matches_per_nodule must be at least 1"
+        )
+    for title in settings.privacy.identities_visible_to:
+        validate_ae_title(title, "privacy.identities_visible_to")
+    rules = settings.qualification
+    if rules.max_slice_thickness_mm <= 0 or rules.min_slices < 1 or rules.min_lung_volume_ml < 0:
+        raise SettingsError(
+            "qualification: thickness must be positive, min_slices at least 1, volume not negative"
+        )
     outbox = settings.outbox
     outbox.parsed_destinations()
     if outbox.calling_ae_title:

@@ -1002,6 +1002,16 @@ class Catalog:
         with self._begin() as connection:
             return [dict(r) for r in connection.execute(query).mappings().all()]
 
+    def studies_with_nodules(self, model_version: str) -> list[str]:
+        """Study UIDs that have nodules of ``model_version``."""
+        with self._begin() as connection:
+            rows = connection.execute(
+                sa.select(nodules.c.study_instance_uid)
+                .where(nodules.c.model_version == model_version)
+                .distinct()
+            ).all()
+        return [str(r[0]) for r in rows]
+
     def study(self, study_instance_uid: str) -> dict[str, Any] | None:
         """One study row, or None."""
         with self._begin() as connection:

@@ -189,7 +189,9 @@ class Retriever:
                     allowed_labels=allowed,
                 )
             else:
-                _, neighbours = self.index.search(code, fetch, pool=self.pool, allowed_labels=allowed)
+                _, neighbours = self.index.search(
+                    code, fetch, pool=self.pool, allowed_labels=allowed
+                )
             ids = [int(i) for i in neighbours[0] if i >= 0 and int(i) != int(query.get("id", -1))]
             rows = self.catalog.nodules_by_id(ids)
             kept = [

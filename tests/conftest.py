@@ -113,6 +113,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Any]:
             "port": 0,
             "storage": {"min_free_mb": 0},
             "series": {"idle_seconds": 1.0, "check_interval_seconds": 0.1},
+            "similarity": {"port": 0},
         }
         for key, value in values.items():
             if isinstance(value, dict):
@@ -151,7 +152,7 @@ class NodeProcess:
         self.data_dir = data_dir
         self.port = port
         self.log = data_dir.parent / f"node-{port}.log"
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "DICOM_NODE_SIMILARITY_PORT": "0", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -121,6 +121,17 @@ def test_calling_ae_not_on_allowlist_is_rejected(make_settings, start_node) -> N
     assert allowed.returncode == 0, allowed.stderr
 
 
+def test_wrong_called_ae_title_is_rejected(make_settings, start_node) -> None:
+    node = start_node(make_settings())
+    wrong = run_peer([dcmtk("echoscu"), "-aec", "SOMEONE_ELSE", "127.0.0.1", str(node.port)])
+    assert wrong.returncode != 0 and "Association Rejected" in wrong.stderr
+    # The similarity AE answers only to its own title, on its own port.
+    sim = run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE_SIM", "127.0.0.1", str(node.similarity_port)])
+    assert sim.returncode == 0, sim.stderr
+    crossed = run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.similarity_port)])
+    assert crossed.returncode != 0
+
+
 def test_peer_address_not_allowed_is_dropped(make_settings, start_node) -> None:
     node = start_node(make_settings(security={"allowed_peer_addresses": ["10.99.0.0/16"]}))
     refused = run_peer(

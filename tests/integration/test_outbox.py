@@ -106,7 +106,7 @@ def test_failure_status_is_not_retried_and_resend_requeues(
 ) -> None:
     # The destination is a second node whose disk floor refuses everything (0xA700).
     full = start_node(make_settings(data_dir=tmp_path / "full", storage={"min_free_mb": 2**40}))
-    settings = make_settings(outbox={"destinations": [f"FULL@127.0.0.1:{full.port}"]})
+    settings = make_settings(outbox={"destinations": [f"DICOM_NODE@127.0.0.1:{full.port}"]})
     node = start_node(dataclasses.replace(settings, outbox=OutboxSettings()))
     outbox = Outbox(node.catalog, settings.instances_dir, settings.outbox, "DICOM_NODE", timeout=5)
     ((ds, received),) = _kept_objects(node, 1)
