@@ -40,7 +40,9 @@ class Node:
     ----------
     settings : Settings
     processor : Processor, optional
-        What runs on completed series (default: records that it ran).
+        What runs on completed series (default: the AI pipeline with the
+        configured or shipped hashing model; without one, a stand-in that
+        records that it ran).
     similarity_index : SimilarityIndex, optional
         The hash index answering similarity queries (none: folders are empty).
     """
@@ -53,13 +55,15 @@ class Node:
         similarity_index: SimilarityIndex | None = None,
     ) -> None:
         self.settings = settings
-        self.processor: Processor = processor or RecordingProcessor()
         self.store = InstanceStore(
             settings.instances_dir,
             min_free_bytes=settings.storage.min_free_mb * 2**20,
             fsync=settings.storage.fsync,
         )
         self.catalog = Catalog(settings.catalog_url)
+        if processor is None:
+            processor, similarity_index = self._default_processor(similarity_index)
+        self.processor: Processor = processor
         self.ingest = Ingest(self.store, self.catalog)
         self.queue = EmbeddedQueue(self._process, threads=settings.worker.threads)
         self.watcher = SeriesWatcher(
@@ -83,6 +87,20 @@ class Node:
         self._server: ThreadedAssociationServer | None = None
         self._similarity_server: ThreadedAssociationServer | None = None
         self._threads: list[threading.Thread] = []
+
+    def _default_processor(
+        self, similarity_index: SimilarityIndex | None
+    ) -> tuple[Processor, SimilarityIndex | None]:
+        """The AI pipeline when a hashing model is available, else the recording stand-in."""
+        from dicom_node.model import load_model
+
+        model = load_model(self.settings.worker.model_dir)
+        if model is None:
+            return RecordingProcessor(), similarity_index
+        from dicom_node.worker import AIProcessor
+
+        index = similarity_index or SimilarityIndex(self.catalog, model.version)
+        return AIProcessor(self.settings, self.store, self.catalog, model, index), index
 
     @property
     def port(self) -> int:

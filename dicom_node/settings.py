@@ -114,6 +114,8 @@ class WorkerSettings:
     """Worker threads processing completed series in the node process."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    model_dir: str = ""
+    """Folder written by ``dicom-node train`` (weights + model card); empty = the shipped model."""
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,10 @@ def start_node() -> Iterator[Callable[..., Any]]:
     nodes: list[Node] = []
 
     def _start(settings: Any, **kwargs: Any) -> Node:
+        from dicom_node.processing import RecordingProcessor
+
+        # Tests of the DICOM edge record processing; the AI pipeline is opted into.
+        kwargs.setdefault("processor", RecordingProcessor())
         node = Node(settings, **kwargs)
         node.start()  # returns with the socket bound and listening
         nodes.append(node)

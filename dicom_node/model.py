@@ -1,0 +1,95 @@
+"""Loading the hashing model: a trained folder, or the one shipped in ``ai/weights``.
+
+A model folder holds ``model.safetensors`` and ``model_card.json``; the card's
+``version`` is the weights' hash (``ai.hashing.train.weights_version``) and is
+checked on load, so a catalog row's model version always names the weights
+that made its codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ai.hashing.model import HashNet, HashNetConfig
+from ai.hashing.train import model_from_bytes, weights_version
+from dicom_node.errors import NodeError
+
+__all__ = [
+    "CARD_FILE",
+    "MODEL_FILE",
+    "LoadedModel",
+    "load_model",
+    "load_model_dir",
+    "shipped_model_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A hashing network with its model card."""
+
+    net: HashNet
+    card: dict[str, Any]
+    folder: Path
+
+    @property
+    def version(self) -> str:
+        """Version id of the weights (changes whenever the weights do)."""
+        return str(self.card["version"])
+
+    @property
+    def name(self) -> str:
+        """Model name for reports."""
+        return str(self.card.get("name", "dicom-node nodule hashing (FCDN-style)"))
+
+
+def shipped_model_dir() -> Path:
+    """Folder of the model shipped with the package."""
+    return Path(str(resources.files("ai") / "weights"))
+
+
+def load_model_dir(folder: str | Path) -> LoadedModel:
+    """Load and verify a model folder.
+
+    Raises
+    ------
+    NodeError
+        Files missing or unreadable, or weights that do not match the card's version.
+    """
+    folder = Path(folder)
+    try:
+        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+        weights = (folder / MODEL_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise NodeError(f"cannot read the model in {folder}: {exc}") from exc
+    if weights_version(weights) != card.get("version"):
+        raise NodeError(
+            f"{folder / MODEL_FILE} does not match its model card's version {card.get('version')}"
+        )
+    net = model_from_bytes(weights, HashNetConfig(**card["config"]["model"]))
+    return LoadedModel(net, card, folder)
+
+
+def load_model(model_dir: str) -> LoadedModel | None:
+    """The configured model, the shipped one, or None when neither exists."""
+    folder = Path(model_dir) if model_dir else shipped_model_dir()
+    if not (folder / MODEL_FILE).exists():
+        if model_dir:
+            raise NodeError(f"worker.model_dir {folder} holds no {MODEL_FILE}")
+        logger.warning(
+            "no hashing model shipped in %s: series are catalogued but not indexed", folder
+        )
+        return None
+    model = load_model_dir(folder)
+    logger.info("hashing model %s from %s", model.version, folder)
+    return model
