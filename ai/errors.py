@@ -26,9 +26,22 @@ does); these classes are for inputs that are well formed but unusable.
 from __future__ import annotations
 
 __all__ = [
-    "AIError", "NotALungCT", "SeriesError", "EmptySeries", "NotCTSeries", "MixedSeries", "LocalizerInSeries",
-    "MissingGeometry", "MixedOrientation", "MixedImageSize", "GantryTilt", "DuplicateSlices", "MissingSlices",
-    "UnevenSpacing", "PixelDecodeError", "ReaderError",
+    "AIError",
+    "NotALungCT",
+    "SeriesError",
+    "EmptySeries",
+    "NotCTSeries",
+    "MixedSeries",
+    "LocalizerInSeries",
+    "MissingGeometry",
+    "MixedOrientation",
+    "MixedImageSize",
+    "GantryTilt",
+    "DuplicateSlices",
+    "MissingSlices",
+    "UnevenSpacing",
+    "PixelDecodeError",
+    "ReaderError",
 ]
 
 

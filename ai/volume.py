@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
-import SimpleITK as sitk
+import SimpleITK
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: SimpleITK ships no type hints; this alias keeps mypy's strict mode on our own code.
+sitk: Any = SimpleITK
 
 #: What :func:`load_series` accepts for one slice.
 SeriesSource = Dataset | str | os.PathLike[str]
@@ -276,7 +280,7 @@ def load_series(
     return resample(volume, spacing)
 
 
-def to_sitk(volume: Volume) -> sitk.Image:
+def to_sitk(volume: Volume) -> SimpleITK.Image:
     """The volume as a SimpleITK image with the same geometry.
 
     Parameters
@@ -289,14 +293,14 @@ def to_sitk(volume: Volume) -> sitk.Image:
     SimpleITK.Image
         Same pixels; spacing/origin/direction in SimpleITK's ``(x, y, z)`` order.
     """
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
+    image: Any = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
     image.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
     image.SetOrigin(tuple(float(o) for o in volume.origin))
     image.SetDirection(tuple(float(d) for d in volume.direction.reshape(-1)))
-    return image
+    return cast(SimpleITK.Image, image)
 
 
-def from_sitk(image: sitk.Image) -> Volume:
+def from_sitk(image: SimpleITK.Image) -> Volume:
     """A 3-D SimpleITK image as a :class:`Volume` (same geometry).
 
     Parameters
@@ -309,15 +313,16 @@ def from_sitk(image: sitk.Image) -> Volume:
     Volume
         ``(z, y, x)`` array as SimpleITK holds it.
     """
-    if image.GetDimension() != 3:
-        raise ValueError(f"need a 3-D image, got {image.GetDimension()}-D")
-    sx, sy, sz = image.GetSpacing()
-    ox, oy, oz = image.GetOrigin()
+    img: Any = image  # SimpleITK has no type hints
+    if img.GetDimension() != 3:
+        raise ValueError(f"need a 3-D image, got {img.GetDimension()}-D")
+    sx, sy, sz = img.GetSpacing()
+    ox, oy, oz = img.GetOrigin()
     return Volume(
-        array=sitk.GetArrayFromImage(image),
+        array=sitk.GetArrayFromImage(img),
         spacing=(sz, sy, sx),
         origin=(ox, oy, oz),
-        direction=np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3),
+        direction=np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3),
     )
 
 
@@ -414,3 +419,41 @@ def _resample_to(
     resampler.SetInterpolator(_INTERPOLATORS[interpolator])
     resampler.SetDefaultPixelValue(float(default_value))
     return from_sitk(resampler.Execute(image))
+
+
+def read_image(path: str | os.PathLike[str]) -> Volume:
+    """Read a 3-D image file SimpleITK knows (``.mha``, ``.mhd``, ``.nii.gz``) as a :class:`Volume`.
+
+    Parameters
+    ----------
+    path : path
+        The file.
+
+    Returns
+    -------
+    Volume
+        With the file's geometry.
+
+    Raises
+    ------
+    RuntimeError
+        SimpleITK cannot read it.
+    ValueError
+        It is not 3-D.
+    """
+    return from_sitk(sitk.ReadImage(os.fspath(path)))
+
+
+def write_image(volume: Volume, path: str | os.PathLike[str], *, compress: bool = True) -> None:
+    """Write a :class:`Volume` with its geometry (format from the suffix, e.g. ``.mha``).
+
+    Parameters
+    ----------
+    volume : Volume
+        What to write.
+    path : path
+        Target file.
+    compress : bool, optional
+        Compress the pixel data where the format allows.
+    """
+    sitk.WriteImage(to_sitk(volume), os.fspath(path), useCompression=compress)

@@ -203,7 +203,10 @@ def _rotate(
 def _inside_lung(
     patient: Patient, points: npt.NDArray[np.float64], label: int
 ) -> npt.NDArray[np.bool_]:
-    return lung_label_at(patient, points[:, 0], points[:, 1], points[:, 2]) == label
+    inside: npt.NDArray[np.bool_] = (
+        lung_label_at(patient, points[:, 0], points[:, 1], points[:, 2]) == label
+    )
+    return inside
 
 
 def _grow_tree(

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from ai.phantom.dicom import (
     TRANSFER_SYNTAXES,
@@ -76,10 +75,10 @@ class CohortSummary:
 
 def write_mask(path: Path, mask: Volume) -> None:
     """Write a label volume as a compressed MetaImage with its geometry."""
-    from ai.volume import to_sitk
+    from ai.volume import write_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(to_sitk(mask), str(path), useCompression=True)
+    write_image(mask, path)
 
 
 def _head_first(orientation: str, patient_index: int, study_index: int) -> bool:

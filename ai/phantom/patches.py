@@ -16,6 +16,7 @@ import functools
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -119,7 +120,7 @@ def _chunk(
     seed, chunk, count, size, spacing, positive_fraction, jitter_mm, pool, scale, noise = args
     rng = np.random.default_rng([seed, chunk, 909])
     patients = [_patient(seed, p, scale) for p in range(pool)]
-    out: dict[str, list[np.ndarray]] = {
+    out: dict[str, list[Any]] = {
         k: []
         for k in (
             "patches",
@@ -245,7 +246,7 @@ def make_patches(
             seed,
             c,
             min(_CHUNK, n - c * _CHUNK),
-            tuple(size_zyx),
+            size_zyx,
             float(spacing_mm),
             positive_fraction,
             jitter_mm,

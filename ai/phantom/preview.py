@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
-from ai.volume import from_sitk, load_series
+from ai.volume import load_series, read_image
 
 __all__ = ["preview_cohort"]
 
@@ -77,7 +76,7 @@ def preview_cohort(
         if key not in cache:
             files = sorted((root / study["dicom_dir"]).glob("*.dcm"))
             volume = load_series(files, spacing=None)
-            mask = from_sitk(sitk.ReadImage(str(root / study["nodule_mask"])))
+            mask = read_image(root / study["nodule_mask"])
             cache = {key: (volume, mask)}
         volume, mask = cache[key]
         zyx = volume.world_to_voxel(nodule["center_xyz"])

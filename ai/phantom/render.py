@@ -194,79 +194,108 @@ def study_offset(plan: PatientPlan, study_index: int) -> npt.NDArray[np.float64]
     return np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), rng.uniform(-170, -130)])
 
 
-def _slab_anatomy(
-    patient: Patient, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], z: float
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
-    """HU and lung labels of one axial slice before vessels, airways and nodules."""
-    s = patient.scale
-    a, b = patient.body_axes
-    hu = np.full(np.broadcast_shapes(x.shape, y.shape), A.HU_AIR, dtype=np.float32)
-    body = ((x / a) ** 2 + (y / b) ** 2 < 1.0) & (y < b - 8.0 * s)
-    muscle = ((x / (a - 12 * s)) ** 2 + (y / (b - 12 * s)) ** 2 < 1.0) & (y < b - 18.0 * s)
-    cavity = (x / (a - 32 * s)) ** 2 + ((y + 2 * s) / (b - 28 * s)) ** 2 < 1.0
-    hu[body] = A.HU_FAT
-    hu[muscle] = A.HU_SOFT
-    hu[cavity] = 20.0
-    table = (np.abs(y - (b + 4 * s)) < 3.0 * s) & (np.abs(x) < 0.8 * a)
-    hu[table] = 150.0
-    # diaphragm and upper abdomen
-    side_cx = np.where(x < 0, -76.0 * s, 76.0 * s)
-    rho2 = ((x - side_cx) / (56.0 * s)) ** 2 + ((y - 8.0 * s) / (78.0 * s)) ** 2
-    dome = np.where(x < 0, 56.0 * s, 42.0 * s)
-    z_dia = patient.z_base + dome * np.clip(1.0 - rho2, 0.0, 1.0)
-    abdomen = cavity & (z < z_dia)
-    hu[abdomen & (x < 5 * s)] = A.HU_LIVER
-    hu[abdomen & (x >= 5 * s)] = 45.0
-    gas = ((x - 55 * s) / (22 * s)) ** 2 + ((y + 10 * s) / (18 * s)) ** 2 + (
-        (z + 112 * s) / (10 * s)
-    ) ** 2 < 1.0
-    hu[gas & cavity] = A.HU_AIR
-    # mediastinal fat, heart with pericardial fat
-    mediastinum = cavity & ~abdomen & (np.abs(x - 6 * s) < 48 * s) & (y < 60 * s)
-    hu[mediastinum] = -80.0
-    heart_r = (
-        ((x - 12 * s) / (58 * s)) ** 2
-        + ((y + 20 * s) / (52 * s)) ** 2
-        + ((z + 58 * s) / (56 * s)) ** 2
-    )
-    hu[heart_r < 1.0] = -90.0
-    hu[heart_r < 0.88] = A.HU_SOFT
-    # spine: vertebral body with discs, canal, arch, spinous process
-    vb = np.sqrt(x**2 + (y - 74 * s) ** 2)
-    disc = np.mod(z, 28.0 * s) < 5.0 * s
-    hu[vb < 20 * s] = A.HU_CORTICAL
-    hu[vb < 18 * s] = 80.0 if disc else A.HU_CANCELLOUS
-    canal = np.sqrt(x**2 + (y - 98 * s) ** 2)
-    hu[(canal < 12 * s) & (canal >= 7 * s)] = 600.0
-    hu[canal < 7 * s] = 15.0
-    hu[(np.abs(x) < 4 * s) & (np.abs(y - 108 * s) < 5 * s)] = 600.0
-    # sternum
-    sternum = (x / (16 * s)) ** 2 + ((y + b - 24 * s) / (7 * s)) ** 2 < 1.0
-    if -75 * s < z < 95 * s:
-        hu[sternum] = 300.0
-    # ribs: 12 pairs, sloping down anteriorly, in the ring between cavity and muscle
-    ring_a, ring_b = a - 23 * s, b - 21 * s
-    ring = np.sqrt((x / ring_a) ** 2 + (y / ring_b) ** 2)
-    dr = (ring - 1.0) * ring_b
-    band = (
-        (np.abs(dr) < 4.0 * s)
-        & ~((y < -55 * s) & (np.abs(x) < 35 * s))
-        & ~((y > 0) & (np.abs(x) < 24 * s))
-    )
-    if band.any():
-        yb, drb = y if y.shape == band.shape else np.broadcast_to(y, band.shape), dr
-        ys = yb[band]
-        drs = drb[band]
-        best = np.full(ys.shape, np.inf)
-        for k in range(12):
-            z_rib = patient.z_apex - 6.0 * s - 21.0 * s * k - 0.30 * (90.0 * s - ys)
-            best = np.minimum(best, (drs / (4.0 * s)) ** 2 + ((z - z_rib) / (5.5 * s)) ** 2)
-        rib_hu = np.where(best < 0.45, A.HU_CANCELLOUS, A.HU_CORTICAL)
-        values = hu[band]
-        values[best < 1.0] = rib_hu[best < 1.0]
-        hu[band] = values
-    lungs = lung_label_at(patient, x, y, z)
-    return hu, lungs
+class _SliceAnatomy:
+    """Axial slices of the analytic anatomy on one in-plane grid.
+
+    Everything that does not depend on ``z`` (body outline, fat, muscle,
+    spine, the diaphragm height map, the rib band) is computed once; each
+    slice then only adds what changes with ``z``.
+    """
+
+    def __init__(
+        self, patient: Patient, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]
+    ) -> None:
+        self.patient = patient
+        s = patient.scale
+        a, b = patient.body_axes
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        xx, yy = np.broadcast_to(x, shape), np.broadcast_to(y, shape)
+        base = np.full(shape, A.HU_AIR, dtype=np.float32)
+        base[((xx / a) ** 2 + (yy / b) ** 2 < 1.0) & (yy < b - 8.0 * s)] = A.HU_FAT
+        base[((xx / (a - 12 * s)) ** 2 + (yy / (b - 12 * s)) ** 2 < 1.0) & (yy < b - 18.0 * s)] = (
+            A.HU_SOFT
+        )
+        self.cavity = (xx / (a - 32 * s)) ** 2 + ((yy + 2 * s) / (b - 28 * s)) ** 2 < 1.0
+        base[self.cavity] = 20.0
+        base[(np.abs(yy - (b + 4 * s)) < 3.0 * s) & (np.abs(xx) < 0.8 * a)] = 150.0
+        self.base = base
+        # diaphragm height map and upper-abdomen values
+        side_cx = np.where(xx < 0, -76.0 * s, 76.0 * s)
+        rho2 = ((xx - side_cx) / (56.0 * s)) ** 2 + ((yy - 8.0 * s) / (78.0 * s)) ** 2
+        dome = np.where(xx < 0, 56.0 * s, 42.0 * s)
+        self.z_dia = np.where(
+            self.cavity, patient.z_base + dome * np.clip(1.0 - rho2, 0.0, 1.0), -np.inf
+        )
+        self.abdomen_hu = np.where(xx < 5 * s, A.HU_LIVER, 45.0).astype(np.float32)
+        self.gas_xy = ((xx - 55 * s) / (22 * s)) ** 2 + ((yy + 10 * s) / (18 * s)) ** 2
+        self.mediastinum = self.cavity & (np.abs(xx - 6 * s) < 48 * s) & (yy < 60 * s)
+        self.heart_xy = ((xx - 12 * s) / (58 * s)) ** 2 + ((yy + 20 * s) / (52 * s)) ** 2
+        # spine: vertebral body (cortex, marrow or disc), canal, arch, spinous process
+        vb = np.sqrt(xx**2 + (yy - 74 * s) ** 2)
+        canal = np.sqrt(xx**2 + (yy - 98 * s) ** 2)
+        spine = np.full(shape, np.nan, dtype=np.float32)
+        spine[vb < 20 * s] = A.HU_CORTICAL
+        spine[vb < 18 * s] = A.HU_CANCELLOUS
+        spine[(canal < 12 * s) & (canal >= 7 * s)] = 600.0
+        spine[canal < 7 * s] = 15.0
+        spine[(np.abs(xx) < 4 * s) & (np.abs(yy - 108 * s) < 5 * s)] = 600.0
+        self.spine_mask = ~np.isnan(spine)
+        self.spine = np.nan_to_num(spine)
+        self.marrow = vb < 18 * s
+        self.sternum = (xx / (16 * s)) ** 2 + ((yy + b - 24 * s) / (7 * s)) ** 2 < 1.0
+        # ribs: 12 pairs sloping down anteriorly in the ring between cavity and muscle
+        ring_b = b - 21 * s
+        dr = (np.sqrt((xx / (a - 23 * s)) ** 2 + (yy / ring_b) ** 2) - 1.0) * ring_b
+        band = (
+            (np.abs(dr) < 4.0 * s)
+            & ~((yy < -55 * s) & (np.abs(xx) < 35 * s))
+            & ~((yy > 0) & (np.abs(xx) < 24 * s))
+        )
+        self.band = np.flatnonzero(band)
+        self.band_dr2 = (dr.ravel()[self.band] / (4.0 * s)) ** 2
+        self.band_slope = 0.30 * (90.0 * s - yy.ravel()[self.band])
+        self.x, self.y = x, y
+
+    def __call__(self, z: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+        """HU and lung labels of the slice at patient-frame ``z`` (mm)."""
+        patient, s = self.patient, self.patient.scale
+        hu = self.base.copy()
+        abdomen = z < self.z_dia
+        np.copyto(hu, self.abdomen_hu, where=abdomen)
+        if abs(z + 112 * s) < 10 * s:
+            hu[(self.gas_xy + ((z + 112 * s) / (10 * s)) ** 2 < 1.0) & self.cavity] = A.HU_AIR
+        hu[self.mediastinum & ~abdomen] = -80.0
+        if abs(z + 58 * s) < 56 * s:
+            heart_r = self.heart_xy + ((z + 58 * s) / (56 * s)) ** 2
+            hu[heart_r < 1.0] = -90.0
+            hu[heart_r < 0.88] = A.HU_SOFT
+        np.copyto(hu, self.spine, where=self.spine_mask)
+        if np.mod(z, 28.0 * s) < 5.0 * s:
+            hu[self.marrow] = 80.0  # intervertebral disc
+        if -75 * s < z < 95 * s:
+            hu[self.sternum] = 300.0
+        if self.band.size:
+            best = np.full(self.band.shape, np.inf)
+            for k in range(12):
+                z_rib = patient.z_apex - 6.0 * s - 21.0 * s * k - self.band_slope
+                np.minimum(best, self.band_dr2 + ((z - z_rib) / (5.5 * s)) ** 2, out=best)
+            inside = best < 1.0
+            flat = hu.reshape(-1)
+            flat[self.band[inside]] = np.where(best[inside] < 0.45, A.HU_CANCELLOUS, A.HU_CORTICAL)
+        return hu, lung_label_at(patient, self.x, self.y, z)
+
+
+def _blurred_noise_std(sigmas: tuple[float, float, float]) -> float:
+    """Std of unit white noise after scipy's separable Gaussian blur (truncate 4)."""
+    variance = 1.0
+    for sigma in sigmas:
+        if sigma <= 0:
+            continue
+        radius = int(4.0 * sigma + 0.5)
+        weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        weights /= weights.sum()
+        variance *= float((weights**2).sum())
+    return float(np.sqrt(variance))
 
 
 def _texture(
@@ -400,16 +429,17 @@ def render_grid(
     lungs = np.empty(shape, dtype=np.uint8)
     xp = (xs - offset[0])[None, :]
     yp = (ys - offset[1])[:, None]
+    anatomy = _SliceAnatomy(patient, xp, yp)
     for k, z in enumerate(zs):
-        hu[k], lungs[k] = _slab_anatomy(patient, xp, yp, float(z - offset[2]))
-    in_lung = lungs > 0
+        hu[k], lungs[k] = anatomy(float(z - offset[2]))
     texture = _texture(shape, (dz, px, px), noise_key + 1)
     gravity = np.clip(
         (ys - offset[1] - 8.0 * patient.scale) / (78.0 * patient.scale), -1, 1
     ).astype(np.float32)
-    lung_hu = A.HU_LUNG + 22.0 * texture + 45.0 * gravity[None, :, None]
-    hu[in_lung] = lung_hu[in_lung]
-    del texture, lung_hu
+    texture *= np.float32(22.0)
+    texture += (A.HU_LUNG + 45.0 * gravity)[None, :, None].astype(np.float32)
+    np.copyto(hu, texture, where=lungs > 0)
+    del texture
     edge = float(px)
     # great vessels and airways carve the lungs
     for i in _capsules_in_grid(patient.great_vessels, edge, offset, grid_axes):
@@ -451,26 +481,22 @@ def render_grid(
         box = _bbox(grid_axes, center - reach, center + reach)
         if box is None:
             continue
-        occ, nodule_hu = nodule_occupancy(
-            track, truth.diameter_mm, _points(grid_axes, box) - center, edge
-        )
+        rel = _points(grid_axes, box) - center
+        fill, nodule_hu = nodule_occupancy(track, truth.diameter_mm, rel, edge)
         block = hu[box]
-        hu[box] = np.maximum(block, block + occ * (nodule_hu - block))
-        solid = occ >= 0.5
+        hu[box] = np.maximum(block, block + fill * (nodule_hu - block))
+        solid = fill >= 0.5
         nodule_mask[box][solid] = label
         lungs[box][solid] = track.lung
-    # scanner: blur, then noise scaled so that its std after the same blur is noise_hu
-    image = ndimage.gaussian_filter(hu, sigma=blur_voxels, mode="nearest")
-    del hu
+    # scanner: white noise, then one blur; the noise is scaled so its std after the blur is noise_hu
     if noise_hu > 0:
         rng = np.random.default_rng([noise_key, 606])
         noise = rng.standard_normal(shape, dtype=np.float32)
-        noise = ndimage.gaussian_filter(
-            noise, sigma=tuple(0.6 * b for b in blur_voxels), mode="nearest"
-        )
-        noise *= np.float32(noise_hu / max(float(noise[::4, ::8, ::8].std()), 1e-6))
-        image += noise
+        noise *= np.float32(noise_hu / _blurred_noise_std(blur_voxels))
+        hu += noise
         del noise
+    image = ndimage.gaussian_filter(hu, sigma=blur_voxels, mode="nearest")
+    del hu
     np.clip(np.rint(image), -1024, 3071, out=image)
     return image.astype(np.int16), lungs, nodule_mask
 
@@ -532,7 +558,7 @@ def render_study(
     image, lungs, nodule_mask = render_grid(
         patient,
         offset,
-        (zs, ys, xs),
+        (zs.astype(np.float64), ys.astype(np.float64), xs.astype(np.float64)),
         drawn if with_nodules else [],
         noise_key=plan.seed * 1000 + plan.patient_index * 10 + study_index,
         noise_hu=noise_hu,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ai.errors import ReaderError
 from ai.types import Volume
@@ -107,15 +106,15 @@ def read_scan(path: str | os.PathLike[str]) -> Volume:
     ai.errors.ReaderError
         The file cannot be read or is not a 3-D scalar image.
     """
-    from ai.volume import from_sitk
+    from ai.volume import read_image
 
     try:
-        image = sitk.ReadImage(os.fspath(path))
-    except RuntimeError as exc:
-        raise ReaderError(f"cannot read {os.fspath(path)}: {exc}") from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        volume = read_image(path)
+    except (RuntimeError, ValueError) as exc:
+        raise ReaderError(f"cannot read {os.fspath(path)} as a 3-D scan: {exc}") from exc
+    if volume.array.ndim != 3:
         raise ReaderError(f"{os.fspath(path)} is not a 3-D scalar image")
-    return from_sitk(image)
+    return volume
 
 
 def write_luna16_sample(
@@ -155,7 +154,7 @@ def write_luna16_sample(
         The ``.mhd`` files.
     """
     from ai.phantom import DEFAULT_GEOMETRY, ScanGeometry, identity_for, plan_patient, render_study
-    from ai.volume import to_sitk
+    from ai.volume import write_image
 
     grid = geometry if isinstance(geometry, ScanGeometry) else DEFAULT_GEOMETRY
     root = Path(out_dir)
@@ -167,7 +166,7 @@ def write_luna16_sample(
         study = render_study(plan, 0, grid, noise_hu=noise_hu)
         uid = identity_for(seed, p, 0, head_first=True).series_instance_uid
         path = root / "subset0" / f"{uid}.mhd"
-        sitk.WriteImage(to_sitk(study.volume), str(path), useCompression=False)
+        write_image(study.volume, path, compress=False)
         paths.append(path)
         for n in study.nodules:
             rows.append([uid, *(f"{v:.6f}" for v in n.center_xyz), f"{n.diameter_mm:.6f}"])
