@@ -188,7 +188,10 @@ def index_study_of_query(identifier: Dataset) -> FolderQuery:
     try:
         block = identifier.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
         if INDEX_STUDY in block:
-            index_uid = str(block[INDEX_STUDY].value or "") or None
+            value = block[INDEX_STUDY].value
+            if isinstance(value, bytes):  # VR UN when the peer does not know our dictionary
+                value = value.decode("ascii", "replace")
+            index_uid = str(value or "").strip("\x00 ") or None
     except KeyError:
         pass
     patient_id = str(identifier.get("PatientID", "") or "").strip()

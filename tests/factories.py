@@ -108,3 +108,50 @@ def dataset_bytes(path: Path) -> bytes:
     # (0002,0000) UL, explicit VR: tag(4) VR(2) length(2) value(4) at offset 132.
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length :]
+
+
+def nodule_row(
+    index: int,
+    code: np.ndarray,
+    embedding: np.ndarray,
+    *,
+    diameter_mm: float,
+    size_class: int,
+    center_xyz: tuple[float, float, float] = (50.0, 0.0, -100.0),
+    laterality: str = "left",
+    texture: str = "solid",
+) -> dict[str, object]:
+    """A catalog nodule row (``storage.catalog.NODULE_FIELDS``) with given codes.
+
+    ``code`` is the 24-byte row shallow|middle|deep of 64-bit layers.
+    """
+    code = np.asarray(code, np.uint8)
+    return {
+        "nodule_index": index,
+        "center_x": center_xyz[0],
+        "center_y": center_xyz[1],
+        "center_z": center_xyz[2],
+        "diameter_mm": diameter_mm,
+        "long_axis_mm": diameter_mm,
+        "volume_mm3": 3.14159 / 6 * diameter_mm**3,
+        "mean_hu": 20.0,
+        "peak_hu": 60.0,
+        "texture": texture,
+        "laterality": laterality,
+        "confidence": 0.9,
+        "size_class": size_class,
+        "predicted_size_class": size_class,
+        "predicted_texture": texture,
+        "shallow": code[:8].tobytes(),
+        "middle": code[8:16].tobytes(),
+        "deep": code[16:24].tobytes(),
+        "embedding": np.asarray(embedding, np.float32).tobytes(),
+        "thumbnail": (np.arange(64 * 64) % 256).astype(np.uint8).tobytes(),
+    }
+
+
+def near_code(rng: np.random.Generator, centre_bits: np.ndarray, flips: int) -> np.ndarray:
+    """Packed code of ``centre_bits`` (192 bits) with ``flips`` random bits flipped."""
+    bits = np.asarray(centre_bits, np.uint8).copy()
+    bits[rng.choice(bits.size, flips, replace=False)] ^= 1
+    return np.packbits(bits)

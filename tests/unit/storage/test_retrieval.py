@@ -7,14 +7,9 @@ import pytest
 
 from storage.catalog import Catalog, InstanceRecord
 from storage.retrieval import Retriever, build_index
+from tests.factories import near_code, nodule_row
 
 VERSION = "test-model-1"
-
-
-def _codes(rng: np.random.Generator, centre: np.ndarray, flips: int) -> np.ndarray:
-    bits = centre.copy()
-    bits[rng.choice(bits.size, flips, replace=False)] ^= 1
-    return np.packbits(bits)
 
 
 @pytest.fixture
@@ -51,33 +46,19 @@ def catalog(tmp_path):
         for index, (kind, diameter, size_class) in enumerate(
             (("big", 20.0 if study != "1.2" else 24.0, 6), ("small", 4.0, 1))
         ):
-            code = _codes(rng, centres[kind], 6)
-            embedding = (
-                np.eye(16, dtype=np.float32)[0 if kind == "big" else 1] + rng.normal(0, 0.01, 16)
-            ).astype(np.float32)
+            embedding = np.eye(16, dtype=np.float32)[0 if kind == "big" else 1] + rng.normal(
+                0, 0.01, 16
+            )
             rows.append(
-                {
-                    "nodule_index": index,
-                    "center_x": 50.0 if kind == "big" else -60.0,
-                    "center_y": 0.0,
-                    "center_z": -100.0,
-                    "diameter_mm": diameter,
-                    "long_axis_mm": diameter,
-                    "volume_mm3": 1.0,
-                    "mean_hu": 20.0,
-                    "peak_hu": 60.0,
-                    "texture": "solid",
-                    "laterality": "left" if kind == "big" else "right",
-                    "confidence": 0.9,
-                    "size_class": size_class,
-                    "predicted_size_class": size_class,
-                    "predicted_texture": "solid",
-                    "shallow": code[:8].tobytes(),
-                    "middle": code[8:16].tobytes(),
-                    "deep": code[16:].tobytes(),
-                    "embedding": embedding.tobytes(),
-                    "thumbnail": None,
-                }
+                nodule_row(
+                    index,
+                    near_code(rng, centres[kind], 6),
+                    embedding,
+                    diameter_mm=diameter,
+                    size_class=size_class,
+                    center_xyz=(50.0, 0.0, -100.0) if kind == "big" else (-60.0, 0.0, -100.0),
+                    laterality="left" if kind == "big" else "right",
+                )
             )
         catalog.replace_nodules(study + ".9", VERSION, rows)
     yield catalog

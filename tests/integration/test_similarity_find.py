@@ -1,0 +1,183 @@
+"""Similar-case folders answered to dcmtk findscu on the similarity AE, under the privacy policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node.similarity import PRIVATE_CREATOR, SimilarityIndex, folder_id
+from tests.conftest import dcmtk, run_peer
+from tests.factories import near_code, nodule_row, write_ct_series
+
+pytestmark = pytest.mark.integration
+VERSION = "test-model-1"
+
+
+@pytest.fixture
+def archive(tmp_path, make_settings, start_node):
+    """Five studies of four patients with nodule codes we control, on a running node."""
+    settings = make_settings(privacy={"identities_visible_to": ["TRUSTED"]})
+    rng = np.random.default_rng(1)
+    big, small = (rng.integers(0, 2, 192, dtype=np.uint8) for _ in range(2))
+    studies = {}
+    # (patient, date, accession, kind, flips): patient P1 has the index study (ACC5) and a prior.
+    plan = [
+        ("P1", "20200101", "ACC1", "big", 2),
+        ("P2", "20210101", "ACC2", "big", 3),
+        ("P3", "20210505", "ACC3", "big", 8),
+        ("P4", "20220101", "ACC4", "small", 3),
+        ("P1", "20240101", "ACC5", "big", 1),
+    ]
+    paths = []
+    for patient, date, accession, _, _ in plan:
+        series = write_ct_series(
+            tmp_path / accession,
+            1,
+            PatientID=patient,
+            PatientName=f"Name^{patient}",
+            StudyDate=date,
+            AccessionNumber=accession,
+        )
+        studies[accession] = pydicom.dcmread(series[0], stop_before_pixels=True)
+        paths += series
+    from storage.catalog import Catalog
+
+    catalog = Catalog(settings.catalog_url)
+    node = start_node(settings, similarity_index=SimilarityIndex(catalog, VERSION))
+    assert (
+        run_peer(
+            [dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)]
+        ).returncode
+        == 0
+    )
+    for patient, _, accession, kind, flips in plan:
+        ds = studies[accession]
+        embedding = np.zeros(16, np.float32)
+        embedding[0 if kind == "big" else 1] = 1.0
+        embedding[2] = flips / 100
+        node.catalog.replace_nodules(
+            ds.SeriesInstanceUID,
+            VERSION,
+            [
+                nodule_row(
+                    0,
+                    near_code(rng, big if kind == "big" else small, flips),
+                    embedding,
+                    diameter_mm=20.0 if kind == "big" else 4.0,
+                    size_class=6 if kind == "big" else 1,
+                )
+            ],
+        )
+    yield node, studies
+    catalog.close()
+
+
+def _find(
+    port: int, out: Path, calling: str, *keys: str, query_file: Path | None = None
+) -> list[pydicom.Dataset]:
+    out.mkdir(exist_ok=True)
+    for old in out.glob("*.dcm"):
+        old.unlink()
+    args = [
+        dcmtk("findscu"),
+        "-S",
+        "-aet",
+        calling,
+        "-aec",
+        "DICOM_NODE_SIM",
+        "-X",
+        "-od",
+        str(out),
+    ]
+    for key in keys:
+        args += ["-k", key]
+    result = run_peer([*args, "127.0.0.1", str(port), *([str(query_file)] if query_file else [])])
+    assert result.returncode == 0, result.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_folder_lists_other_patients_similar_studies_in_rank_order(archive, tmp_path) -> None:
+    node, studies = archive
+    index = studies["ACC5"]
+    folder = folder_id(index.StudyInstanceUID, "ACC5")
+    assert folder == "SIM-ACC5"
+    found = _find(
+        node.similarity_port,
+        tmp_path / "q",
+        "VIEWER",
+        "QueryRetrieveLevel=STUDY",
+        f"PatientID={folder}",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyDescription",
+        "PatientName",
+    )
+    uids = [ds.StudyInstanceUID for ds in found]
+    # Other patients only (P1's own prior ACC1 is not a "similar case"), big nodules first, closest first.
+    assert uids == [studies["ACC2"].StudyInstanceUID, studies["ACC3"].StudyInstanceUID]
+    assert all(ds.PatientID == folder for ds in found)
+    assert found[0].StudyDescription.startswith("#1 ")
+    block = found[0].private_block(0x0011, PRIVATE_CREATOR)
+    assert int(block[0x10].value) == 1 and block[0x12].value == index.StudyInstanceUID
+    # VIEWER may not see identities: de-identified case ids, never the real name or ID.
+    assert all(str(ds.PatientName).startswith("CASE-") for ds in found)
+    assert all(
+        "P2" not in str(ds.PatientName) and "Name" not in str(ds.PatientName) for ds in found
+    )
+
+
+def test_trusted_ae_sees_identity_and_private_key_query_works(archive, tmp_path) -> None:
+    node, studies = archive
+    index = studies["ACC5"]
+    # A scripted client's query: the private key with its VR (UI), written as a query file.
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = ""
+    query.private_block(0x0011, PRIVATE_CREATOR, create=True).add_new(
+        0x12, "UI", index.StudyInstanceUID
+    )
+    query_file = tmp_path / "query.dcm"
+    query.save_as(query_file, implicit_vr=False, little_endian=True)
+    found = _find(node.similarity_port, tmp_path / "q", "TRUSTED", query_file=query_file)
+    assert [str(ds.PatientName) for ds in found] == ["Name^P2", "Name^P3"]
+
+
+def test_unknown_folder_is_empty_and_main_ae_is_not_affected(archive, tmp_path) -> None:
+    node, studies = archive
+    assert (
+        _find(
+            node.similarity_port,
+            tmp_path / "q",
+            "VIEWER",
+            "QueryRetrieveLevel=STUDY",
+            "PatientID=SIM-NOPE",
+            "StudyInstanceUID",
+        )
+        == []
+    )
+    # On the main AE a StudyInstanceUID query returns that study and nothing else.
+    uid = studies["ACC5"].StudyInstanceUID
+    out = tmp_path / "main"
+    out.mkdir()
+    result = run_peer(
+        [
+            dcmtk("findscu"),
+            "-S",
+            "-aec",
+            "DICOM_NODE",
+            "-X",
+            "-od",
+            str(out),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={uid}",
+            "127.0.0.1",
+            str(node.port),
+        ]
+    )
+    assert result.returncode == 0
+    assert [pydicom.dcmread(p).StudyInstanceUID for p in out.glob("rsp*.dcm")] == [uid]
