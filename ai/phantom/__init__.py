@@ -23,6 +23,7 @@ from ai.phantom.render import (
     PatientPlan,
     PhantomStudy,
     ScanGeometry,
+    first_studies,
     plan_patient,
     render_study,
     synthesize_study,
@@ -50,4 +51,5 @@ __all__ = [
     "render_study",
     "size_class",
     "synthesize_study",
+    "first_studies",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,7 @@ from ai.phantom.nodules import (
 from ai.types import Volume
 
 __all__ = [
+    "first_studies",
     "ScanGeometry",
     "PatientPlan",
     "PhantomStudy",
@@ -145,6 +146,11 @@ class PhantomStudy:
     nodules: tuple[NoduleTruth, ...]
     patient_label: str
     study_index: int
+
+    @property
+    def patient_index(self) -> int:
+        """0-based patient number (from ``patient_label``)."""
+        return int(self.patient_label[1:])
 
 
 def plan_patient(
@@ -622,3 +628,36 @@ def synthesize_study(
         seed, patient_index, n_tracks=n_tracks, n_studies=n_studies, anatomy_scale=anatomy_scale
     )
     return render_study(plan, study_index, geometry, noise_hu=noise_hu, with_nodules=with_nodules)
+
+
+def first_studies(
+    patients: int,
+    *,
+    seed: int = 0,
+    geometry: ScanGeometry = DEFAULT_GEOMETRY,
+    anatomy_scale: float = 1.0,
+    noise_hu: float = 20.0,
+) -> Iterator[PhantomStudy]:
+    """The first (prior) study of each patient, rendered one at a time.
+
+    Parameters
+    ----------
+    patients : int
+        Number of patients.
+    seed : int, optional
+        Cohort seed.
+    geometry : ScanGeometry, optional
+        Scanner grid.
+    anatomy_scale : float, optional
+        Body size factor.
+    noise_hu : float, optional
+        Noise std in HU.
+
+    Yields
+    ------
+    PhantomStudy
+        Study 0 of patients ``0 .. patients - 1``.
+    """
+    for index in range(patients):
+        plan = plan_patient(seed, index, anatomy_scale=anatomy_scale)
+        yield render_study(plan, 0, geometry, noise_hu=noise_hu)

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,9 @@ from scipy import ndimage
 
 from ai.errors import ReaderError
 from ai.types import Volume
+
+if TYPE_CHECKING:
+    from ai.phantom import PhantomStudy
 
 __all__ = [
     "LidcRoi",
@@ -327,13 +332,7 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
 
 
 def write_lidc_sample(
-    out_dir: str | os.PathLike[str],
-    *,
-    patients: int = 1,
-    seed: int = 0,
-    geometry: object | None = None,
-    anatomy_scale: float = 1.0,
-    noise_hu: float = 20.0,
+    out_dir: str | os.PathLike[str], studies: Iterable[PhantomStudy], *, seed: int = 0
 ) -> list[Path]:
     """Write phantom studies as LIDC-IDRI-style series: DICOM slices + a readers' XML.
 
@@ -346,16 +345,10 @@ def write_lidc_sample(
     ----------
     out_dir : path
         Output directory; each scan goes to ``LIDC-SYNTH-<p>/<study>/<series>/``.
-    patients : int, optional
-        Patients (first study of each).
+    studies : iterable of ai.phantom.PhantomStudy
+        E.g. :func:`ai.phantom.first_studies`.
     seed : int, optional
-        Cohort seed.
-    geometry : ai.phantom.ScanGeometry or None, optional
-        Scanner grid (default: the phantom's default).
-    anatomy_scale : float, optional
-        Body size factor.
-    noise_hu : float, optional
-        Noise std in HU.
+        Cohort seed the studies were made with (for their UIDs).
 
     Returns
     -------
@@ -364,24 +357,14 @@ def write_lidc_sample(
     """
     import dataclasses
 
-    from ai.phantom import (
-        DEFAULT_GEOMETRY,
-        ScanGeometry,
-        identity_for,
-        plan_patient,
-        render_study,
-        series_volume,
-        study_datasets,
-    )
+    from ai.phantom import identity_for, series_volume, study_datasets
 
-    grid = geometry if isinstance(geometry, ScanGeometry) else DEFAULT_GEOMETRY
     ET.register_namespace("", _NS.strip("{}"))
     dirs = []
-    for p in range(patients):
-        plan = plan_patient(seed, p, anatomy_scale=anatomy_scale)
-        study = render_study(plan, 0, grid, noise_hu=noise_hu)
+    for study in studies:
+        p = study.patient_index
         head_first = p % 2 == 0
-        identity = identity_for(seed, p, 0, head_first=head_first)
+        identity = identity_for(seed, p, study.study_index, head_first=head_first)
         series_dir = (
             Path(out_dir)
             / f"LIDC-SYNTH-{p:04d}"

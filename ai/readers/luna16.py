@@ -13,13 +13,18 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ai.errors import ReaderError
 from ai.types import Volume
+
+if TYPE_CHECKING:
+    from ai.phantom import PhantomStudy
 
 __all__ = ["LunaAnnotation", "read_annotations", "read_scan", "write_luna16_sample"]
 
@@ -118,53 +123,39 @@ def read_scan(path: str | os.PathLike[str]) -> Volume:
 
 
 def write_luna16_sample(
-    out_dir: str | os.PathLike[str],
-    *,
-    patients: int = 2,
-    seed: int = 0,
-    geometry: object | None = None,
-    anatomy_scale: float = 1.0,
-    noise_hu: float = 20.0,
+    out_dir: str | os.PathLike[str], studies: Iterable[PhantomStudy], *, seed: int = 0
 ) -> list[Path]:
     """Write phantom studies as a LUNA16-style sample.
 
-    ``subset0/<seriesuid>.mhd`` + ``.raw`` (uncompressed int16) per study,
-    ``annotations.csv`` and the phantom's ``truth.json`` rows are not written
-    (use :func:`ai.phantom.write_cohort` for full truth); series UIDs are the
-    ones the DICOM cohort of the same seed would have.
+    ``subset0/<seriesuid>.mhd`` + ``.raw`` (uncompressed int16) per study and
+    ``annotations.csv``; the series UIDs are those of the DICOM cohort of the
+    same seed (head-first).
 
     Parameters
     ----------
     out_dir : path
         Output directory.
-    patients : int, optional
-        Patients (the first study of each).
+    studies : iterable of ai.phantom.PhantomStudy
+        E.g. :func:`ai.phantom.first_studies`.
     seed : int, optional
-        Cohort seed.
-    geometry : ai.phantom.ScanGeometry or None, optional
-        Scanner grid (default: the phantom's default).
-    anatomy_scale : float, optional
-        Body size factor.
-    noise_hu : float, optional
-        Noise std in HU.
+        Cohort seed the studies were made with (for their UIDs).
 
     Returns
     -------
     list of pathlib.Path
         The ``.mhd`` files.
     """
-    from ai.phantom import DEFAULT_GEOMETRY, ScanGeometry, identity_for, plan_patient, render_study
+    from ai.phantom import identity_for
     from ai.volume import write_image
 
-    grid = geometry if isinstance(geometry, ScanGeometry) else DEFAULT_GEOMETRY
     root = Path(out_dir)
     (root / "subset0").mkdir(parents=True, exist_ok=True)
     paths = []
     rows = []
-    for p in range(patients):
-        plan = plan_patient(seed, p, anatomy_scale=anatomy_scale)
-        study = render_study(plan, 0, grid, noise_hu=noise_hu)
-        uid = identity_for(seed, p, 0, head_first=True).series_instance_uid
+    for study in studies:
+        uid = identity_for(
+            seed, study.patient_index, study.study_index, head_first=True
+        ).series_instance_uid
         path = root / "subset0" / f"{uid}.mhd"
         write_image(study.volume, path, compress=False)
         paths.append(path)

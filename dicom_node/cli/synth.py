@@ -83,31 +83,21 @@ def run(args: argparse.Namespace) -> int:
         matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices
     )
     started = time.perf_counter()
-    if args.format == "luna16":
+    if args.format != "dicom":
+        from ai.phantom import first_studies
+        from ai.readers.lidc import write_lidc_sample
         from ai.readers.luna16 import write_luna16_sample
 
-        paths = write_luna16_sample(
-            args.out,
-            patients=args.patients,
+        writer = {"luna16": write_luna16_sample, "lidc": write_lidc_sample}[args.format]
+        studies = first_studies(
+            args.patients,
             seed=args.seed,
             geometry=geometry,
             anatomy_scale=args.scale,
             noise_hu=args.noise,
         )
-        print(f"wrote {len(paths)} LUNA16 scans and annotations.csv to {args.out}")
-        return 0
-    if args.format == "lidc":
-        from ai.readers.lidc import write_lidc_sample
-
-        dirs = write_lidc_sample(
-            args.out,
-            patients=args.patients,
-            seed=args.seed,
-            geometry=geometry,
-            anatomy_scale=args.scale,
-            noise_hu=args.noise,
-        )
-        print(f"wrote {len(dirs)} LIDC-IDRI style scans (DICOM + XML) to {args.out}")
+        written = writer(args.out, studies, seed=args.seed)
+        print(f"wrote {len(written)} {args.format} scans (with their annotations) to {args.out}")
         return 0
     summary = write_cohort(
         args.out,

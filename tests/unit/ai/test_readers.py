@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ai.errors import ReaderError
-from ai.phantom import TEST_GEOMETRY, plan_patient, render_study
+from ai.phantom import TEST_GEOMETRY, first_studies, plan_patient, render_study
 from ai.readers import parse_lidc_xml, read_annotations, read_lidc_scan, read_scan
 from ai.readers.lidc import write_lidc_sample
 from ai.readers.luna16 import write_luna16_sample
@@ -18,14 +18,16 @@ from ai.readers.luna16 import write_luna16_sample
 SHARED_LIDC = Path(__file__).resolve().parents[4] / "shared" / "data" / "LIDC-IDRI-0001.tar.gz"
 
 
+def _studies(patients: int):
+    return first_studies(patients, seed=3, geometry=TEST_GEOMETRY, anatomy_scale=0.6)
+
+
 def _truth(seed: int, patient: int):
     return render_study(plan_patient(seed, patient, anatomy_scale=0.6), 0, TEST_GEOMETRY).nodules
 
 
 def test_luna16_sample_reads_back_with_world_coordinates(tmp_path):
-    paths = write_luna16_sample(
-        tmp_path, patients=1, seed=3, geometry=TEST_GEOMETRY, anatomy_scale=0.6
-    )
+    paths = write_luna16_sample(tmp_path, _studies(1), seed=3)
     assert paths[0].with_suffix(".raw").exists()
     volume = read_scan(paths[0])
     annotations = read_annotations(tmp_path / "annotations.csv")
@@ -55,9 +57,7 @@ def test_luna16_bad_inputs(tmp_path):
 
 
 def test_lidc_sample_head_first_and_feet_first(tmp_path):
-    dirs = write_lidc_sample(
-        tmp_path, patients=2, seed=3, geometry=TEST_GEOMETRY, anatomy_scale=0.6
-    )
+    dirs = write_lidc_sample(tmp_path, _studies(2), seed=3)
     for patient, directory in enumerate(dirs):
         scan = read_lidc_scan(directory)
         truth = _truth(3, patient)
