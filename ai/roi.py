@@ -1,0 +1,221 @@
+"""2.5-D nodule ROI patches, the input of the hashing network.
+
+For each nodule centre a stack of planes through the centre (several axial
+slices, as the FCDN paper uses three; optionally coronal and sagittal ones)
+is resampled with torch ``grid_sample`` at a fixed field of view in mm and a
+fixed pixel count, lung-masked (with a dilated mask so juxtapleural nodules
+and their pleural contact are kept), windowed to -1200..600 HU and scaled to
+``[0, 1]``. The same function serves detected candidates and known findings
+(LUNA16 annotations, LIDC readings, any list of world points).
+
+Layout of the returned array ``(n, C, size, size)`` float32:
+
+- ``C = len(views) * axial_slices``; channel ``v * axial_slices + k`` is
+  view ``views[v]`` at offset ``(k - (axial_slices - 1) / 2) * slice_step_mm``
+  along that view's normal (so the middle channel of each view goes through
+  the centre).
+- ``axial``: rows run along the volume's column direction (patient posterior
+  for a standard axial series), columns along its row direction (patient
+  left); offsets along the slice normal.
+- ``coronal``: rows run against the slice normal (superior at the top for a
+  standard series), columns along the row direction; offsets along the column
+  direction.
+- ``sagittal``: rows against the slice normal, columns along the column
+  direction; offsets along the row direction.
+- Pixel ``(i, j)`` is at ``(j - (size - 1) / 2) * fov_mm / size`` mm along the
+  column axis and ``(i - (size - 1) / 2) * fov_mm / size`` along the row axis
+  from the centre. Outside the volume reads as air; outside the dilated lung
+  mask reads as 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from ai.lungs import LungMask, dilate_mask
+from ai.types import Volume
+
+__all__ = ["HU_WINDOW", "VIEWS", "extract_rois", "rois_from_points", "points_from_luna16"]
+
+logger = logging.getLogger(__name__)
+
+#: HU mapped to 0 and 1.
+HU_WINDOW: tuple[float, float] = (-1200.0, 600.0)
+#: Planes that may be asked for.
+VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
+
+
+def _plane_axes(volume: Volume, view: str) -> tuple[npt.NDArray[np.float64], ...]:
+    """World unit vectors ``(rows, columns, normal)`` of one view."""
+    d = volume.direction
+    row_dir, col_dir, normal = d[:, 0], d[:, 1], d[:, 2]
+    if view == "axial":
+        return col_dir, row_dir, normal
+    if view == "coronal":
+        return -normal, row_dir, col_dir
+    if view == "sagittal":
+        return -normal, col_dir, row_dir
+    raise ValueError(f"unknown view {view!r}; use one of {VIEWS}")
+
+
+def extract_rois(
+    volume: Volume,
+    lung_mask: LungMask | None,
+    centres_xyz: npt.ArrayLike,
+    *,
+    fov_mm: float = 48.0,
+    size: int = 64,
+    axial_slices: int = 3,
+    slice_step_mm: float = 2.0,
+    views: Sequence[str] = ("axial",),
+    lung_margin_mm: float = 8.0,
+    device: str | torch.device = "cpu",
+) -> npt.NDArray[np.float32]:
+    """Resample lung-masked 2.5-D patches around world points.
+
+    Parameters
+    ----------
+    volume : ai.types.Volume
+        ``(z, y, x)`` HU volume.
+    lung_mask : ai.lungs.LungMask or None
+        Lungs of the volume; ``None`` skips the masking.
+    centres_xyz : array_like
+        ``(n, 3)`` world LPS mm.
+    fov_mm : float
+        Side of each patch in mm.
+    size : int
+        Pixels per side (pixel size ``fov_mm / size`` mm).
+    axial_slices : int
+        Planes per view (odd numbers keep one plane through the centre).
+    slice_step_mm : float
+        Distance between the planes of a view in mm.
+    views : sequence of str
+        Subset of :data:`VIEWS`, in the channel order wanted.
+    lung_margin_mm : float
+        The lung mask is dilated by about this much before masking.
+    device : str or torch.device
+        Where the resampling runs.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, len(views) * axial_slices, size, size)`` float32 in ``[0, 1]``;
+        layout in the module docstring.
+
+    Raises
+    ------
+    ValueError
+        For bad shapes or an unknown view.
+    """
+    centres = np.asarray(centres_xyz, dtype=np.float64).reshape(-1, 3)
+    n = centres.shape[0]
+    channels = len(views) * axial_slices
+    if size < 2 or axial_slices < 1 or fov_mm <= 0 or not views:
+        raise ValueError("size >= 2, axial_slices >= 1, fov_mm > 0 and at least one view are required")
+    if n == 0:
+        return np.zeros((0, channels, size, size), dtype=np.float32)
+    if lung_mask is not None and lung_mask.labels.shape != volume.shape:
+        raise ValueError(f"lung mask {lung_mask.labels.shape} does not match volume {volume.shape}")
+    # world offsets of every sample: (C, size, size, 3)
+    pixel = fov_mm / size
+    grid_1d = (np.arange(size) - (size - 1) / 2.0) * pixel
+    depth_1d = (np.arange(axial_slices) - (axial_slices - 1) / 2.0) * slice_step_mm
+    offsets = []
+    for view in views:
+        rows, cols, normal = _plane_axes(volume, view)
+        plane = grid_1d[:, None, None] * rows + grid_1d[None, :, None] * cols
+        offsets.append(depth_1d[:, None, None, None] * normal + plane[None])
+    offset = np.concatenate(offsets, axis=0)
+    # one crop per ROI, all the same size, holding every sample of that ROI
+    reach = math.sqrt(2.0) * fov_mm / 2.0 + abs(depth_1d).max() + lung_margin_mm + 2.0
+    half = np.asarray([int(math.ceil(reach / s)) + 1 for s in volume.spacing])
+    centre_vox = np.round(volume.world_to_voxel(centres)).astype(int)
+    hu_crops = np.full((n, *(2 * half + 1)), HU_WINDOW[0], dtype=np.float32)
+    lung_crops = np.zeros((n, *(2 * half + 1)), dtype=bool)
+    shape = np.asarray(volume.shape)
+    for i, c in enumerate(centre_vox):
+        lo, hi = c - half, c + half + 1
+        src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, shape)
+        if np.any(src_hi <= src_lo):
+            continue
+        dst = tuple(slice(a - b, a - b + (e - a)) for a, b, e in zip(src_lo, lo, src_hi, strict=True))
+        src = tuple(slice(a, e) for a, e in zip(src_lo, src_hi, strict=True))
+        hu_crops[i][dst] = volume.array[src]
+        if lung_mask is not None:
+            lung_crops[i][dst] = lung_mask.labels[src] > 0
+    hu_t = torch.from_numpy(hu_crops).to(device)[:, None]
+    if lung_mask is not None:
+        radius = max(1, int(round(lung_margin_mm / max(volume.spacing))))
+        masks = torch.stack([dilate_mask(torch.from_numpy(m).to(device), radius) for m in lung_crops])
+        hu_t = torch.where(masks[:, None], hu_t, torch.full_like(hu_t, HU_WINDOW[0]))
+    # sample positions in crop voxel coordinates, normalised for grid_sample (x, y, z order)
+    points = centres[:, None, None, None, :] + offset[None]  # (n, C, size, size, 3)
+    vox = volume.world_to_voxel(points) - (centre_vox - half)[:, None, None, None, :]
+    extent = (2 * half).astype(np.float64)
+    norm = 2.0 * vox / extent - 1.0
+    grid = torch.from_numpy(norm[..., ::-1].copy()).to(device=device, dtype=torch.float32)
+    sampled = F.grid_sample(hu_t, grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+    low, high = HU_WINDOW
+    out = ((sampled - low) / (high - low)).clamp(0.0, 1.0)
+    result: npt.NDArray[np.float32] = out.cpu().numpy().astype(np.float32, copy=False)
+    return result
+
+
+def rois_from_points(
+    volume: Volume,
+    lung_mask: LungMask | None,
+    points_xyz: Sequence[Sequence[float]],
+    **kwargs: object,
+) -> npt.NDArray[np.float32]:
+    """ROIs at known findings (world LPS mm points); same layout as :func:`extract_rois`.
+
+    Points outside the volume are rejected with ``ValueError`` rather than
+    returning patches of air.
+    """
+    points = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
+    vox = volume.world_to_voxel(points)
+    outside = np.any((vox < -0.5) | (vox > np.asarray(volume.shape) - 0.5), axis=1)
+    if outside.any():
+        raise ValueError(f"{int(outside.sum())} point(s) lie outside the volume: {points[outside].tolist()}")
+    return extract_rois(volume, lung_mask, points, **kwargs)  # type: ignore[arg-type]
+
+
+def points_from_luna16(text: str, series_instance_uid: str) -> list[tuple[tuple[float, float, float], float]]:
+    """Findings of one series from LUNA16 ``annotations.csv`` text.
+
+    Parameters
+    ----------
+    text : str
+        CSV text with the columns ``seriesuid, coordX, coordY, coordZ,
+        diameter_mm`` (world LPS mm, as LUNA16 writes them).
+    series_instance_uid : str
+        Which series to return.
+
+    Returns
+    -------
+    list of ((x, y, z), diameter_mm)
+        In file order.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    needed = {"seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"}
+    if reader.fieldnames is None or not needed <= set(reader.fieldnames):
+        raise ValueError(f"LUNA16 annotations need the columns {sorted(needed)}, got {reader.fieldnames}")
+    return [
+        ((float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])), float(row["diameter_mm"]))
+        for row in reader
+        if row["seriesuid"] == series_instance_uid
+    ]
