@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from ai.phantom.render import (
     PhantomStudy,
     ScanGeometry,
     plan_patient,
+    process_pool,
     render_study,
 )
 from ai.types import Volume
@@ -234,7 +234,7 @@ def write_cohort(
         for p in range(patients)
     ]
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             per_patient = list(pool.map(_write_patient, jobs))
     else:
         per_patient = [_write_patient(job) for job in jobs]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from ai.phantom.nodules import (
     plan_tracks,
     random_lung_point,
 )
-from ai.phantom.render import render_grid
+from ai.phantom.render import process_pool, render_grid
 
 __all__ = ["PatchBatch", "make_patches"]
 
@@ -257,7 +256,7 @@ def make_patches(
         for c in range((n + _CHUNK - 1) // _CHUNK)
     ]
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             parts = list(pool.map(_chunk, jobs))
     else:
         parts = [_chunk(job) for job in jobs]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +46,7 @@ from ai.types import Volume
 
 __all__ = [
     "first_studies",
+    "process_pool",
     "ScanGeometry",
     "PatientPlan",
     "PhantomStudy",
@@ -151,6 +154,24 @@ class PhantomStudy:
     def patient_index(self) -> int:
         """0-based patient number (from ``patient_label``)."""
         return int(self.patient_label[1:])
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for cohort and patch generation.
+
+    They are *spawned*, not forked: a fork after torch has started its thread
+    pool can deadlock the child. Each worker uses one torch thread, so
+    ``workers`` processes use about ``workers`` cores.
+    """
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_one_torch_thread,
+    )
 
 
 def plan_patient(

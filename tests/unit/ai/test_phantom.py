@@ -165,3 +165,16 @@ def test_patch_mode_labels_match_the_pixels():
             assert batch.lung_masks[i][8, 16, 16] > 0 or np.median(batch.patches[i]) < -500
     again = make_patches(24, seed=4, size_zyx=(16, 32, 32), spacing_mm=1.5, patients=2)
     assert np.array_equal(again.patches, batch.patches)
+
+
+@pytest.mark.slow
+def test_patch_mode_in_worker_processes_gives_the_same_patches():
+    from ai.phantom.patches import make_patches
+
+    # torch has started its threads in this process: workers must still not deadlock
+    synthesize_study(0, geometry=TEST_GEOMETRY, anatomy_scale=0.6, n_tracks=0)
+    kwargs = {"seed": 8, "size_zyx": (8, 16, 16), "spacing_mm": 2.0, "patients": 1}
+    parallel = make_patches(70, workers=2, **kwargs)
+    serial = make_patches(70, workers=1, **kwargs)
+    assert np.array_equal(parallel.patches, serial.patches)
+    assert np.array_equal(parallel.size_class, serial.size_class)
