@@ -6,7 +6,8 @@ is resampled with torch ``grid_sample`` at a fixed field of view in mm and a
 fixed pixel count, lung-masked (with a dilated mask so juxtapleural nodules
 and their pleural contact are kept), windowed to -1200..600 HU and scaled to
 ``[0, 1]``. The same function serves detected candidates and known findings
-(LUNA16 annotations, LIDC readings, any list of world points).
+(LUNA16 annotations via :mod:`ai.readers.luna16`, LIDC readings via
+:mod:`ai.readers.lidc`, any list of world points).
 
 Layout of the returned array ``(n, C, size, size)`` float32:
 
@@ -30,8 +31,6 @@ Layout of the returned array ``(n, C, size, size)`` float32:
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from ai.lungs import LungMask, dilate_mask
 from ai.types import Volume
 
-__all__ = ["HU_WINDOW", "VIEWS", "extract_rois", "rois_from_points", "points_from_luna16"]
+__all__ = ["HU_WINDOW", "VIEWS", "extract_rois", "rois_from_points"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,35 +186,3 @@ def rois_from_points(
     if outside.any():
         raise ValueError(f"{int(outside.sum())} point(s) lie outside the volume: {points[outside].tolist()}")
     return extract_rois(volume, lung_mask, points, **kwargs)  # type: ignore[arg-type]
-
-
-def points_from_luna16(text: str, series_instance_uid: str) -> list[tuple[tuple[float, float, float], float]]:
-    """Findings of one series from LUNA16 ``annotations.csv`` text.
-
-    Parameters
-    ----------
-    text : str
-        CSV text with the columns ``seriesuid, coordX, coordY, coordZ,
-        diameter_mm`` (world LPS mm, as LUNA16 writes them).
-    series_instance_uid : str
-        Which series to return.
-
-    Returns
-    -------
-    list of ((x, y, z), diameter_mm)
-        In file order.
-
-    Raises
-    ------
-    ValueError
-        If a column is missing.
-    """
-    reader = csv.DictReader(io.StringIO(text))
-    needed = {"seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"}
-    if reader.fieldnames is None or not needed <= set(reader.fieldnames):
-        raise ValueError(f"LUNA16 annotations need the columns {sorted(needed)}, got {reader.fieldnames}")
-    return [
-        ((float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])), float(row["diameter_mm"]))
-        for row in reader
-        if row["seriesuid"] == series_instance_uid
-    ]

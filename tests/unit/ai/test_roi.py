@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from ai.lungs import LungMask
-from ai.roi import HU_WINDOW, extract_rois, points_from_luna16, rois_from_points
+from ai.readers.luna16 import read_annotations
+from ai.roi import HU_WINDOW, extract_rois, rois_from_points
 from ai.types import Volume
 
 
@@ -65,17 +68,16 @@ def test_outside_the_dilated_lung_reads_zero(scene: tuple[Volume, LungMask, np.n
     assert masked[0, 0, 20, 8] == pytest.approx(_window(40.0), abs=0.02)  # 1.5 mm beyond: kept
 
 
-def test_known_findings_from_luna16_text(scene: tuple[Volume, LungMask, np.ndarray]) -> None:
+def test_known_findings_from_a_luna16_csv(scene: tuple[Volume, LungMask, np.ndarray], tmp_path: Path) -> None:
     volume, mask, centre = scene
-    text = "seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,%f,%f,%f,6.5\n9.9,0,0,0,4\n" % tuple(centre)
-    findings = points_from_luna16(text, "1.2.3")
-    assert len(findings) == 1 and findings[0][1] == 6.5
-    rois = rois_from_points(volume, mask, [p for p, _ in findings])
+    csv_path = tmp_path / "annotations.csv"
+    csv_path.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,%f,%f,%f,6.5\n9.9,0,0,0,4\n" % tuple(centre))
+    findings = read_annotations(csv_path)["1.2.3"]
+    assert len(findings) == 1 and findings[0].diameter_mm == 6.5
+    rois = rois_from_points(volume, mask, [f.center_xyz for f in findings])
     assert np.array_equal(rois, extract_rois(volume, mask, [centre]))
     with pytest.raises(ValueError):
         rois_from_points(volume, mask, [(500.0, 0.0, 0.0)])
-    with pytest.raises(ValueError):
-        points_from_luna16("a,b\n1,2\n", "1.2.3")
     with pytest.raises(ValueError):
         extract_rois(volume, mask, [centre], views=("oblique",))
 
