@@ -11,6 +11,7 @@ surface).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -109,6 +110,8 @@ class NoduleTrack:
         Lobulation: ``(vx, vy, vz, amplitude)`` per even Legendre term.
     spicules : tuple of tuple of float
         Spicule axes: ``(vx, vy, vz, length_fraction)``, drawn in both directions.
+    hu_solid, hu_ground_glass : float
+        Attenuation of the solid part (0..60 HU) and of the ground glass (-650..-350 HU).
     """
 
     track: int
@@ -120,6 +123,8 @@ class NoduleTrack:
     lung: int = 0
     lobes: tuple[tuple[float, float, float, float], ...] = ()
     spicules: tuple[tuple[float, float, float, float], ...] = ()
+    hu_solid: float = HU_SOLID
+    hu_ground_glass: float = HU_GROUND_GLASS
 
 
 def _unit(rng: np.random.Generator) -> npt.NDArray[np.float64]:
@@ -156,6 +161,8 @@ def plan_tracks(
         With ``diameters_mm`` of length ``n_studies``.
     """
     rng = np.random.default_rng([seed, patient_index, 202])
+    # attenuation from its own stream, so the shapes and sizes of a seed stay as they were
+    attenuation = np.random.default_rng([seed, patient_index, 203])
     tracks: list[NoduleTrack] = []
     for k in range(n_tracks):
         g = patient_index * n_tracks + k
@@ -193,6 +200,8 @@ def plan_tracks(
                 location=location,
                 lobes=lobes,
                 spicules=spicules,
+                hu_solid=float(attenuation.uniform(0.0, 60.0)),
+                hu_ground_glass=float(attenuation.uniform(-650.0, -350.0)),
             )
         )
     return tracks
@@ -341,16 +350,8 @@ def place_tracks(patient: Patient, tracks: list[NoduleTrack], seed: int) -> list
         radius = max(track.diameters_mm) / 2.0
         others.append((center, radius * 1.9 + 1.0))
         placed.append(
-            NoduleTrack(
-                track=track.track,
-                diameters_mm=track.diameters_mm,
-                texture=track.texture,
-                shape=track.shape,
-                location=track.location,
-                center=(float(center[0]), float(center[1]), float(center[2])),
-                lung=label,
-                lobes=track.lobes,
-                spicules=track.spicules,
+            dataclasses.replace(
+                track, center=(float(center[0]), float(center[1]), float(center[2])), lung=label
             )
         )
     return placed
@@ -397,12 +398,12 @@ def nodule_occupancy(
         spike = np.clip(0.5 + (spike_radius - radial) / edge_mm, 0.0, 1.0) * (np.abs(t) <= reach)
         occupancy = np.maximum(occupancy, spike)
     if track.texture == "solid":
-        hu = np.full(dist.shape, HU_SOLID)
+        hu = np.full(dist.shape, track.hu_solid)
     else:
-        hu = np.full(dist.shape, HU_GROUND_GLASS)
+        hu = np.full(dist.shape, track.hu_ground_glass)
         if track.texture == "part-solid":
             core = np.clip(0.5 + (0.5 * radius - dist) / edge_mm, 0.0, 1.0)
-            hu = hu + core * (HU_SOLID - HU_GROUND_GLASS)
+            hu = hu + core * (track.hu_solid - track.hu_ground_glass)
     return occupancy.astype(np.float32), hu.astype(np.float32)
 
 

@@ -178,3 +178,26 @@ def test_patch_mode_in_worker_processes_gives_the_same_patches():
     serial = make_patches(70, workers=1, **kwargs)
     assert np.array_equal(parallel.patches, serial.patches)
     assert np.array_equal(parallel.size_class, serial.size_class)
+
+
+def test_nodule_attenuation_follows_texture():
+    checked = set()
+    for patient in range(2):
+        study = synthesize_study(
+            3, patient_index=patient, geometry=TEST_GEOMETRY, anatomy_scale=0.6, noise_hu=0
+        )
+        for index, nodule in enumerate(study.nodules, start=1):
+            if nodule.diameter_mm < 10:
+                continue
+            core = ndimage.binary_erosion(study.nodule_mask == index, iterations=1)
+            median = float(np.median(study.volume.array[core]))
+            zyx = tuple(np.rint(study.volume.world_to_voxel(nodule.center_xyz)).astype(int))
+            centre = float(study.volume.array[zyx])
+            if nodule.texture == "ground-glass":
+                assert -750 < median < -250 and centre < -250, nodule
+            elif nodule.texture == "solid":
+                assert median > -150, nodule
+            else:  # part-solid: a solid core in ground glass
+                assert centre > -200 and median < centre - 100, nodule
+            checked.add(nodule.texture)
+    assert len(checked) >= 2
