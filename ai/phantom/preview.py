@@ -30,7 +30,7 @@ def preview_cohort(
     *,
     max_nodules: int = 24,
     crop_mm: float = 60.0,
-    columns: int = 6,
+    columns: int = 4,
 ) -> Path:
     """Draw the montage of a cohort written by :func:`ai.phantom.write_cohort`.
 

@@ -255,7 +255,9 @@ class _SliceAnatomy:
         )
         self.abdomen_hu = np.where(xx < 5 * s, A.HU_LIVER, 45.0).astype(np.float32)
         self.gas_xy = ((xx - 55 * s) / (22 * s)) ** 2 + ((yy + 10 * s) / (18 * s)) ** 2
-        self.mediastinum = self.cavity & (np.abs(xx - 6 * s) < 48 * s) & (yy < 60 * s)
+        self.mediastinum = self.cavity & (
+            ((xx - 6 * s) / (50 * s)) ** 2 + ((yy + 8 * s) / (75 * s)) ** 2 < 1.0
+        )
         self.heart_xy = ((xx - 12 * s) / (58 * s)) ** 2 + ((yy + 20 * s) / (52 * s)) ** 2
         # spine: vertebral body (cortex, marrow or disc), canal, arch, spinous process
         vb = np.sqrt(xx**2 + (yy - 74 * s) ** 2)
