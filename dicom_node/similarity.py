@@ -135,11 +135,14 @@ class SimilarityIndex:
 
     def replace_series(self, old_ids: list[int], new_ids: list[int]) -> None:
         """Swap a re-processed series' nodules in the index."""
-        index = self.index
-        if old_ids:
-            index.remove(old_ids)
-        rows = self.catalog.nodules_by_id(new_ids)
-        add_rows(index, [rows[i] for i in new_ids])
+        index = self.index  # built from the catalog on first use: may hold new_ids already
+        present = set(index.ids.tolist())
+        gone = [i for i in old_ids if i in present]
+        if gone:
+            index.remove(gone)
+        missing = [i for i in new_ids if i not in present]
+        rows = self.catalog.nodules_by_id(missing)
+        add_rows(index, [rows[i] for i in missing])
 
     def retriever(self, **kwargs: Any) -> Retriever:
         """A retriever over this index."""

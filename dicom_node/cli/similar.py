@@ -1,0 +1,228 @@
+"""``dicom-node similar``: similar nodules of other patients, and the same patient's priors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicom_node.cli._common import add_settings_arguments, settings_from_args
+
+
+def add_subparser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "similar",
+        help="list similar prior cases for a study, a series or a nodule",
+        description="Similar nodules of other patients (coarse-to-fine hash search) and the same "
+        "patient's earlier measurements of each nodule.",
+    )
+    add_settings_arguments(parser)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--study", metavar="UID", help="StudyInstanceUID of the index study")
+    target.add_argument("--series", metavar="UID", help="SeriesInstanceUID of the index series")
+    target.add_argument("--nodule", type=int, metavar="ID", help="nodule id (from --json output)")
+    parser.add_argument("-k", type=int, default=5, help="matches per nodule (default 5)")
+    parser.add_argument(
+        "--model-version", help="model version (default: the one with most nodules)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--png", type=Path, metavar="FILE", help="write a gallery: each nodule beside its matches"
+    )
+    parser.add_argument(
+        "--show-phi", action="store_true", help="show other patients' IDs (default: case ids)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if settings is None:
+        return 2
+    from dicom_node.similarity import PrivacyPolicy, SimilarityIndex
+    from storage.catalog import Catalog
+
+    catalog = Catalog(settings.catalog_url)
+    try:
+        versions = catalog.model_versions()
+        version = args.model_version or (versions[0] if len(versions) == 1 else None)
+        if version is None:
+            print(
+                "dicom-node: no indexed nodules yet"
+                if not versions
+                else f"dicom-node: several model versions {versions}; choose one with --model-version",
+                file=sys.stderr,
+            )
+            return 1
+        if args.nodule is not None:
+            queries = list(catalog.nodules_by_id([args.nodule]).values())
+        else:
+            queries = catalog.nodules_of(
+                model_version=version,
+                study_instance_uid=args.study,
+                series_instance_uid=args.series,
+            )
+        if not queries:
+            print("dicom-node: no nodules found for that query", file=sys.stderr)
+            return 1
+        policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
+        retriever = SimilarityIndex(catalog, version).retriever()
+        report = []
+        for query in queries:
+            study = catalog.study(query["study_instance_uid"]) or {}
+            matches = retriever.similar_nodules(
+                query, args.k, exclude_patient_id=study.get("patient_id")
+            )
+            priors = retriever.own_priors(query, study.get("patient_id"), study.get("study_date"))
+            report.append(_record(query, study, matches, priors, policy, args.show_phi))
+    finally:
+        catalog.close()
+    if args.png:
+        _gallery(report, args.png)
+    _strip_thumbnails(report)
+    if args.json:
+        print(json.dumps({"model_version": version, "nodules": report}, indent=2))
+    else:
+        print(_table(report, version))
+    if args.png:
+        print(f"gallery written to {args.png}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _patient(row: dict[str, Any], policy: Any, show_phi: bool) -> str:
+    return str(row.get("patient_id") or "") if show_phi else policy.case_id(row.get("patient_id"))
+
+
+def _record(
+    query: dict[str, Any],
+    study: dict[str, Any],
+    matches: list[Any],
+    priors: list[Any],
+    policy: Any,
+    show_phi: bool,
+) -> dict[str, Any]:
+    from ai.classes import SIZE_CLASS_LABELS
+
+    def nodule(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "nodule_id": int(row["id"]),
+            "study_instance_uid": row["study_instance_uid"],
+            "series_instance_uid": row["series_instance_uid"],
+            "center_xyz_mm": [row["center_x"], row["center_y"], row["center_z"]],
+            "diameter_mm": round(float(row["diameter_mm"]), 2),
+            "long_axis_mm": round(float(row["long_axis_mm"]), 2),
+            "size_class": SIZE_CLASS_LABELS[int(row["size_class"])],
+            "texture": row["texture"],
+            "laterality": row["laterality"],
+            "thumbnail": row.get("thumbnail"),
+        }
+
+    return {
+        "query": {**nodule(query), "study_date": study.get("study_date")},
+        "matches": [
+            {
+                "rank": m.rank,
+                "distance": m.distance,
+                "layer_distances": dict(
+                    zip(("shallow", "middle", "deep"), m.layer_distances, strict=True)
+                ),
+                "driving_layer": m.driving_layer,
+                "embedding_distance": round(m.embedding_distance, 4),
+                "study_date": m.nodule.get("study_date"),
+                "patient": _patient(m.nodule, policy, show_phi),
+                **nodule(m.nodule),
+            }
+            for m in matches
+        ],
+        "same_patient_priors": [
+            {
+                "study_instance_uid": p.study_instance_uid,
+                "study_date": p.study_date,
+                "diameter_mm": round(float(p.nodule["diameter_mm"]), 2),
+                "growth_mm": round(p.growth_mm, 2),
+                "growth_percent": round(p.growth_percent, 1),
+            }
+            for p in priors
+        ],
+    }
+
+
+def _strip_thumbnails(report: list[dict[str, Any]]) -> None:
+    for entry in report:
+        entry["query"].pop("thumbnail", None)
+        for match in entry["matches"]:
+            match.pop("thumbnail", None)
+
+
+def _table(report: list[dict[str, Any]], version: str) -> str:
+    lines = [f"model {version}"]
+    for entry in report:
+        q = entry["query"]
+        lines.append(
+            f"\nnodule {q['nodule_id']} of study {q['study_instance_uid']} ({q['study_date'] or 'no date'}): "
+            f"{q['diameter_mm']:.1f} mm {q['texture']}, {q['laterality']} lung, class {q['size_class']}"
+        )
+        lines.append(
+            f"  {'rank':>4}  {'dist':>5}  {'layer':<7} {'date':<9} {'size':>8}  {'texture':<12} {'patient':<18} study UID"
+        )
+        for m in entry["matches"]:
+            lines.append(
+                f"  {m['rank']:>4}  {m['distance']:>5.0f}  {m['driving_layer']:<7} {m['study_date'] or '':<9} "
+                f"{m['diameter_mm']:>5.1f} mm  {m['texture']:<12} {m['patient']:<18} {m['study_instance_uid']}"
+            )
+        if not entry["matches"]:
+            lines.append("  no similar nodule of another patient")
+        for p in entry["same_patient_priors"]:
+            lines.append(
+                f"  same patient {p['study_date']}: {p['diameter_mm']:.1f} mm "
+                f"({p['growth_mm']:+.1f} mm, {p['growth_percent']:+.0f}%)"
+            )
+    return "\n".join(lines)
+
+
+def _gallery(report: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    columns = 1 + max((len(e["matches"]) for e in report), default=0)
+    figure, axes = plt.subplots(
+        len(report), columns, figsize=(2.0 * columns, 2.2 * len(report)), squeeze=False
+    )
+    for row, entry in enumerate(report):
+        tiles = [
+            (
+                entry["query"],
+                f"query #{entry['query']['nodule_id']}\n{entry['query']['diameter_mm']:.1f} mm",
+            )
+        ]
+        tiles += [
+            (
+                m,
+                f"#{m['rank']} d={m['distance']:.0f}\n{m['diameter_mm']:.1f} mm {m['study_date'] or ''}",
+            )
+            for m in entry["matches"]
+        ]
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.axis("off")
+            if column < len(tiles):
+                nodule, title = tiles[column]
+                blob = nodule.get("thumbnail")
+                if blob:
+                    side = int(round(len(blob) ** 0.5))
+                    axis.imshow(
+                        np.frombuffer(blob, np.uint8).reshape(side, side),
+                        cmap="gray",
+                        vmin=0,
+                        vmax=255,
+                    )
+                axis.set_title(title, fontsize=7, color="tab:red" if column == 0 else "black")
+    figure.suptitle("similar nodules (left: query); not for diagnosis", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,136 @@
+"""A phantom cohort sent by dcmtk storescu to a running node, processed to indexed nodules.
+
+The hashing network here is a small untrained one written to a model folder
+the way ``dicom-node train`` writes it: these tests check the plumbing
+(states, catalog rows, index, queries). Retrieval quality is tested with the
+shipped model in tests/integration/test_retrieval_quality.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ai.hashing.model import HashNet, HashNetConfig
+from ai.hashing.train import weights_to_bytes, weights_version
+from ai.phantom import TEST_GEOMETRY, write_cohort
+from dicom_node.cli import main
+from dicom_node.model import CARD_FILE, MODEL_FILE
+from storage.catalog import SeriesState
+from tests.conftest import dcmtk, run_peer, wait_until
+from tests.factories import write_ct_series
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = HashNetConfig(growth=4, stem_channels=8, embedding_dim=16)
+    weights = weights_to_bytes(HashNet(config).eval())
+    folder = tmp_path_factory.mktemp("model")
+    (folder / MODEL_FILE).write_bytes(weights)
+    card = {
+        "name": "untrained test model",
+        "version": weights_version(weights),
+        "config": {"model": config.__dict__},
+    }
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort")
+    write_cohort(
+        out, patients=2, seed=11, studies_per_patient=2, geometry=TEST_GEOMETRY, anatomy_scale=0.6
+    )
+    return out
+
+
+def test_cohort_is_indexed_and_a_short_series_skipped(
+    tmp_path, cohort, tiny_model_dir, make_settings, start_node, capsys
+) -> None:
+    settings = make_settings(
+        worker={"model_dir": str(tiny_model_dir)}, qualification={"min_lung_volume_ml": 100.0}
+    )
+    node = start_node(settings, processor=None)  # the AI pipeline, from worker.model_dir
+    short = write_ct_series(tmp_path / "short", 5)
+    sent = run_peer(
+        [
+            dcmtk("storescu"),
+            "-aec",
+            "DICOM_NODE",
+            "127.0.0.1",
+            str(node.port),
+            "+sd",
+            "+r",
+            str(cohort / "dicom"),
+            str(tmp_path / "short"),
+        ],
+        timeout=300,
+    )
+    assert sent.returncode == 0, sent.stderr[-2000:]
+
+    def settled() -> bool:
+        states = [s.state for s in node.catalog.summaries()]
+        return len(states) == 5 and all(
+            s in (SeriesState.INDEXED, SeriesState.SKIPPED, SeriesState.FAILED) for s in states
+        )
+
+    wait_until(settled, timeout=240, what="every series processed")
+    summaries = {s.series_instance_uid: s for s in node.catalog.summaries()}
+    skipped = [s for s in summaries.values() if s.state is SeriesState.SKIPPED]
+    indexed = [s for s in summaries.values() if s.state is SeriesState.INDEXED]
+    assert len(indexed) == 4, [(s.state, s.reason) for s in summaries.values()]
+    assert [s.reason for s in skipped] == ["5 images, fewer than 40"]
+    version = node.processor.version
+    for series in indexed:
+        assert series.reason and "nodules" in series.reason
+        assert node.catalog.nodule_ids_of_series(series.series_instance_uid, version)
+    assert node.similarity_index is not None
+    assert node.similarity_index.index.ntotal == sum(
+        len(node.catalog.nodule_ids_of_series(s.series_instance_uid, version)) for s in indexed
+    )
+
+    # Status shows the skip reason; similar answers by study, never with the query patient.
+    assert main(["status", "--data-dir", str(settings.data_dir), "--json"]) == 0
+    reasons = {
+        r["series_instance_uid"]: r["reason"] for r in json.loads(capsys.readouterr().out)["series"]
+    }
+    assert reasons[skipped[0].series_instance_uid] == "5 images, fewer than 40"
+    study = indexed[0].study_instance_uid
+    png = tmp_path / "gallery.png"
+    assert (
+        main(
+            [
+                "similar",
+                "--data-dir",
+                str(settings.data_dir),
+                "--study",
+                study,
+                "--json",
+                "--png",
+                str(png),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["model_version"] == version and report["nodules"]
+    query_patient = node.catalog.study(study)["patient_id"]
+    matched_studies = {m["study_instance_uid"] for n in report["nodules"] for m in n["matches"]}
+    assert matched_studies and all(
+        node.catalog.study(uid)["patient_id"] != query_patient for uid in matched_studies
+    )
+    assert png.stat().st_size > 10_000
+
+    # Reprocessing the same series (same model version) replaces, never duplicates, its nodules.
+    before = node.similarity_index.index.ntotal
+    uid = indexed[0].series_instance_uid
+    node.catalog.transition(uid, SeriesState.COMPLETE)
+    node.queue.submit(uid)
+    wait_until(lambda: node.catalog.series_state(uid)[0] is SeriesState.INDEXED, what="re-indexed")
+    assert node.similarity_index.index.ntotal == before
