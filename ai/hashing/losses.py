@@ -111,7 +111,8 @@ def hashing_loss(
     rois : torch.Tensor
         ``(n, C, H, W)`` float32 inputs in ``[0, 1]``.
     size_labels, texture_labels : torch.Tensor
-        ``(n,)`` int64 class indices.
+        ``(n,)`` int64 class indices; texture ``-1`` means unknown (no nodule)
+        and is left out of the texture cross-entropy.
     config : LossConfig, optional
         Weights.
     """
@@ -120,7 +121,12 @@ def hashing_loss(
     same_both = same_size & (texture_labels[:, None] == texture_labels[None, :])
     codes = (out.shallow, out.middle, out.deep)
     ce_size = F.cross_entropy(out.size_logits, size_labels)
-    ce_texture = F.cross_entropy(out.texture_logits, texture_labels)
+    known = texture_labels >= 0  # -1: texture unknown (no nodule)
+    ce_texture = (
+        F.cross_entropy(out.texture_logits[known], texture_labels[known])
+        if bool(known.any())
+        else torch.zeros((), device=rois.device)
+    )
     recon = F.mse_loss(out.reconstruction, rois)
     pair = sum(
         (

@@ -1,10 +1,12 @@
 """``dicom-node train``: train the hashing network and write weights + model card.
 
-Data: ``--rois FILE.npz`` with arrays ``rois`` ``(n, C, H, W)`` float32 in
-[0, 1], ``size_class`` ``(n,)``, ``texture`` ``(n,)`` and ``patient`` ``(n,)``
-(ROI stacks as ``ai.nodules`` extracts them, e.g. from a phantom cohort's
-truth). A patient-disjoint fraction (``--held-out``) is kept for the metrics
-in the model card.
+Data: ``--phantom N`` renders N training ROIs with the phantom's patch mode
+(``ai.hashing.data.phantom_rois``: the same ``ai.roi`` stacks the worker cuts)
+and N/4 held-out ones from other synthetic patients; or ``--rois FILE.npz``
+with arrays ``rois`` ``(n, C, H, W)`` float32 in [0, 1], ``size_class``,
+``texture`` (-1 = unknown) and ``patient`` ``(n,)`` (e.g. from LUNA16 /
+LIDC-IDRI findings through ``ai.roi``), of which a patient-disjoint fraction
+(``--held-out``) is kept for the metrics in the model card.
 
 Output folder: ``model.safetensors`` (weights), ``model_card.json`` and
 ``MODEL_CARD.md`` (data, configuration, history, metrics and the version id =
@@ -33,19 +35,32 @@ def add_subparser(subparsers: Any) -> None:
         "train", help="train the nodule hashing network (weights + model card)"
     )
     data = parser.add_argument_group("Data")
-    data.add_argument(
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--rois",
         type=Path,
-        required=True,
         metavar="FILE.npz",
         help="labelled ROI stacks: rois, size_class, texture, patient",
     )
+    source.add_argument(
+        "--phantom",
+        type=int,
+        metavar="N",
+        help="N training ROIs from the phantom's patch mode (held out: N/4 from other patients)",
+    )
+    data.add_argument(
+        "--save-rois",
+        type=Path,
+        metavar="FILE.npz",
+        help="also save the phantom ROIs (train + held out)",
+    )
+    data.add_argument("--workers", type=int, default=1, help="phantom processes")
     data.add_argument(
         "--held-out",
         type=float,
         default=0.2,
         metavar="FRACTION",
-        help="fraction of patients kept out of training for the card's metrics (default 0.2)",
+        help="with --rois: fraction of patients kept out for the card's metrics (default 0.2)",
     )
     model = parser.add_argument_group("Model and training")
     model.add_argument(
@@ -145,27 +160,55 @@ def run(args: argparse.Namespace) -> int:
         weights_version,
     )
 
-    try:
-        with np.load(args.rois, allow_pickle=False) as z:
-            data = RoiSet(
-                z["rois"].astype(np.float32, copy=False),
-                z["size_class"].astype(np.int64),
-                z["texture"].astype(np.int64),
-                z["patient"],
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        print(f"dicom-node train: cannot read {args.rois}: {exc}", file=sys.stderr)
-        return 2
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    _, c, h, w = data.rois.shape
-    if h != w:
-        print(f"dicom-node train: ROIs must be square, got {h}x{w}", file=sys.stderr)
-        return 2
-    model_kwargs: dict[str, Any] = {"in_channels": c, "roi_size": h, "n_bits": args.bits}
+    model_kwargs: dict[str, Any] = {"n_bits": args.bits}
     if args.growth:
         model_kwargs["growth"] = args.growth
+    if args.phantom:
+        from ai.hashing.data import phantom_rois
+
+        model_cfg = HashNetConfig(**model_kwargs)
+        train_set = phantom_rois(
+            args.phantom, model=model_cfg, seed=args.seed, workers=args.workers
+        )
+        held_out = phantom_rois(
+            max(8, args.phantom // 4),
+            model=model_cfg,
+            seed=args.seed + 10_000,
+            workers=args.workers,
+        )
+        source = (
+            f"phantom patch mode, seeds {args.seed} (train) and {args.seed + 10_000} (held out)"
+        )
+        if args.save_rois:
+            np.savez(
+                args.save_rois,
+                rois=np.concatenate([train_set.rois, held_out.rois]),
+                size_class=np.concatenate([train_set.size_class, held_out.size_class]),
+                texture=np.concatenate([train_set.texture, held_out.texture]),
+                patient=np.concatenate([train_set.patient, held_out.patient]),
+            )
+    else:
+        try:
+            with np.load(args.rois, allow_pickle=False) as z:
+                data = RoiSet(
+                    z["rois"].astype(np.float32, copy=False),
+                    z["size_class"].astype(np.int64),
+                    z["texture"].astype(np.int64),
+                    z["patient"],
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"dicom-node train: cannot read {args.rois}: {exc}", file=sys.stderr)
+            return 2
+        _, c, h, w = data.rois.shape
+        if h != w:
+            print(f"dicom-node train: ROIs must be square, got {h}x{w}", file=sys.stderr)
+            return 2
+        model_kwargs.update(in_channels=c, roi_size=h)
+        train_set, held_out = data.split_by_patient(args.held_out, seed=args.seed)
+        source = str(args.rois)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -174,7 +217,6 @@ def run(args: argparse.Namespace) -> int:
         amp=not args.no_amp,
         model=HashNetConfig(**model_kwargs),
     )
-    train_set, held_out = data.split_by_patient(args.held_out, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = args.out / CHECKPOINT_FILE
     resume = None
@@ -209,10 +251,10 @@ def run(args: argparse.Namespace) -> int:
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
-        "input_shape": [c, h, w],
+        "input_shape": [config.model.in_channels, config.model.roi_size, config.model.roi_size],
         "n_parameters": result.model.n_parameters(),
         "data": {
-            "source": str(args.rois),
+            "source": source,
             "n_train": len(train_set),
             "n_held_out": len(held_out),
             "train_patients": int(np.unique(train_set.patient).size),
