@@ -113,7 +113,9 @@ def test_truth_centres_land_on_the_nodules_read_from_files(cohort):
             voxels = np.argwhere(region)
             centroid_zyx = (voxels * weights[region][:, None]).sum(axis=0) / weights[region].sum()
             centroid = volume.voxel_to_world(centroid_zyx)
-            if nodule["location"] != "juxtavascular":  # a vessel in the region pulls the centroid
+            # pleura or a vessel beside the nodule pulls this simple centroid; every location is
+            # checked exactly (image with minus without the nodule) in tests/unit/ai/test_volume.py
+            if nodule["location"] == "isolated":
                 assert np.linalg.norm(centroid - np.asarray(nodule["center_xyz"])) < 1.0, nodule
             zyx = np.rint(volume.world_to_voxel(nodule["center_xyz"])).astype(int)
             assert volume.array[tuple(zyx)] > lungs_background(volume, lungs) + 150
