@@ -105,24 +105,47 @@ class NoduleCandidate:
 
 
 def _gaussian_kernel(sigma_vox: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3.0 * sigma_vox)))
+    radius = max(1, int(math.ceil(2.5 * sigma_vox)))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (x / max(sigma_vox, 1e-3)) ** 2)
     return k / k.sum()
 
 
-def _smooth(
-    image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, float]
-) -> torch.Tensor:
-    x = image[None, None]
+def _pad_edge(a: torch.Tensor, axis: int, width: int) -> torch.Tensor:
+    """Replicate the first and last planes of ``a`` along ``axis`` ``width`` times."""
+    n = a.shape[axis]
+    shape = list(a.shape)
+    shape[axis] = width
+    return torch.cat([a.narrow(axis, 0, 1).expand(shape), a, a.narrow(axis, n - 1, 1).expand(shape)], dim=axis)
+
+
+def _smooth(image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, float]) -> torch.Tensor:
+    """Separable Gaussian (edges replicated) by shifted adds: faster than conv3d with 1-D kernels on CPU."""
+    out = image
     for axis, s in enumerate(spacing):
-        k = _gaussian_kernel(sigma_mm / s).to(image.device)
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = k.numel()
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = k.numel() // 2
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), k.view(shape))
-    return x[0, 0]
+        kernel = _gaussian_kernel(sigma_mm / s).tolist()
+        width = len(kernel) // 2
+        n = out.shape[axis]
+        padded = _pad_edge(out, axis, width)
+        acc = torch.zeros_like(out)
+        for i, weight in enumerate(kernel):
+            acc.add_(padded.narrow(axis, i, n), alpha=weight)
+        out = acc
+    return out
+
+
+def _diff(a: torch.Tensor, axis: int, h: float) -> torch.Tensor:
+    """Central first difference along ``axis`` (edges replicated)."""
+    padded = _pad_edge(a, axis, 1)
+    n = a.shape[axis]
+    return (padded.narrow(axis, 2, n) - padded.narrow(axis, 0, n)) / (2.0 * h)
+
+
+def _diff2(a: torch.Tensor, axis: int, h: float) -> torch.Tensor:
+    """Central second difference along ``axis`` (edges replicated)."""
+    padded = _pad_edge(a, axis, 1)
+    n = a.shape[axis]
+    return (padded.narrow(axis, 2, n) - 2.0 * a + padded.narrow(axis, 0, n)) / (h * h)
 
 
 def _eigenvalues(
@@ -154,11 +177,12 @@ def _dot_response(
     """Scale-normalised dot filter ``sigma**2 * l3**2 / |l1|`` (0 unless all eigenvalues < 0)."""
     sz, sy, sx = spacing
     smooth = _smooth(image, sigma, spacing)
-    gz, gy, gx = torch.gradient(smooth, spacing=(sz, sy, sx))
-    hzz, hzy, hzx = torch.gradient(gz, spacing=(sz, sy, sx))
-    hyy, hyx = torch.gradient(gy, spacing=(sy, sx), dim=(1, 2))
-    hxx = torch.gradient(gx, spacing=(sx,), dim=(2,))[0]
-    del gz, gy, gx, smooth
+    hzz, hyy, hxx = _diff2(smooth, 0, sz), _diff2(smooth, 1, sy), _diff2(smooth, 2, sx)
+    gz = _diff(smooth, 0, sz)
+    hzy, hzx = _diff(gz, 1, sy), _diff(gz, 2, sx)
+    del gz
+    hyx = _diff(_diff(smooth, 1, sy), 2, sx)
+    del smooth
     # a negative-definite Hessian has negative diagonal entries: solve only there
     candidate = (hxx < 0) & (hyy < 0) & (hzz < 0)
     out = torch.zeros_like(hxx)
@@ -466,8 +490,7 @@ def find_nodules(
     lungs = lung_mask.lungs
     if not lungs.any():
         return []
-    margin = [int(math.ceil(max_diameter_mm / s)) for s in volume.spacing]
-    box = lung_bbox(lungs, margin=max(margin))
+    box = lung_bbox(lungs, margin=int(math.ceil(0.5 * max_diameter_mm / min(volume.spacing))))
     hu = np.asarray(volume.array[box], dtype=np.float32)
     labels = lung_mask.labels[box]
     region_t = torch.zeros(hu.shape, dtype=torch.bool, device=device)

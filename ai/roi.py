@@ -40,7 +40,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from ai.lungs import LungMask, dilate_mask
+from ai.lungs import LungMask
 from ai.types import Volume
 
 __all__ = ["HU_WINDOW", "VIEWS", "extract_rois", "rois_from_points"]
@@ -100,7 +100,8 @@ def extract_rois(
     views : sequence of str
         Subset of :data:`VIEWS`, in the channel order wanted.
     lung_margin_mm : float
-        The lung mask is dilated by about this much before masking.
+        The lung mask, sampled on the same planes, is dilated in-plane by
+        this much (a square of side ``2 * margin``) before masking.
     device : str or torch.device
         Where the resampling runs.
 
@@ -135,7 +136,7 @@ def extract_rois(
         offsets.append(depth_1d[:, None, None, None] * normal + plane[None])
     offset = np.concatenate(offsets, axis=0)
     # one crop per ROI, all the same size, holding every sample of that ROI
-    reach = math.sqrt(2.0) * fov_mm / 2.0 + abs(depth_1d).max() + lung_margin_mm + 2.0
+    reach = math.sqrt(2.0) * fov_mm / 2.0 + abs(depth_1d).max() + 2.0
     half = np.asarray([int(math.ceil(reach / s)) + 1 for s in volume.spacing])
     centre_vox = np.round(volume.world_to_voxel(centres)).astype(int)
     hu_crops = np.full((n, *(2 * half + 1)), HU_WINDOW[0], dtype=np.float32)
@@ -152,10 +153,6 @@ def extract_rois(
         if lung_mask is not None:
             lung_crops[i][dst] = lung_mask.labels[src] > 0
     hu_t = torch.from_numpy(hu_crops).to(device)[:, None]
-    if lung_mask is not None:
-        radius = max(1, int(round(lung_margin_mm / max(volume.spacing))))
-        masks = torch.stack([dilate_mask(torch.from_numpy(m).to(device), radius) for m in lung_crops])
-        hu_t = torch.where(masks[:, None], hu_t, torch.full_like(hu_t, HU_WINDOW[0]))
     # sample positions in crop voxel coordinates, normalised for grid_sample (x, y, z order)
     points = centres[:, None, None, None, :] + offset[None]  # (n, C, size, size, 3)
     vox = volume.world_to_voxel(points) - (centre_vox - half)[:, None, None, None, :]
@@ -163,6 +160,14 @@ def extract_rois(
     norm = 2.0 * vox / extent - 1.0
     grid = torch.from_numpy(norm[..., ::-1].copy()).to(device=device, dtype=torch.float32)
     sampled = F.grid_sample(hu_t, grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+    if lung_mask is not None:
+        # the lung mask is sampled on the same planes and dilated in-plane by the margin
+        lung_t = torch.from_numpy(lung_crops).to(device)[:, None].to(torch.float32)
+        inside = F.grid_sample(lung_t, grid, mode="nearest", padding_mode="zeros", align_corners=True)[:, 0]
+        radius = max(0, int(round(lung_margin_mm / pixel)))
+        if radius:
+            inside = F.max_pool2d(inside, kernel_size=2 * radius + 1, stride=1, padding=radius)
+        sampled = torch.where(inside > 0.5, sampled, torch.full_like(sampled, HU_WINDOW[0]))
     low, high = HU_WINDOW
     out = ((sampled - low) / (high - low)).clamp(0.0, 1.0)
     result: npt.NDArray[np.float32] = out.cpu().numpy().astype(np.float32, copy=False)
