@@ -71,6 +71,8 @@ class AIProcessor:
         self.version = model.version
         self.device = resolve_device(settings.worker.device)
         self.model.net.to(self.device)
+        self.last_timings: dict[str, float] = {}
+        """Seconds per step of the last processed series (read, lungs, nodules, rois, codes, store)."""
 
     def process(self, series_instance_uid: str) -> Outcome:
         """Process one completed series (see the module docstring)."""
@@ -78,28 +80,32 @@ class AIProcessor:
         paths = [
             self.store.path_of(p) for p in self.catalog.series_instance_paths(series_instance_uid)
         ]
+        started = time.perf_counter()
         headers = [dcmread(p, stop_before_pixels=True) for p in paths]
         reason = disqualification(headers, rules)
         if reason is not None:
             return Outcome(SeriesState.SKIPPED, reason)
-        started = time.perf_counter()
         try:
             volume = load_series(paths)
+            self.last_timings = {"read": time.perf_counter() - started}
             analysis = analyse_volume(
                 volume, self.model.net, device=self.device, model_version=self.version
             )
         except AIError as exc:
             return Outcome(SeriesState.SKIPPED, f"{exc.__class__.__name__}: {exc}")
+        self.last_timings |= analysis.seconds
         if analysis.lung_volume_ml < rules.min_lung_volume_ml:
             return Outcome(
                 SeriesState.SKIPPED,
                 f"lungs {analysis.lung_volume_ml:.0f} ml, under {rules.min_lung_volume_ml:.0f} ml",
             )
+        stored = time.perf_counter()
         old_ids = self.catalog.nodule_ids_of_series(series_instance_uid, self.version)
         new_ids = self.catalog.replace_nodules(
             series_instance_uid, self.version, self._rows(analysis)
         )
         self.index.replace_series(old_ids, new_ids)
+        self.last_timings["store"] = time.perf_counter() - stored
         elapsed = time.perf_counter() - started
         return Outcome(
             SeriesState.INDEXED,

@@ -70,6 +70,7 @@ def test_storescu_series_arrives_identical_catalogued_then_complete(
     # Patient names and IDs never reach the logs, pynetdicom's included.
     assert PATIENT_NAME.split("^")[0] not in caplog.text
     assert PATIENT_ID not in caplog.text
+    assert "19500101" not in caplog.text  # PatientBirthDate
 
 
 @pytest.mark.parametrize(
