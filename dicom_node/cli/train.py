@@ -11,7 +11,8 @@ LIDC-IDRI findings through ``ai.roi``), of which a patient-disjoint fraction
 Output folder: ``model.safetensors`` (weights), ``model_card.json`` and
 ``MODEL_CARD.md`` (data, configuration, history, metrics and the version id =
 hash of the weights), and ``checkpoint.pt`` after every epoch, from which
-``--resume`` goes on. :func:`load_model_dir` reads such a folder back.
+``--resume`` goes on. :func:`dicom_node.model.load_model_dir` reads such a
+folder back (and checks the version against the weights).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODEL_FILE = "model.safetensors"
-CARD_FILE = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -93,24 +92,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_model_dir(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """``(HashNet in eval mode, model card dict)`` from a folder written by ``dicom-node train``.
-
-    Raises ``ValueError`` if the weights' hash is not the card's version id.
-    """
-    from ai.hashing.model import HashNetConfig
-    from ai.hashing.train import model_from_bytes, weights_version
-
-    folder = Path(folder)
-    card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-    weights = (folder / MODEL_FILE).read_bytes()
-    if weights_version(weights) != card["version"]:
-        raise ValueError(
-            f"{folder / MODEL_FILE} does not match the model card's version {card['version']}"
-        )
-    return model_from_bytes(weights, HashNetConfig(**card["config"]["model"])), card
-
-
 def _card_markdown(card: dict[str, Any]) -> str:
     m = card["metrics_held_out"]
     lines = [
@@ -159,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         weights_to_bytes,
         weights_version,
     )
+    from dicom_node.model import CARD_FILE, MODEL_FILE
 
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

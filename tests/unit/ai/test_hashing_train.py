@@ -87,7 +87,7 @@ def test_split_by_patient_is_disjoint() -> None:
 
 def test_train_cli_writes_weights_card_and_resumes(tmp_path) -> None:
     from dicom_node.cli import main
-    from dicom_node.cli.train import load_model_dir
+    from dicom_node.model import load_model_dir
 
     data = toy_rois(64)
     npz = tmp_path / "rois.npz"
@@ -113,7 +113,8 @@ def test_train_cli_writes_weights_card_and_resumes(tmp_path) -> None:
     ]
     assert main([*argv, "--epochs", "1"]) == 0
     card = json.loads((out / "model_card.json").read_text())
-    model, card2 = load_model_dir(out)
+    loaded = load_model_dir(out)
+    model, card2 = loaded.net, loaded.card
     assert (
         card2["version"]
         == card["version"]
