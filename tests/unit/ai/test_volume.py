@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +264,19 @@ def test_paths_and_datasets_give_the_same_volume(tiny, tmp_path):
     from_memory = load_series(tiny, spacing=None)
     assert np.array_equal(from_files.array, from_memory.array)
     assert from_files.origin == from_memory.origin
+
+
+SHARED_TOTALSEG = (
+    Path(__file__).resolve().parents[4] / "shared" / "data" / "totalseg-example-ct-dicom.tar.gz"
+)
+
+
+@pytest.mark.skipif(not SHARED_TOTALSEG.exists(), reason="shared/data sample not present")
+def test_real_jpeg2000_series_with_empty_uids(tmp_path):
+    with tarfile.open(SHARED_TOTALSEG) as archive:
+        archive.extractall(tmp_path, filter="data")
+    files = [p for p in tmp_path.rglob("CT.*") if p.is_file()]
+    volume = load_series(files, spacing=None)
+    assert volume.shape == (20, 512, 512)
+    assert volume.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
+    assert volume.array.min() == -1024 and volume.array.max() > 1000  # air and bone in HU
