@@ -7,6 +7,7 @@ Examples::
         --compression jpeg-ls
     dicom-node synth luna --patients 2 --format luna16      # .mhd/.raw + annotations.csv
     dicom-node synth lidc --patients 1 --format lidc        # DICOM + readers' XML
+    dicom-node synth train --format patches --count 5000 --workers 16   # patches.npz
 """
 
 from __future__ import annotations
@@ -63,10 +64,22 @@ def add_subparser(subparsers: Any) -> None:
     )
     output.add_argument(
         "--format",
-        choices=("dicom", "luna16", "lidc"),
+        choices=("dicom", "luna16", "lidc", "patches"),
         default="dicom",
-        help="dicom cohort (default), LUNA16 .mhd/.raw sample or LIDC-IDRI DICOM + XML sample",
+        help="dicom cohort (default), LUNA16 .mhd/.raw sample, LIDC-IDRI DICOM + XML sample, "
+        "or OUT/patches.npz of labelled 3-D training patches (patch mode)",
     )
+    patches = parser.add_argument_group("Patch Mode Options (--format patches)")
+    patches.add_argument("--count", type=int, default=1000, help="patches (default 1000)")
+    patches.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        default=(32, 64, 64),
+        metavar=("Z", "Y", "X"),
+        help="patch size in voxels (default 32 64 64)",
+    )
+    patches.add_argument("--patch-mm", type=float, default=1.0, help="voxel size (default 1 mm)")
     output.add_argument(
         "--preview", action="store_true", help="also write OUT/preview.png (dicom format)"
     )
@@ -83,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices
     )
     started = time.perf_counter()
+    if args.format == "patches":
+        return _write_patches(args)
     if args.format != "dicom":
         from ai.phantom import first_studies
         from ai.readers.lidc import write_lidc_sample
@@ -124,4 +139,32 @@ def run(args: argparse.Namespace) -> int:
 
         png = preview_cohort(args.out, args.out / "preview.png")
         print(f"preview:     {png}")
+    return 0
+
+
+def _write_patches(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from ai.phantom.patches import make_patches
+
+    started = time.perf_counter()
+    batch = make_patches(
+        args.count,
+        seed=args.seed,
+        size_zyx=tuple(args.patch_size),
+        spacing_mm=args.patch_mm,
+        anatomy_scale=args.scale,
+        noise_hu=args.noise,
+        workers=args.workers,
+    )
+    elapsed = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "patches.npz"
+    np.savez_compressed(path, **dataclasses.asdict(batch))
+    print(
+        f"{len(batch)} patches ({int(batch.has_nodule.sum())} with a nodule) in {elapsed:.1f} s "
+        f"({len(batch) / elapsed:.0f}/s): {path}"
+    )
     return 0

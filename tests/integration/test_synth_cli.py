@@ -163,3 +163,23 @@ def test_public_formats_from_the_cli(tmp_path):
         main(["synth", str(tmp_path / "lidc"), "--patients", "1", "--format", "lidc", *SMALL]) == 0
     )
     assert len(list((tmp_path / "lidc").rglob("*.xml"))) == 1
+
+
+def test_patch_mode_from_the_cli(tmp_path):
+    argv = [
+        "synth",
+        str(tmp_path),
+        "--format",
+        "patches",
+        "--count",
+        "6",
+        "--patch-size",
+        "8",
+        "16",
+        "16",
+    ]
+    assert main([*argv, "--patch-mm", "2", "--scale", "0.6"]) == 0
+    with np.load(tmp_path / "patches.npz") as data:
+        assert data["patches"].shape == (6, 8, 16, 16)
+        assert data["size_class"].shape == (6,)
+        assert float(data["spacing_mm"]) == 2.0
