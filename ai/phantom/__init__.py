@@ -2,8 +2,12 @@
 
 - :mod:`ai.phantom.anatomy`: analytic anatomy and vessel trees of a patient.
 - :mod:`ai.phantom.nodules`: :class:`NoduleTruth`, lesion planning and placement.
+- :mod:`ai.phantom.grid`: drawing the anatomy, nodules and scanner on any axial grid.
 - :mod:`ai.phantom.render`: one study into a scanner grid (:func:`synthesize_study`).
-- :mod:`ai.phantom.dicom`: DICOM CT series of a study; :func:`write_cohort`.
+- :mod:`ai.phantom.dicom`: DICOM CT series of a study.
+- :mod:`ai.phantom.cohort`: :func:`write_cohort` (DICOM, annotations.csv, truth.json, masks).
+- :mod:`ai.phantom.patches`: patch mode, :func:`ai.phantom.patches.make_patches`.
+- :mod:`ai.phantom.preview`: the PNG montage of a written cohort.
 
 Lung mask labels: 0 outside the lungs, 1 the patient's right lung (negative
 LPS ``x``), 2 the patient's left lung. Size classes come from

@@ -1,7 +1,7 @@
 """Patch mode: nodule-centred and nodule-free 3-D patches with labels, for training.
 
 No whole volume is made: each patch renders only its own small grid
-(:func:`ai.phantom.render.render_grid`), around a fresh nodule placed in one of
+(:func:`ai.phantom.grid.render_grid`), around a fresh nodule placed in one of
 a small pool of synthetic patients (isolated, juxtapleural or juxtavascular as
 drawn), or around a random lung point for a negative (half of them at a
 vessel, the hard case). Sizes, textures, shapes and locations are drawn
@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from ai.classes import size_class
 from ai.phantom.anatomy import Patient, make_patient
+from ai.phantom.grid import render_grid
 from ai.phantom.nodules import (
     LOCATIONS,
     SHAPES,
@@ -32,7 +33,7 @@ from ai.phantom.nodules import (
     plan_tracks,
     random_lung_point,
 )
-from ai.phantom.render import process_pool, render_grid
+from ai.phantom.render import process_pool
 
 __all__ = ["PatchBatch", "make_patches"]
 
