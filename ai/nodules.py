@@ -310,6 +310,7 @@ def _measure(
     if level < SOLID_HU:
         # sub-solid: leave out what is much denser (vessels); enclosed solid cores are refilled below
         binary &= smooth < level + (level - background_hu)
+        binary = ndimage.binary_fill_holes(binary)  # a part-solid nodule's core is enclosed by its halo
     inner = ndimage.distance_transform_edt(binary, sampling=spacing)
     # re-centre on the thickest point near the seed (coarse-scale seeds are a few mm off)
     reach = dist <= max(r, max(spacing))
@@ -326,6 +327,7 @@ def _measure(
         binary = smooth > 0.5 * (background_hu + level)
         if level < SOLID_HU:
             binary &= smooth < level + (level - background_hu)
+            binary = ndimage.binary_fill_holes(binary)
     opening = max(0.65 * thickness, 0.5 * max(spacing))
     opened = ndimage.binary_opening(binary, structure=_ball(opening, spacing))
     comp, _ = ndimage.label(opened)
