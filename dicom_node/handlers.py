@@ -17,7 +17,7 @@ from dicom_node.errors import InvalidDataset
 from dicom_node.ingest import Ingest
 from dicom_node.query import parse_identifier, response_identifier
 from dicom_node.similarity import SimilarityService, index_study_of_query, similar_study_identifier
-from dicom_node.status import Status, find_failure_for, status_dataset, store_guard
+from dicom_node.status import Status, find_guard, status_dataset, store_guard
 from storage.catalog import Catalog
 
 __all__ = ["handle_find", "handle_find_similar", "handle_store"]
@@ -74,6 +74,7 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
     return status_dataset(Status.SUCCESS)
 
 
+@find_guard
 def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset | None]]:
     """Handle a Study Root C-FIND request over the catalog.
 
@@ -102,24 +103,15 @@ def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset |
     0xC300 Failed - Unable to process
         Anything else (logged with a trace).
     """
-    try:
-        query = parse_identifier(event.identifier)
-        rows = catalog.find(query.level.value, query.matches)
-        for row in rows:
-            if event.is_cancelled:
-                yield int(Status.CANCEL), None
-                return
-            yield int(Status.PENDING), response_identifier(query, row)
-    except Exception as exc:  # noqa: BLE001 - the one mapping point for C-FIND
-        status = find_failure_for(exc)
-        if status is Status.UNABLE_TO_PROCESS:
-            logger.exception("C-FIND failed unexpectedly")
-        else:
-            logger.warning("C-FIND answered 0x%04X: %s", int(status), exc)
-        yield int(status), status_dataset(status, str(exc))
-        return
+    query = parse_identifier(event.identifier)
+    for row in catalog.find(query.level.value, query.matches):
+        if event.is_cancelled:
+            yield int(Status.CANCEL), None
+            return
+        yield int(Status.PENDING), response_identifier(query, row)
 
 
+@find_guard
 def handle_find_similar(
     event: Event, service: SimilarityService
 ) -> Iterator[tuple[int, Dataset | None]]:
@@ -149,31 +141,22 @@ def handle_find_similar(
     0xC300 Failed - Unable to process
         Anything else (logged with a trace).
     """
-    try:
-        query = index_study_of_query(event.identifier)
-        index_uid, folder, similar = service.answer(query)
-        calling = event.assoc.requestor.ae_title
-        for study in similar:
-            if event.is_cancelled:
-                yield int(Status.CANCEL), None
-                return
-            assert folder is not None and index_uid is not None
-            yield (
-                int(Status.PENDING),
-                similar_study_identifier(
-                    study,
-                    folder=folder,
-                    index_study_instance_uid=index_uid,
-                    return_keys=query.return_keys,
-                    policy=service.policy,
-                    calling_ae_title=calling,
-                ),
-            )
-    except Exception as exc:  # noqa: BLE001 - the one mapping point for this C-FIND
-        status = find_failure_for(exc)
-        if status is Status.UNABLE_TO_PROCESS:
-            logger.exception("similarity C-FIND failed unexpectedly")
-        else:
-            logger.warning("similarity C-FIND answered 0x%04X: %s", int(status), exc)
-        yield int(status), status_dataset(status, str(exc))
-        return
+    query = index_study_of_query(event.identifier)
+    index_uid, folder, similar = service.answer(query)
+    calling = event.assoc.requestor.ae_title
+    for study in similar:
+        if event.is_cancelled:
+            yield int(Status.CANCEL), None
+            return
+        assert folder is not None and index_uid is not None
+        yield (
+            int(Status.PENDING),
+            similar_study_identifier(
+                study,
+                folder=folder,
+                index_study_instance_uid=index_uid,
+                return_keys=query.return_keys,
+                policy=service.policy,
+                calling_ae_title=calling,
+            ),
+        )

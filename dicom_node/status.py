@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from storage.errors import (
     UnsafeUIDError,
 )
 
-__all__ = ["Status", "status_dataset", "store_guard", "store_status_for"]
+__all__ = ["Status", "find_guard", "status_dataset", "store_guard", "store_status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,3 +133,28 @@ def find_failure_for(exc: BaseException) -> Status:
     if isinstance(exc, InvalidQuery):
         return Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     return Status.UNABLE_TO_PROCESS
+
+
+G = TypeVar("G", bound=Callable[..., Iterator[tuple[int, Dataset | None]]])
+
+
+def find_guard(func: G) -> G:
+    """Map every exception of a C-FIND handler (a generator) to a final failure status.
+
+    InvalidQuery becomes 0xA900 with its message; anything else 0xC300,
+    logged with a trace. Nothing reaches pynetdicom's generic handling.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[tuple[int, Dataset | None]]:
+        try:
+            yield from func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the one mapping point for C-FIND
+            status = find_failure_for(exc)
+            if status is Status.UNABLE_TO_PROCESS:
+                logger.exception("C-FIND failed unexpectedly")
+            else:
+                logger.warning("C-FIND answered 0x%04X: %s", int(status), exc)
+            yield int(status), status_dataset(status, str(exc))
+
+    return wrapper  # type: ignore[return-value]

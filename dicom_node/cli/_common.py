@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicom_node.errors import SettingsError
 from dicom_node.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from storage.catalog import Catalog
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, *, network: bool = False) -> None:
@@ -35,3 +41,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings | None:
     except SettingsError as exc:
         print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
         return None
+
+
+@contextmanager
+def open_catalog(settings: Settings) -> Iterator[Catalog]:
+    """The catalog of ``settings``, closed on exit."""
+    from storage.catalog import Catalog
+
+    catalog = Catalog(settings.catalog_url)
+    try:
+        yield catalog
+    finally:
+        catalog.close()

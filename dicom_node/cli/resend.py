@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dicom_node.cli._common import add_settings_arguments, settings_from_args
+from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -34,14 +34,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from storage.catalog import Catalog
-
-    catalog = Catalog(settings.catalog_url)
-    try:
+    with open_catalog(settings) as catalog:
         count = catalog.requeue_deliveries(
             sop_instance_uids=args.sop_instance_uids or None, include_done=args.include_delivered
         )
-    finally:
-        catalog.close()
     print(f"{count} deliveries queued again")
     return 0

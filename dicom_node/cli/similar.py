@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicom_node.cli._common import add_settings_arguments, settings_from_args
+from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -42,10 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     from dicom_node.similarity import PrivacyPolicy, SimilarityIndex
-    from storage.catalog import Catalog
 
-    catalog = Catalog(settings.catalog_url)
-    try:
+    with open_catalog(settings) as catalog:
         versions = catalog.model_versions()
         version = args.model_version or (versions[0] if len(versions) == 1 else None)
         if version is None:
@@ -77,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
             )
             priors = retriever.own_priors(query, study.get("patient_id"), study.get("study_date"))
             report.append(_record(query, study, matches, priors, policy, args.show_phi))
-    finally:
-        catalog.close()
     if args.png:
         _gallery(report, args.png)
     _strip_thumbnails(report)

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from dicom_node.cli._common import add_settings_arguments, settings_from_args
+from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -26,14 +26,11 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from storage.catalog import Catalog, DeliveryState
+    from storage.catalog import DeliveryState
 
-    catalog = Catalog(settings.catalog_url)
-    try:
+    with open_catalog(settings) as catalog:
         rows = catalog.summaries()
         deliveries = catalog.deliveries([DeliveryState.PENDING, DeliveryState.FAILED])
-    finally:
-        catalog.close()
     delivery_records = [
         {
             "sop_instance_uid": d.sop_instance_uid,
