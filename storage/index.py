@@ -25,9 +25,9 @@ the joint distance ranks that pool. ``pool=0`` ranks every nodule by the joint
 distance (flat, exact). Each nodule may carry a small integer label (the
 predicted size class): ``allowed_labels`` restricts a query to some labels,
 the class filter of hierarchical retrieval; the coarse layer is also kept per
-label, so a filtered coarse pass scans only the allowed labels' rows. Results are sorted by ``(D, id)``, so the two backends
-(``"numpy"`` and ``"torch"``) and a save/load round trip give identical
-``(D, I)``.
+label, so a filtered coarse pass scans only the allowed labels' rows.
+Results are sorted by ``(D, id)``, so the two backends (``"numpy"`` and
+``"torch"``) and a save/load round trip give identical ``(D, I)``.
 
 The numpy backend scans in cache-sized chunks with a shrinking distance
 threshold and splits the rows over threads (numpy ufuncs release the GIL).
