@@ -109,8 +109,10 @@ def dilate_mask(mask: torch.Tensor, iterations: int = 1, *, ball: bool = True) -
     """
     x = _as_5d(mask)
     for i in range(iterations):
-        if ball and i % 2 == 0:
-            x = F.max_pool3d(x, kernel_size=3, stride=1, padding=1)
+        if ball and i % 2 == 0:  # 3x3x3 cube as three separable 1-D pools
+            x = F.max_pool3d(x, kernel_size=(3, 1, 1), stride=1, padding=(1, 0, 0))
+            x = F.max_pool3d(x, kernel_size=(1, 3, 1), stride=1, padding=(0, 1, 0))
+            x = F.max_pool3d(x, kernel_size=(1, 1, 3), stride=1, padding=(0, 0, 1))
         else:
             x = torch.maximum(
                 torch.maximum(
@@ -132,7 +134,7 @@ def close_mask(
 ) -> torch.Tensor:
     """Close a mask with a ball of ``radius_mm``, on a coarse isotropic grid.
 
-    The mask is pooled to a grid of about ``radius_mm / 4`` mm (never finer
+    The mask is pooled to a grid of about ``radius_mm / 2.5`` mm (never finer
     than the volume), closed there with a ball-like element, and only the
     voxels the closing adds are brought back (nearest neighbour) to the fine
     grid, so the original mask is never eroded.
@@ -153,7 +155,7 @@ def close_mask(
     """
     if radius_mm <= 0 or not bool(mask.any()):
         return mask
-    coarse_mm = max(max(spacing), radius_mm / 4.0)
+    coarse_mm = max(max(spacing), radius_mm / 2.5)
     factors = [max(1, int(round(coarse_mm / s))) for s in spacing]
     pad = [(f - n % f) % f for n, f in zip(mask.shape, factors, strict=True)]
     x = F.pad(_as_5d(mask), (0, pad[2], 0, pad[1], 0, pad[0]))
@@ -210,7 +212,10 @@ def lung_bbox(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, slic
 # --------------------------------------------------------------------------- steps
 
 
-def _internal_air(air: npt.NDArray[np.bool_], min_fraction: float) -> npt.NDArray[np.bool_]:
+def _internal_air(
+    air: npt.NDArray[np.bool_], min_fraction: float
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """All air not connected to the in-plane faces, and its large components."""
     labels = cc3d.connected_components(air, connectivity=6)
     faces = np.concatenate(
         [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
@@ -219,10 +224,10 @@ def _internal_air(air: npt.NDArray[np.bool_], min_fraction: float) -> npt.NDArra
     sizes[0] = 0
     sizes[np.unique(faces)] = 0
     if sizes.max(initial=0) == 0:
-        return np.zeros_like(air)
-    keep = sizes >= max(1, min_fraction * sizes.max())
-    result: npt.NDArray[np.bool_] = keep[labels]
-    return result
+        return np.zeros_like(air), np.zeros_like(air)
+    inside: npt.NDArray[np.bool_] = (sizes > 0)[labels]
+    keep: npt.NDArray[np.bool_] = (sizes >= max(1, min_fraction * sizes.max()))[labels]
+    return inside, keep
 
 
 def _superior_order(volume: Volume) -> int:
@@ -421,10 +426,11 @@ def segment_lungs(
     started = time.perf_counter()
     hu = torch.as_tensor(np.asarray(volume.array), device=device).to(torch.float32)
     air = (hu < air_threshold_hu).cpu().numpy()
-    internal = _internal_air(air, min_component_fraction)
+    all_internal, internal = _internal_air(air, min_component_fraction)
     if not internal.any():
         raise NotALungCT("no internal air region: not a chest CT or the body is cut by the field of view")
-    airway = _find_airway(hu, internal, volume, airway_threshold_hu)
+    # the trachea may be its own (small) component when the bronchi are thin: look in all internal air
+    airway = _find_airway(hu, all_internal, volume, airway_threshold_hu)
     if airway.any():
         rim = dilate_mask(torch.from_numpy(airway).to(device), 1, ball=False).cpu().numpy()
         lungs_np = internal & ~rim

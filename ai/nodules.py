@@ -453,7 +453,7 @@ def find_nodules(
     saturation_hu: float = -450.0,
     min_response: float = 0.12,
     max_seeds: int = 400,
-    min_confidence: float = 0.05,
+    min_confidence: float = 0.01,
 ) -> list[NoduleCandidate]:
     """Find nodule candidates inside the lungs.
 
@@ -542,7 +542,7 @@ def find_nodules(
         )
         if cand is None or cand.confidence < min_confidence:
             continue
-        if not (0.6 * min_diameter_mm <= cand.diameter_mm <= 1.3 * max_diameter_mm):
+        if not (min_diameter_mm <= cand.diameter_mm <= 1.3 * max_diameter_mm):
             continue
         candidates.append(_shift(cand, box, volume))
     result = _merge(candidates)

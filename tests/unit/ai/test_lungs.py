@@ -187,3 +187,13 @@ def test_cuda_matches_cpu(chest: Chest, mask: LungMask) -> None:
     on_gpu = segment_lungs(chest.volume, device="cuda")
     assert np.array_equal(on_gpu.labels, mask.labels)
     assert np.array_equal(on_gpu.airway, mask.airway)
+
+
+def test_phantom_lungs_match_the_truth_mask() -> None:
+    from ai.phantom import TEST_GEOMETRY, synthesize_study
+
+    study = synthesize_study(seed=11, geometry=TEST_GEOMETRY, anatomy_scale=0.6)
+    result = segment_lungs(study.volume)
+    for value in (1, 2):
+        assert dice(result.labels == value, study.lung_mask == value) > 0.97, value
+    assert not (result.airway & (study.lung_mask > 0)).any()
