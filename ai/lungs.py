@@ -130,11 +130,11 @@ def erode_mask(mask: torch.Tensor, iterations: int = 1, *, ball: bool = True) ->
 
 
 def close_mask(
-    mask: torch.Tensor, radius_mm: float, spacing: tuple[float, float, float]
+    mask: torch.Tensor, radius_mm: float, spacing: tuple[float, float, float], *, grid_steps: float = 4.0
 ) -> torch.Tensor:
     """Close a mask with a ball of ``radius_mm``, on a coarse isotropic grid.
 
-    The mask is pooled to a grid of about ``radius_mm / 2.5`` mm (never finer
+    The mask is pooled to a grid of about ``radius_mm / grid_steps`` mm (never finer
     than the volume), closed there with a ball-like element, and only the
     voxels the closing adds are brought back (nearest neighbour) to the fine
     grid, so the original mask is never eroded.
@@ -147,6 +147,8 @@ def close_mask(
         Ball radius in mm; ``<= 0`` returns the mask unchanged.
     spacing : tuple of float
         ``(z, y, x)`` voxel size in mm.
+    grid_steps : float
+        Coarse voxels per radius (more is finer and slower).
 
     Returns
     -------
@@ -155,7 +157,7 @@ def close_mask(
     """
     if radius_mm <= 0 or not bool(mask.any()):
         return mask
-    coarse_mm = max(max(spacing), radius_mm / 2.5)
+    coarse_mm = max(max(spacing), radius_mm / grid_steps)
     factors = [max(1, int(round(coarse_mm / s))) for s in spacing]
     pad = [(f - n % f) % f for n, f in zip(mask.shape, factors, strict=True)]
     x = F.pad(_as_5d(mask), (0, pad[2], 0, pad[1], 0, pad[0]))
