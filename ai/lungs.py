@@ -186,7 +186,7 @@ def _fill_holes(
     """
     background = np.pad(~mask, 1, constant_values=True)
     labels = cc3d.connected_components(background, connectivity=6)
-    out = mask | ((labels != labels[0, 0, 0]) & (labels > 0))[1:-1, 1:-1, 1:-1]
+    out: npt.NDArray[np.bool_] = mask | ((labels != labels[0, 0, 0]) & (labels > 0))[1:-1, 1:-1, 1:-1]
     max_pixels = max_hole_mm2 / (spacing[1] * spacing[2])
     for z in np.flatnonzero(out.any(axis=(1, 2))):
         plane = np.pad(~out[z], 1, constant_values=True)

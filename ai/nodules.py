@@ -516,12 +516,12 @@ def find_nodules(
     peaks = (response == F.max_pool3d(response[None, None], 3, 1, 1)[0, 0]) & (
         response > min_response * SPHERE_RESPONSE
     )
-    idx = torch.nonzero(peaks)
-    values = response[peaks]
-    order = torch.argsort(values, descending=True)[:max_seeds]
-    idx, values = idx[order].cpu().numpy(), values[order].cpu().numpy()
+    peak_idx = torch.nonzero(peaks)
+    peak_values = response[peaks]
+    order = torch.argsort(peak_values, descending=True)[:max_seeds]
+    idx, values = peak_idx[order].cpu().numpy(), peak_values[order].cpu().numpy()
     scales = (
-        scale[tuple(torch.from_numpy(idx.T).to(device))].cpu().numpy()
+        scale[tuple(peak_idx[order].T)].cpu().numpy()
         if len(idx)
         else np.zeros(0, int)
     )
