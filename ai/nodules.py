@@ -295,9 +295,12 @@ def _measure(
     lo = [max(0, c - h) for c, h in zip(seed.zyx, half, strict=True)]
     hi = [min(n, c + h + 1) for c, h, n in zip(seed.zyx, half, hu.shape, strict=True)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    local = np.where(region[box], hu[box], background_hu).astype(np.float32)
+    dist = _distance(hu[box].shape, tuple(c - a for c, a in zip(seed.zyx, lo, strict=True)), spacing)
+    # the search region (lungs closed wide) only near the seed; farther out, the lungs themselves,
+    # so that chest wall the wide closing took in does not join a juxtapleural nodule's segment
+    allowed = (labels[box] > 0) | (region[box] & (dist <= 1.2 * r + max(spacing)))
+    local = np.where(allowed, hu[box], background_hu).astype(np.float32)
     smooth = ndimage.gaussian_filter(local, sigma=[0.6 / s for s in spacing], truncate=2.5)
-    dist = _distance(local.shape, tuple(c - a for c, a in zip(seed.zyx, lo, strict=True)), spacing)
     shell = (dist >= 0.35 * r) & (dist <= 0.75 * r)
     core = dist <= max(0.5 * r, min(spacing))
     level = float(np.median(smooth[shell])) if shell.any() else float(np.median(smooth[core]))
@@ -379,7 +382,7 @@ def _measure(
     left = np.count_nonzero(lab_values == 2)
     compact = min(1.0, diameter / max(long_axis, 1e-6))
     response = min(1.5, seed.response / SPHERE_RESPONSE)
-    score = response * compact**2 * (1.0 - leak) ** 2 / (1.0 + 0.6 * max(0.0, elongation - 1.3))
+    score = response * compact**2 * (1.0 - leak) / (1.0 + 0.6 * max(0.0, elongation - 1.3))
     zyx = points.mean(axis=0) + np.asarray(lo)
     bbox_lo = points.min(axis=0) + np.asarray(lo)
     bbox_hi = points.max(axis=0) + np.asarray(lo) + 1
