@@ -1,0 +1,153 @@
+"""The similar-case SR and the key-image montage: content, round trip, determinism."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pydicom.config
+import pytest
+
+from dicom_node.montage import MontageRow, build_key_image_montage
+from dicom_node.report import (
+    CODING_SCHEME,
+    ModelInfo,
+    NoduleFinding,
+    PriorMeasurement,
+    ReportUIDs,
+    SimilarCase,
+    build_similarity_sr,
+)
+from tests.factories import ct_slice
+
+MODEL = ModelInfo("dicom-node nodule hashing", "hn-0123456789abcdef")
+UIDS = ReportUIDs(
+    "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.9"
+)
+
+
+@pytest.fixture
+def evidence():
+    return [
+        ct_slice(i, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4") for i in range(3)
+    ]
+
+
+def _inputs():
+    findings = [
+        NoduleFinding(
+            "1.2.3.4.100", "Nodule 1", (10.0, 20.0, -30.0), 8.2, 9.5, 290.0, 20.0, "solid", "right"
+        ),
+        NoduleFinding(
+            "1.2.3.4.101",
+            "Nodule 2",
+            (-50.0, 5.0, -80.0),
+            14.1,
+            16.0,
+            1468.0,
+            -520.0,
+            "ground-glass",
+            "left",
+        ),
+    ]
+    similar = {
+        "1.2.3.4.100": [
+            SimilarCase(1, 14, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12"),
+            SimilarCase(2, 19, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34"),
+        ],
+        "1.2.3.4.101": [],
+    }
+    priors = {"1.2.3.4.100": [PriorMeasurement("1.2.8", "20230101", 7.0, 1.2, 17.1)]}
+    return findings, similar, priors
+
+
+def _strict_round_trip(dataset) -> pydicom.Dataset:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    saved = pydicom.config.settings.reading_validation_mode
+    pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
+    try:
+        buffer.seek(0)
+        read = pydicom.dcmread(buffer)
+        for _ in read.iterall():  # decode every element strictly
+            pass
+        return read
+    finally:
+        pydicom.config.settings.reading_validation_mode = saved
+
+
+def _content_items(ds):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _content_items(item)
+
+
+def _items(ds, meaning: str):
+    return [
+        item
+        for item in _content_items(ds)
+        if "ConceptNameCodeSequence" in item
+        and item.ConceptNameCodeSequence[0].CodeMeaning == meaning
+    ]
+
+
+def test_sr_holds_every_nodule_its_similar_cases_and_priors(evidence) -> None:
+    findings, similar, priors = _inputs()
+    sr = _strict_round_trip(build_similarity_sr(evidence, findings, similar, priors, MODEL, UIDS))
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.StudyInstanceUID == "1.2.3" and sr.PatientID == evidence[0].PatientID
+    assert [i.TextValue for i in _items(sr, "Tracking Identifier")] == ["Nodule 1", "Nodule 2"]
+    # Nodule 2 has no similar case: no empty container (ContentSequence is type 1C).
+    assert len(_items(sr, "Similar prior cases (other patients)")) == 1
+    assert [i.UID for i in _items(sr, "Study Instance UID")] == ["1.2.9", "1.2.10", "1.2.8"]
+    assert [i.TextValue for i in _items(sr, "Matched patient")] == ["CASE-AB12", "CASE-CD34"]
+    growth = _items(sr, "Diameter change, percent")
+    assert float(growth[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(17.1)
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == CODING_SCHEME
+    assert [i.TextValue for i in _items(sr, "Algorithm Version")] == [MODEL.version] * 2
+    # No image or composite reference may point into another patient's study.
+    assert not [i for i in _content_items(sr) if i.ValueType in ("IMAGE", "COMPOSITE")]
+
+
+def test_sr_without_nodules_is_valid_and_deterministic(evidence) -> None:
+    first = build_similarity_sr(evidence, [], {}, {}, MODEL, UIDS)
+    second = build_similarity_sr(evidence, [], {}, {}, MODEL, UIDS)
+    read = _strict_round_trip(first)
+    assert [i.TextValue for i in _items(read, "Tracking Identifier")] == ["Lungs"]
+    (summary,) = _items(read, "CAD Processing and Findings Summary")
+    assert summary.ConceptCodeSequence[0].CodeMeaning.startswith(
+        "All algorithms succeeded; without findings"
+    )
+    for ds in (first, second):  # the clock is the only input not passed in
+        for keyword in (
+            "ContentDate",
+            "ContentTime",
+            "InstanceCreationDate",
+            "InstanceCreationTime",
+        ):
+            if keyword in ds:
+                delattr(ds, keyword)
+        for item in ds.get("ContributingEquipmentSequence", []):
+            del item.ContributionDateTime
+    assert first == second
+
+
+def test_bad_vocabulary_is_refused(evidence) -> None:
+    finding = NoduleFinding(
+        "1.2.3.4.100", "Nodule 1", (0.0, 0.0, 0.0), 5.0, 5.0, 60.0, 0.0, "calcified", "right"
+    )
+    with pytest.raises(KeyError):
+        build_similarity_sr(evidence, [finding], {}, {}, MODEL, UIDS)
+    with pytest.raises(ValueError, match="evidence"):
+        build_similarity_sr([], [], {}, {}, MODEL, UIDS)
+
+
+def test_montage_is_an_rgb_secondary_capture_in_the_index_study(evidence) -> None:
+    roi = (np.arange(64 * 64) % 256).astype(np.uint8).reshape(64, 64)
+    rows = [MontageRow("Nodule 1: 8.2 mm solid", roi, [("#1 d=14", roi.T), ("#2 d=19", roi)])]
+    montage = _strict_round_trip(build_key_image_montage(evidence, rows, UIDS, model=MODEL))
+    assert montage.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert montage.StudyInstanceUID == "1.2.3" and montage.PhotometricInterpretation == "RGB"
+    pixels = montage.pixel_array
+    assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 10
