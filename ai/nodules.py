@@ -331,7 +331,7 @@ def _measure(
         if level < SOLID_HU:
             binary &= smooth < level + (level - background_hu)
             binary = ndimage.binary_fill_holes(binary)
-    opening = max(0.65 * thickness, 0.5 * max(spacing))
+    opening = max(0.72 * thickness, 0.5 * max(spacing))
     opened = ndimage.binary_opening(binary, structure=_ball(opening, spacing))
     comp, _ = ndimage.label(opened)
     near = comp[dist <= max(0.6 * thickness, max(spacing))]
