@@ -61,10 +61,14 @@ class Node:
             fsync=settings.storage.fsync,
         )
         self.catalog = Catalog(settings.catalog_url)
+        self.ingest = Ingest(self.store, self.catalog)
+        self.outbox = Outbox(
+            self.catalog, settings.instances_dir, settings.outbox, settings.ae_title
+        )
+        self.policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
         if processor is None:
             processor, similarity_index = self._default_processor(similarity_index)
         self.processor: Processor = processor
-        self.ingest = Ingest(self.store, self.catalog)
         self.queue = EmbeddedQueue(self._process, threads=settings.worker.threads)
         self.watcher = SeriesWatcher(
             self.catalog,
@@ -72,10 +76,6 @@ class Node:
             settings.series.check_interval_seconds,
             self.queue.submit,
         )
-        self.outbox = Outbox(
-            self.catalog, settings.instances_dir, settings.outbox, settings.ae_title
-        )
-        self.policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
         self.similarity_index = similarity_index
         self.similarity = SimilarityService(
             self.catalog,
@@ -97,10 +97,24 @@ class Node:
         model = load_model(self.settings.worker.model_dir)
         if model is None:
             return RecordingProcessor(), similarity_index
+        from dicom_node.reporting import Reporter
         from dicom_node.worker import AIProcessor
 
         index = similarity_index or SimilarityIndex(self.catalog, model.version)
-        return AIProcessor(self.settings, self.store, self.catalog, model, index), index
+        reporter = Reporter(
+            self.catalog,
+            self.store,
+            self.ingest,
+            self.outbox,
+            index,
+            model,
+            self.policy,
+            ae_title=self.settings.ae_title,
+        )
+        processor = AIProcessor(
+            self.settings, self.store, self.catalog, model, index, reporter=reporter
+        )
+        return processor, index
 
     @property
     def port(self) -> int:

@@ -25,6 +25,7 @@ from ai.volume import load_series
 from dicom_node.model import LoadedModel
 from dicom_node.processing import Outcome
 from dicom_node.qualification import disqualification
+from dicom_node.reporting import Reporter
 from dicom_node.settings import Settings
 from dicom_node.similarity import SimilarityIndex
 from storage.catalog import Catalog, SeriesState
@@ -53,6 +54,10 @@ class AIProcessor:
     model : LoadedModel
     index : SimilarityIndex
         Index of ``model.version``; new nodules are added to it.
+    reporter : Reporter, optional
+        Builds, keeps and sends the SR and key images after indexing; the
+        series then ends ``reported`` (``indexed`` without a reporter, or if
+        the report fails: the nodules are searchable either way).
     """
 
     def __init__(
@@ -62,12 +67,15 @@ class AIProcessor:
         catalog: Catalog,
         model: LoadedModel,
         index: SimilarityIndex,
+        *,
+        reporter: Reporter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.catalog = catalog
         self.model = model
         self.index = index
+        self.reporter = reporter
         self.version = model.version
         self.device = resolve_device(settings.worker.device)
         self.model.net.to(self.device)
@@ -107,6 +115,15 @@ class AIProcessor:
         self.index.replace_series(old_ids, new_ids)
         self.last_timings["store"] = time.perf_counter() - stored
         elapsed = time.perf_counter() - started
+        if self.reporter is not None:
+            reported = time.perf_counter()
+            try:
+                outcome = self.reporter.report(series_instance_uid)
+            except Exception as exc:  # noqa: BLE001 - indexed nodules stay searchable
+                logger.exception("report of series %s failed", series_instance_uid)
+                return Outcome(SeriesState.INDEXED, f"{len(new_ids)} nodules; report failed: {exc}")
+            self.last_timings["report"] = time.perf_counter() - reported
+            return Outcome(outcome.state, f"{outcome.reason}; {elapsed:.1f} s on {self.device}")
         return Outcome(
             SeriesState.INDEXED,
             f"{len(new_ids)} nodules, lungs {analysis.lung_volume_ml:.0f} ml, {elapsed:.1f} s on {self.device}",

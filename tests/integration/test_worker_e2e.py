@@ -9,7 +9,9 @@ shipped model in tests/integration/test_retrieval_quality.py.
 from __future__ import annotations
 
 import json
+import subprocess
 
+import pydicom
 import pytest
 import torch
 
@@ -18,8 +20,8 @@ from ai.hashing.train import weights_to_bytes, weights_version
 from ai.phantom import TEST_GEOMETRY, write_cohort
 from dicom_node.cli import main
 from dicom_node.model import CARD_FILE, MODEL_FILE
-from storage.catalog import SeriesState
-from tests.conftest import dcmtk, run_peer, wait_until
+from storage.catalog import DeliveryState, SeriesState
+from tests.conftest import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port, wait_until
 from tests.factories import write_ct_series
 
 pytestmark = pytest.mark.integration
@@ -50,40 +52,71 @@ def cohort(tmp_path_factory):
     return out
 
 
-def test_cohort_is_indexed_and_a_short_series_skipped(
+def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     tmp_path, cohort, tiny_model_dir, make_settings, start_node, capsys
 ) -> None:
-    settings = make_settings(
-        worker={"model_dir": str(tiny_model_dir)}, qualification={"min_lung_volume_ml": 100.0}
+    pacs_port = free_port()
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs = subprocess.Popen(
+        [dcmtk("storescp"), "-od", str(received), "-aet", "PACS", str(pacs_port)],
+        env=PEER_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    node = start_node(settings, processor=None)  # the AI pipeline, from worker.model_dir
-    short = write_ct_series(tmp_path / "short", 5)
-    sent = run_peer(
-        [
-            dcmtk("storescu"),
-            "-aec",
-            "DICOM_NODE",
-            "127.0.0.1",
-            str(node.port),
-            "+sd",
-            "+r",
-            str(cohort / "dicom"),
-            str(tmp_path / "short"),
-        ],
-        timeout=300,
-    )
-    assert sent.returncode == 0, sent.stderr[-2000:]
-
-    def settled() -> bool:
-        states = [s.state for s in node.catalog.summaries()]
-        return len(states) == 5 and all(
-            s in (SeriesState.INDEXED, SeriesState.SKIPPED, SeriesState.FAILED) for s in states
+    wait_for_port(pacs_port, process=pacs)
+    try:
+        settings = make_settings(
+            worker={"model_dir": str(tiny_model_dir)},
+            qualification={"min_lung_volume_ml": 100.0},
+            outbox={"destinations": [f"PACS@127.0.0.1:{pacs_port}"]},
         )
+        node = start_node(settings, processor=None)  # the AI pipeline, from worker.model_dir
+        short = write_ct_series(tmp_path / "short", 5)
+        sent = run_peer(
+            [
+                dcmtk("storescu"),
+                "-aec",
+                "DICOM_NODE",
+                "127.0.0.1",
+                str(node.port),
+                "+sd",
+                "+r",
+                str(cohort / "dicom"),
+                str(short[0].parent),
+            ],
+            timeout=300,
+        )
+        assert sent.returncode == 0, sent.stderr[-2000:]
 
-    wait_until(settled, timeout=240, what="every series processed")
-    summaries = {s.series_instance_uid: s for s in node.catalog.summaries()}
+        def ct_series():
+            return [s for s in node.catalog.summaries() if s.modality == "CT"]
+
+        def settled() -> bool:
+            states = [s.state for s in ct_series()]
+            done = (
+                SeriesState.REPORTED,
+                SeriesState.INDEXED,
+                SeriesState.SKIPPED,
+                SeriesState.FAILED,
+            )
+            return len(states) == 5 and all(s in done for s in states)
+
+        wait_until(settled, timeout=240, what="every CT series processed")
+        wait_until(
+            lambda: (
+                all(d.state is DeliveryState.DONE for d in node.catalog.deliveries())
+                and len(node.catalog.deliveries()) >= 4
+            ),
+            timeout=60,
+            what="results delivered to the PACS",
+        )
+    finally:
+        pacs.terminate()
+        pacs.wait()
+    summaries = {s.series_instance_uid: s for s in ct_series()}
     skipped = [s for s in summaries.values() if s.state is SeriesState.SKIPPED]
-    indexed = [s for s in summaries.values() if s.state is SeriesState.INDEXED]
+    indexed = [s for s in summaries.values() if s.state is SeriesState.REPORTED]
     assert len(indexed) == 4, [(s.state, s.reason) for s in summaries.values()]
     assert [s.reason for s in skipped] == ["5 images, fewer than 40"]
     version = node.processor.version
@@ -94,6 +127,22 @@ def test_cohort_is_indexed_and_a_short_series_skipped(
     assert node.similarity_index.index.ntotal == sum(
         len(node.catalog.nodule_ids_of_series(s.series_instance_uid, version)) for s in indexed
     )
+    # The PACS got an SR and a key-image montage per reported series, once each,
+    # in the index study; our own SR/SC series are not processed as CT.
+    objects = [pydicom.dcmread(p) for p in received.iterdir()]
+    classes = sorted(str(ds.SOPClassUID) for ds in objects)
+    assert classes == ["1.2.840.10008.5.1.4.1.1.7"] * 4 + ["1.2.840.10008.5.1.4.1.1.88.34"] * 4
+    assert len({ds.SOPInstanceUID for ds in objects}) == 8
+    assert {ds.StudyInstanceUID for ds in objects} == {s.study_instance_uid for s in indexed}
+
+    def own() -> list:
+        return [s for s in node.catalog.summaries() if s.modality in ("SR", "OT")]
+
+    wait_until(
+        lambda: len(own()) == 8 and all(s.state is SeriesState.SKIPPED for s in own()),
+        what="our own SR and key-image series skipped",
+    )
+    assert {s.reason for s in own()} == {"modality SR is not CT", "modality OT is not CT"}
 
     # Status shows the skip reason; similar answers by study, never with the query patient.
     assert main(["status", "--data-dir", str(settings.data_dir), "--json"]) == 0
@@ -132,5 +181,9 @@ def test_cohort_is_indexed_and_a_short_series_skipped(
     uid = indexed[0].series_instance_uid
     node.catalog.transition(uid, SeriesState.COMPLETE)
     node.queue.submit(uid)
-    wait_until(lambda: node.catalog.series_state(uid)[0] is SeriesState.INDEXED, what="re-indexed")
+    wait_until(
+        lambda: node.catalog.series_state(uid)[0] is SeriesState.REPORTED,
+        timeout=180,
+        what="re-indexed",
+    )
     assert node.similarity_index.index.ntotal == before
