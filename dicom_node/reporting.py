@@ -98,8 +98,8 @@ class Reporter:
         identities = self._show_identities()
         findings, similar, priors, rows = [], {}, {}, []
         for number, nodule in enumerate(nodules, start=1):
-            tracking_uid = generate_uid(
-                entropy_srcs=[series_instance_uid, version, str(nodule["nodule_index"])]
+            tracking_uid = str(
+                generate_uid(entropy_srcs=[series_instance_uid, version, str(nodule["nodule_index"])])
             )
             findings.append(
                 NoduleFinding(
