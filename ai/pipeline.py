@@ -54,6 +54,7 @@ def analyse_volume(
     device: str | torch.device = "cpu",
     model_version: str | None = None,
     batch_size: int = 64,
+    min_confidence: float = 0.0,
 ) -> SeriesAnalysis:
     """Segment, detect, extract ROIs and encode them.
 
@@ -68,6 +69,8 @@ def analyse_volume(
         Recorded in the codes.
     batch_size : int
         ROIs per forward pass.
+    min_confidence : float
+        Detector operating point: candidates under it are dropped.
 
     Returns
     -------
@@ -80,7 +83,9 @@ def analyse_volume(
     lung_mask = segment_lungs(volume, device=device)
     seconds["lungs"] = time.perf_counter() - started
     started = time.perf_counter()
-    nodules = tuple(find_nodules(volume, lung_mask, device=device))
+    nodules = tuple(
+        n for n in find_nodules(volume, lung_mask, device=device) if n.confidence >= min_confidence
+    )
     seconds["nodules"] = time.perf_counter() - started
     started = time.perf_counter()
     cfg = model.config

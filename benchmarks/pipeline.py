@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_node.similarity import SimilarityIndex
     from dicom_node.worker import AIProcessor, resolve_device
     from dicom_node.ingest import Ingest
-    from storage.catalog import Catalog, SeriesState
+    from dicom_node.outbox import Outbox
+    from dicom_node.reporting import Reporter
+    from dicom_node.similarity import PrivacyPolicy
+    from storage.catalog import Catalog, DeliveryState, SeriesState
+    from tests.conftest import PEER_ENV, free_port, wait_for_port
     from storage.instances import InstanceStore
 
     device = resolve_device(args.device)
@@ -87,15 +92,42 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             net = HashNet(HashNetConfig()).eval()
             model = LoadedModel(net, {"version": "untrained-default", "config": {}}, root)
-        processor = AIProcessor(
-            settings, store, catalog, model, SimilarityIndex(catalog, model.version)
+        # The PACS: dcmtk storescp; the results go to it through the outbox.
+        pacs_port = free_port()
+        (root / "pacs").mkdir()
+        pacs = subprocess.Popen(
+            ["/usr/bin/storescp", "-od", str(root / "pacs"), "-aet", "PACS", str(pacs_port)],
+            env=PEER_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        wait_for_port(pacs_port, process=pacs)
+        outbox = Outbox(
+            catalog,
+            settings.instances_dir,
+            dataclasses.replace(settings.outbox, destinations=(f"PACS@127.0.0.1:{pacs_port}",)),
+            settings.ae_title,
+        )
+        index = SimilarityIndex(catalog, model.version)
+        policy = PrivacyPolicy(settings.privacy, root / "privacy.key")
+        reporter = Reporter(
+            catalog, store, ingest, outbox, index, model, policy, ae_title=settings.ae_title
+        )
+        processor = AIProcessor(settings, store, catalog, model, index, reporter=reporter)
         catalog.transition(series_uid, SeriesState.COMPLETE)
-        started = time.perf_counter()
-        outcome = run_series(catalog, processor, series_uid)
-        total = time.perf_counter() - started
+        try:
+            started = time.perf_counter()
+            outcome = run_series(catalog, processor, series_uid)
+            total = time.perf_counter() - started
+            delivered = time.perf_counter()
+            results = outbox.run_once()
+            delivery_s = time.perf_counter() - delivered
+        finally:
+            pacs.terminate()
+            pacs.wait()
         steps = processor.last_timings
         catalog.close()
+        acknowledged = sum(state is DeliveryState.DONE for _, state, _ in results)
     print(
         f"\ncompletion -> indexed, {len(files)} slices {args.matrix}x{args.matrix}, device {device}, "
         f"torch threads {torch.get_num_threads()}, model {model.version}\n"
@@ -111,11 +143,26 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, label in labels.items():
         print(f"{label:<34} {steps.get(name, float('nan')):>8.2f}")
-    print(f"{'total':<34} {total:>8.2f}")
+    indexed = total - steps.get("report", 0.0)
+    print(f"{'completion -> indexed':<34} {indexed:>8.2f}")
+    print(f"{'SR + key images built and kept':<34} {steps.get('report', float('nan')):>8.2f}")
+    print(
+        f"{'C-STORE to storescp, acknowledged':<34} {delivery_s:>8.2f}   ({acknowledged} objects)"
+    )
+    print(f"{'indexed -> SR acknowledged':<34} {steps.get('report', 0.0) + delivery_s:>8.2f}")
+    print(f"{'total':<34} {total + delivery_s:>8.2f}")
     print(
         f"\noutcome: {outcome.state.value if outcome else 'not claimed'} ({outcome.reason if outcome else ''})"
     )
-    print(json.dumps({"total_s": round(total, 2), **{k: round(v, 2) for k, v in steps.items()}}))
+    print(
+        json.dumps(
+            {
+                "indexed_s": round(indexed, 2),
+                "delivery_s": round(delivery_s, 3),
+                **{k: round(v, 2) for k, v in steps.items()},
+            }
+        )
+    )
     return 0
 
 

@@ -114,6 +114,9 @@ class WorkerSettings:
     """Worker threads processing completed series in the node process."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    min_nodule_confidence: float = 0.3
+    """Operating point of the detector: candidates under this confidence are not
+    indexed or reported (``dicom-node evaluate detection`` shows the FROC)."""
     model_dir: str = ""
     """Folder written by ``dicom-node train`` (weights + model card); empty = the shipped model."""
 
@@ -515,6 +518,8 @@ def validate(settings: Settings, *, check_paths: bool = True) -> None:
         raise SettingsError(
             "worker.threads must not be negative (0 = no processing in this process)"
         )
+    if not 0.0 <= settings.worker.min_nodule_confidence <= 1.0:
+        raise SettingsError("worker.min_nodule_confidence must be within 0..1")
     if settings.worker.device not in {"auto", "cpu", "cuda"}:
         raise SettingsError(f"worker.device: {settings.worker.device!r} is not auto, cpu or cuda")
     sim = settings.similarity

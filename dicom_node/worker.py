@@ -97,7 +97,11 @@ class AIProcessor:
             volume = load_series(paths)
             self.last_timings = {"read": time.perf_counter() - started}
             analysis = analyse_volume(
-                volume, self.model.net, device=self.device, model_version=self.version
+                volume,
+                self.model.net,
+                device=self.device,
+                model_version=self.version,
+                min_confidence=self.settings.worker.min_nodule_confidence,
             )
         except AIError as exc:
             return Outcome(SeriesState.SKIPPED, f"{exc.__class__.__name__}: {exc}")
