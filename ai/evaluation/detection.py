@@ -125,6 +125,8 @@ class DetectionReport:
                 "cpm": f.cpm,
                 "n_truths": f.n_truths,
                 "sensitivity_at_fps_per_scan": {str(r): s for r, s in zip(f.rates, f.at_rates, strict=True)},
+                # The confidence to set as worker.min_nodule_confidence for each FP rate.
+                "confidence_threshold_at_fps_per_scan": {str(r): f.threshold_at(r) for r in f.rates},
             }
 
         return {
