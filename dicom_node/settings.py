@@ -114,7 +114,7 @@ class WorkerSettings:
     """Worker threads processing completed series in the node process."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    min_nodule_confidence: float = 0.3
+    min_nodule_confidence: float = 0.15
     """Operating point of the detector: candidates under this confidence are not
     indexed or reported (``dicom-node evaluate detection`` shows the FROC)."""
     model_dir: str = ""
