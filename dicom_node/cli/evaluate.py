@@ -241,5 +241,7 @@ def run_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+from dicom_node.cli._evaluate_retrieval import add_retrieval  # noqa: E402 - after its helpers
+
 #: One adder per nested evaluation (see the module docstring).
-EVALUATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (add_detection,)
+EVALUATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (add_detection, add_retrieval)
