@@ -134,7 +134,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         "rows": result.rows,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _pr_png(result.curves, args.out / "pr.png", f"{source}, 64 bits, relevance: same size class")
+    _pr_png(result.curves, args.out / "pr.png", "precision-recall at 64 bits, relevance: same size class")
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
