@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import zlib
 from dataclasses import dataclass
@@ -145,7 +144,10 @@ class InstanceStore:
         self._check_free_space(len(data))
         try:
             created = _make_directories(final.parent)
-            fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
+            # Unique without mkstemp's random retries: the SOP Instance UID is
+            # locked in this process, and the pid tells processes apart.
+            tmp_name = self._tmp / f"{sop_instance_uid}.{os.getpid()}.part"
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
