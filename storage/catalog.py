@@ -152,7 +152,6 @@ nodules = sa.Table(
         UID,
         sa.ForeignKey("studies.study_instance_uid"),
         nullable=False,
-        index=True,
     ),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("nodule_index", sa.Integer, nullable=False),
@@ -177,7 +176,10 @@ nodules = sa.Table(
     sa.Column("thumbnail", sa.LargeBinary),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("series_instance_uid", "model_version", "nodule_index", name="uq_nodule"),
-    sa.Index("ix_nodules_version", "model_version"),
+    # Study first: a lone model_version index matches every row of an archive
+    # (one version) and, without statistics, SQLite may choose it for
+    # "nodules of this study" and scan a million rows (300 ms instead of 1).
+    sa.Index("ix_nodules_study_version", "study_instance_uid", "model_version"),
 )
 
 #: Nodule columns a caller provides (the rest are keys and bookkeeping).
