@@ -95,7 +95,8 @@ def build_key_image_montage(
     if not evidence:
         raise ValueError("the montage needs the CT series' datasets")
     title = (
-        f"Similar prior cases, model {model.version} - not for diagnosis (similar-case retrieval)"
+        f"Similar prior cases, model {model.version}: ranked after the float rerank, "
+        "h = joint Hamming distance - not for diagnosis (similar-case retrieval)"
     )
     pixels = render_montage(rows, title)
     image = hd.sc.SCImage.from_ref_dataset(

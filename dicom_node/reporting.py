@@ -151,7 +151,7 @@ class Reporter:
                     query=_thumbnail(nodule),
                     matches=[
                         (
-                            f"#{m.rank} d={m.distance:.0f} {m.nodule['diameter_mm']:.1f} mm {m.nodule.get('study_date') or ''}",
+                            f"#{m.rank} h={m.distance:.0f} {m.nodule['diameter_mm']:.1f} mm {m.nodule.get('study_date') or ''}",
                             _thumbnail(m.nodule),
                         )
                         for m in matches
