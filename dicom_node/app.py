@@ -75,6 +75,7 @@ class Node:
             settings.series.idle_seconds,
             settings.series.check_interval_seconds,
             self.queue.submit,
+            on_tick=self.queue_pending,
         )
         self.similarity_index = similarity_index
         self.similarity = SimilarityService(
@@ -149,6 +150,14 @@ class Node:
                 "%d series were interrupted while processing; queued again", len(interrupted)
             )
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
+        self.queue_pending()
+
+    def queue_pending(self) -> int:
+        """Queue completed series that the current processor version has not finished.
+
+        Runs at start and periodically, so series put back to ``complete`` by
+        ``dicom-node reindex`` (another process) are picked up.
+        """
         pending = 0
         for uid in self.catalog.series_in_states([SeriesState.COMPLETE]):
             job = self.catalog.job(uid, self.processor.version)
@@ -156,6 +165,7 @@ class Node:
                 pending += self.queue.submit(uid)
         if pending:
             logger.info("%d completed series queued for processing", pending)
+        return pending
 
     def start(self) -> None:
         """Resume work, start workers and the watcher, then listen."""

@@ -719,6 +719,18 @@ class Catalog:
                 .values(state=state.value, detail=detail, finished_at=now)
             )
 
+    def clear_jobs(self, series_instance_uids: Sequence[str]) -> None:
+        """Forget the processing runs of some series (they run again when complete)."""
+        with self._begin() as connection:
+            for start in range(0, len(series_instance_uids), 500):
+                connection.execute(
+                    jobs.delete().where(
+                        jobs.c.series_instance_uid.in_(
+                            list(series_instance_uids[start : start + 500])
+                        )
+                    )
+                )
+
     def job(self, series_instance_uid: str, processor_version: str) -> dict[str, Any] | None:
         """The job row of a series for a processor version, or None."""
         with self._begin() as connection:

@@ -92,3 +92,45 @@ def test_complete_but_unprocessed_work_is_picked_up_at_start(
         what="interrupted series processed after restart",
     )
     assert second.catalog.series_state(series_uid)[0] is SeriesState.COMPLETE
+
+
+def test_reindex_queues_processed_series_for_the_new_model(
+    tmp_path, make_settings, start_node, capsys
+) -> None:
+    from dicom_node.processing import Outcome
+
+    class Versioned:
+        """A processor that indexes; its version stands for the model's."""
+
+        def __init__(self, version: str) -> None:
+            self.version = version
+            self.runs: list[str] = []
+
+        def process(self, series_instance_uid: str) -> Outcome:
+            self.runs.append(series_instance_uid)
+            return Outcome(SeriesState.INDEXED, f"by {self.version}")
+
+    settings = make_settings()
+    first = Versioned("model-a")
+    node = start_node(settings, processor=first)
+    paths = write_ct_series(tmp_path / "s", 2)
+    assert (
+        run_peer(
+            [dcmtk("storescu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, paths)]
+        ).returncode
+        == 0
+    )
+    uid = node.catalog.summaries()[0].series_instance_uid
+    wait_until(
+        lambda: node.catalog.series_state(uid) == (SeriesState.INDEXED, "by model-a"),
+        what="indexed",
+    )
+    node.stop()
+
+    # A new model: reindex (another process), then a node with the new version picks it up.
+    assert main(["reindex", "--data-dir", str(settings.data_dir)]) == 0
+    assert "1 series queued" in capsys.readouterr().out
+    second = Versioned("model-b")
+    start_node(settings, processor=second)
+    wait_until(lambda: second.runs == [uid], what="re-processed with the new version")
+    assert main(["reindex", "--data-dir", str(settings.data_dir), "--states", "bogus"]) == 2
