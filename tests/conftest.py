@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: The real data beside the checkout (``../shared/data``); users do not have
+#: it, so every test that needs it skips without it.
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 # dcmtk by full path: pynetdicom installs commands of the same names in the venv.
 DCMTK = Path("/usr/bin")
@@ -308,3 +311,23 @@ def postgresql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(30)
+
+
+def shared_archive(name: str) -> Path:
+    """``../shared/data/<name>``, or skip the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present (real data is beside the checkout only)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lidc_nodules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real LIDC-IDRI nodule crops, extracted once per session (skips without them)."""
+    import tarfile
+
+    archive = shared_archive("lidc-nodules.tar.gz")
+    target = tmp_path_factory.mktemp("lidc-nodules")
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target / "lidc-nodules"
