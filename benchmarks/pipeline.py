@@ -45,18 +45,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from ai.hashing.model import HashNet, HashNetConfig
     from ai.phantom import ScanGeometry, write_cohort
+    from dicom_node.intake.ingest import Ingest
     from dicom_node.model import LoadedModel, load_model
-    from dicom_node.processing import run_series
+    from dicom_node.net.similarity import PrivacyPolicy, SimilarityIndex
+    from dicom_node.processing.analysis import AIProcessor, resolve_device
+    from dicom_node.processing.jobs import run_series
+    from dicom_node.results.outbox import Outbox
+    from dicom_node.results.reporter import Reporter
     from dicom_node.settings import load_settings
-    from dicom_node.similarity import SimilarityIndex
-    from dicom_node.worker import AIProcessor, resolve_device
-    from dicom_node.ingest import Ingest
-    from dicom_node.outbox import Outbox
-    from dicom_node.reporting import Reporter
-    from dicom_node.similarity import PrivacyPolicy
     from storage.catalog import Catalog, DeliveryState, SeriesState
-    from tests.conftest import PEER_ENV, free_port, wait_for_port
     from storage.instances import InstanceStore
+    from tests.conftest import PEER_ENV, free_port, wait_for_port
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="dicom-node-pipeline-") as tmp:

@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     import random
 
     from dicom_node.app import Node
-    from dicom_node.processing import RecordingProcessor
+    from dicom_node.net.similarity import FolderQuery, SimilarityIndex, folder_id
+    from dicom_node.processing.jobs import RecordingProcessor
     from dicom_node.settings import load_settings
-    from dicom_node.similarity import FolderQuery, SimilarityIndex, folder_id
     from storage.catalog import Catalog
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-sim-bench-") as tmp:

@@ -16,17 +16,17 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import __version__
-from dicom_node.handlers import handle_find, handle_find_similar, handle_store
-from dicom_node.ingest import Ingest
-from dicom_node.outbox import Outbox
-from dicom_node.processing import Processor, RecordingProcessor, run_series
-from dicom_node.scp import build_ae, build_similarity_ae, make_server
-from dicom_node.series import SeriesWatcher, complete_idle_series
+from dicom_node.intake.ingest import Ingest
+from dicom_node.intake.series import SeriesWatcher, complete_idle_series
+from dicom_node.net.handlers import handle_find, handle_find_similar, handle_store
+from dicom_node.net.scp import build_ae, build_similarity_ae, make_server
+from dicom_node.net.similarity import PrivacyPolicy, SimilarityIndex, SimilarityService
+from dicom_node.processing.jobs import Processor, RecordingProcessor, run_series
+from dicom_node.processing.queue import EmbeddedQueue
+from dicom_node.results.outbox import Outbox
 from dicom_node.settings import Settings
-from dicom_node.similarity import PrivacyPolicy, SimilarityIndex, SimilarityService
 from storage.catalog import Catalog, SeriesState
 from storage.instances import InstanceStore
-from storage.queue import EmbeddedQueue
 
 __all__ = ["Node"]
 
@@ -98,8 +98,8 @@ class Node:
         model = load_model(self.settings.worker.model_dir)
         if model is None:
             return RecordingProcessor(), similarity_index
-        from dicom_node.reporting import Reporter
-        from dicom_node.worker import AIProcessor
+        from dicom_node.processing.analysis import AIProcessor
+        from dicom_node.results.reporter import Reporter
 
         index = similarity_index or SimilarityIndex(self.catalog, model.version)
         reporter = Reporter(

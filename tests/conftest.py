@@ -138,7 +138,7 @@ def start_node() -> Iterator[Callable[..., Any]]:
     nodes: list[Node] = []
 
     def _start(settings: Any, **kwargs: Any) -> Node:
-        from dicom_node.processing import RecordingProcessor
+        from dicom_node.processing.jobs import RecordingProcessor
 
         # Tests of the DICOM edge record processing; the AI pipeline is opted into.
         kwargs.setdefault("processor", RecordingProcessor())

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    from dicom_node.logs import configure_logging
+    from dicom_node.cli._logging import configure_logging
 
     level = logging.INFO
     if args.quiet:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from dicom_node.similarity import PrivacyPolicy, SimilarityIndex
+    from dicom_node.net.similarity import PrivacyPolicy, SimilarityIndex
 
     with open_catalog(settings) as catalog:
         versions = catalog.model_versions()

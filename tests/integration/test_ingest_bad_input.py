@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from dicom_node.status import Status
+from dicom_node.net.status import Status
 from tests.conftest import dcmtk, run_peer
 from tests.factories import ct_slice
 

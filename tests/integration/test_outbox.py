@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.outbox import Outbox
+from dicom_node.results.outbox import Outbox
 from dicom_node.settings import OutboxSettings
 from storage.catalog import DeliveryState
 from tests.conftest import PEER_ENV, dcmtk, free_port, wait_for_port, wait_until

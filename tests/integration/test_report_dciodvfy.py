@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from dicom_node.montage import MontageRow, build_key_image_montage
+from dicom_node.results.montage import MontageRow, build_key_image_montage
 from tests.conftest import dcmtk
 from tests.factories import ct_slice
 from tests.unit.dicom_node.test_report import MODEL, UIDS, _inputs
@@ -30,7 +30,7 @@ def _dciodvfy(path) -> list[str]:
 
 
 def test_sr_and_montage_pass_dciodvfy_and_dsrdump_renders(tmp_path) -> None:
-    from dicom_node.report import build_similarity_sr
+    from dicom_node.results.sr import build_similarity_sr
 
     evidence = [
         ct_slice(i, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4") for i in range(3)

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.similarity import PRIVATE_CREATOR, SimilarityIndex, folder_id
+from dicom_node.net.similarity import PRIVATE_CREATOR, SimilarityIndex, folder_id
 from tests.conftest import dcmtk, run_peer
 from tests.factories import near_code, nodule_row, write_ct_series
 

@@ -97,7 +97,7 @@ def test_complete_but_unprocessed_work_is_picked_up_at_start(
 def test_reindex_queues_processed_series_for_the_new_model(
     tmp_path, make_settings, start_node, capsys
 ) -> None:
-    from dicom_node.processing import Outcome
+    from dicom_node.processing.jobs import Outcome
 
     class Versioned:
         """A processor that indexes; its version stands for the model's."""

@@ -9,8 +9,8 @@ import pydicom
 import pydicom.config
 import pytest
 
-from dicom_node.montage import MontageRow, build_key_image_montage
-from dicom_node.report import (
+from dicom_node.results.montage import MontageRow, build_key_image_montage
+from dicom_node.results.sr import (
     CODING_SCHEME,
     ModelInfo,
     NoduleFinding,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from dicom_node.series import complete_idle_series
+from dicom_node.intake.series import complete_idle_series
 from storage.catalog import Catalog, InstanceRecord, SeriesState
 
 
@@ -78,7 +78,7 @@ def test_transition_is_conditional(catalog) -> None:
 
 
 def test_jobs_record_runs_per_processor_version(catalog) -> None:
-    from dicom_node.processing import Outcome, run_series
+    from dicom_node.processing.jobs import Outcome, run_series
 
     catalog.record_instance(_record("1.2.3.1"), now=100.0)
     complete_idle_series(catalog, 0, now=101.0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dicom_node.retrieval.search import Retriever, build_index
 from storage.catalog import Catalog, InstanceRecord
-from storage.retrieval import Retriever, build_index
 from tests.factories import near_code, nodule_row
 
 VERSION = "test-model-1"

@@ -27,10 +27,10 @@ from pydicom.dataset import Dataset
 
 from ai.classes import SIZE_CLASS_LABELS
 from dicom_node.errors import InvalidQuery
+from dicom_node.retrieval.search import Retriever, SimilarStudy, add_rows, build_index
 from dicom_node.settings import PrivacySettings
 from storage.catalog import Catalog
 from storage.index import HashIndex
-from storage.retrieval import Retriever, SimilarStudy, add_rows, build_index
 
 __all__ = [
     "PRIVATE_CREATOR",
@@ -288,7 +288,7 @@ class SimilarityService:
 
     def study_of_folder(self, folder: str) -> str | None:
         """The index study whose folder id is ``folder``, or None."""
-        from dicom_node.query import Match, MatchKind
+        from dicom_node.net.query import Match, MatchKind
 
         accession = folder[len("SIM-") :]
         rows = list(

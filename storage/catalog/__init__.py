@@ -313,7 +313,7 @@ _STUDY_FIELDS = (
 
 
 class Condition(Protocol):
-    """One matching condition of a query (``dicom_node.query.Match`` fits).
+    """One matching condition of a query (``dicom_node.net.query.Match`` fits).
 
     ``kind`` is ``single``, ``wildcard`` (``*``, ``?``), ``range`` (values
     ``(low, high)``, empty = open) or ``list`` (any of the values).

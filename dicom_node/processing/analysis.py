@@ -23,11 +23,11 @@ from ai.hashing.codes import TEXTURES
 from ai.pipeline import analyse_volume
 from ai.volume import load_series
 from dicom_node.model import LoadedModel
-from dicom_node.processing import Outcome
-from dicom_node.qualification import disqualification
-from dicom_node.reporting import Reporter
+from dicom_node.net.similarity import SimilarityIndex
+from dicom_node.processing.jobs import Outcome
+from dicom_node.processing.qualification import disqualification
+from dicom_node.results.reporter import Reporter
 from dicom_node.settings import Settings
-from dicom_node.similarity import SimilarityIndex
 from storage.catalog import Catalog, SeriesState
 from storage.instances import InstanceStore
 

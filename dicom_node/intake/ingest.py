@@ -1,7 +1,7 @@
 """Receiving one instance: validate, store durably, catalog, then acknowledge.
 
 The C-STORE handler calls :meth:`Ingest.receive` and maps what it raises to a
-status (``dicom_node.status``). Order matters for "no data loss": the bytes
+status (``dicom_node.net.status``). Order matters for "no data loss": the bytes
 are on disk (fsynced) before the catalog row is committed, and the handler
 returns Success only after both; if the catalog fails, a file written by this
 call is removed so that nothing unacknowledged stays behind.

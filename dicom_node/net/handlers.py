@@ -14,10 +14,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_node.errors import InvalidDataset
-from dicom_node.ingest import Ingest
-from dicom_node.query import parse_identifier, response_identifier
-from dicom_node.similarity import SimilarityService, index_study_of_query, similar_study_identifier
-from dicom_node.status import Status, find_guard, status_dataset, store_guard
+from dicom_node.intake.ingest import Ingest
+from dicom_node.net.query import parse_identifier, response_identifier
+from dicom_node.net.similarity import (
+    SimilarityService,
+    index_study_of_query,
+    similar_study_identifier,
+)
+from dicom_node.net.status import Status, find_guard, status_dataset, store_guard
 from storage.catalog import Catalog
 
 __all__ = ["handle_find", "handle_find_similar", "handle_store"]

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicom_node.report import ModelInfo, ReportUIDs
+from dicom_node.results.sr import ModelInfo, ReportUIDs
 
 __all__ = ["MontageRow", "build_key_image_montage", "render_montage"]
 

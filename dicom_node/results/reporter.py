@@ -2,8 +2,8 @@
 
 For an indexed series, :class:`Reporter` gathers each nodule's similar cases
 (other patients) and the same patient's earlier measurements, builds the
-Comprehensive 3D SR (``dicom_node.report``) and the Secondary Capture
-montage (``dicom_node.montage``) with UIDs it generates, stores both through
+Comprehensive 3D SR (``dicom_node.results.sr``) and the Secondary Capture
+montage (``dicom_node.results.montage``) with UIDs it generates, stores both through
 ``Ingest.keep`` (so they are catalogued like any instance) and queues them in
 the outbox for every destination. Other patients' identities in both objects
 follow the privacy policy of the *destinations*: identities only if every
@@ -19,11 +19,11 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from dicom_node.ingest import Ingest
+from dicom_node.intake.ingest import Ingest
 from dicom_node.model import LoadedModel
-from dicom_node.outbox import Outbox
-from dicom_node.processing import Outcome
-from dicom_node.similarity import PrivacyPolicy, SimilarityIndex
+from dicom_node.net.similarity import PrivacyPolicy, SimilarityIndex
+from dicom_node.processing.jobs import Outcome
+from dicom_node.results.outbox import Outbox
 from storage.catalog import Catalog, SeriesState
 from storage.instances import InstanceStore
 
@@ -76,8 +76,8 @@ class Reporter:
 
     def report(self, series_instance_uid: str) -> Outcome:
         """SR and montage for an indexed series; the series becomes ``reported``."""
-        from dicom_node.montage import MontageRow, build_key_image_montage
-        from dicom_node.report import (
+        from dicom_node.results.montage import MontageRow, build_key_image_montage
+        from dicom_node.results.sr import (
             ModelInfo,
             NoduleFinding,
             PriorMeasurement,
