@@ -2,10 +2,10 @@
 
 The series is written as DICOM and stored in a node's instance store and
 catalog first (not timed); then the timed part is exactly what the worker
-does when the series completes: read the files, qualify, load the HU volume,
-lungs, nodules, ROIs, codes, catalog rows, index. Uses the shipped hashing
-model when there is one, else an untrained one of the default size (same
-cost).
+does when the series completes: the job runner's AI step (read the headers,
+qualify, read the pixel data into the HU volume, lungs, nodules, ROIs, codes,
+catalog rows, index) and its results step (SR and key images kept, queued),
+then one outbox pass to storescp. Uses the shipped hashing model.
 
 Usage::
 
@@ -40,22 +40,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import dataclasses
 
-    import pydicom
     import torch
 
-    from ai.hashing.model import HashNet, HashNetConfig
     from ai.phantom import ScanGeometry, write_cohort
-    from dicom_node.intake.ingest import Ingest
-    from dicom_node.model import LoadedModel, load_model
-    from dicom_node.net.similarity import PrivacyPolicy, SimilarityIndex
-    from dicom_node.processing.analysis import AIProcessor, resolve_device
-    from dicom_node.processing.jobs import run_series
-    from dicom_node.results.outbox import Outbox
-    from dicom_node.results.reporter import Reporter
-    from dicom_node.settings import load_settings
-    from storage.catalog import Catalog, DeliveryState, SeriesState
-    from storage.instances import InstanceStore
-    from tests.conftest import PEER_ENV, free_port, wait_for_port
+    from dicom_node.app import Node
+    from dicom_node.intake.series import complete_idle_series
+    from dicom_node.processing.analysis import resolve_device
+    from dicom_node.settings import Destination, load_settings
+    from storage.catalog import DeliveryState
+    from tests.factories import receive_files
+    from tests.peers import PEER_ENV, free_port, wait_for_port
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="dicom-node-pipeline-") as tmp:
@@ -67,30 +61,6 @@ def main(argv: list[str] | None = None) -> int:
             root / "cohort", patients=1, seed=args.seed, studies_per_patient=1, geometry=geometry
         )
         files = sorted((root / "cohort" / "dicom").rglob("*.dcm"))
-        settings = load_settings(environ={}, overrides={"data_dir": root / "node"})
-        settings = dataclasses.replace(
-            settings,
-            storage=dataclasses.replace(settings.storage, min_free_mb=0),
-            worker=dataclasses.replace(settings.worker, device=device),
-        )
-        store = InstanceStore(settings.instances_dir, min_free_bytes=0)
-        catalog = Catalog(settings.catalog_url)
-        ingest = Ingest(store, catalog)
-        for path in files:
-            ds = pydicom.dcmread(path)
-            ingest.receive(
-                ds,
-                path.read_bytes(),
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                affected_sop_class_uid=str(ds.SOPClassUID),
-                affected_sop_instance_uid=str(ds.SOPInstanceUID),
-            )
-        (series_uid,) = [s.series_instance_uid for s in catalog.summaries()]
-        model = load_model("")
-        if model is None:
-            torch.manual_seed(0)
-            net = HashNet(HashNetConfig()).eval()
-            model = LoadedModel(net, {"version": "untrained-default", "config": {}}, root)
         # The PACS: dcmtk storescp; the results go to it through the outbox.
         pacs_port = free_port()
         (root / "pacs").mkdir()
@@ -101,35 +71,36 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(pacs_port, process=pacs)
-        outbox = Outbox(
-            catalog,
-            settings.instances_dir,
-            dataclasses.replace(settings.outbox, destinations=(f"PACS@127.0.0.1:{pacs_port}",)),
-            settings.ae_title,
+        settings = load_settings(environ={}, overrides={"data_dir": root / "node"})
+        settings = dataclasses.replace(
+            settings,
+            storage=dataclasses.replace(settings.storage, min_free_mb=0),
+            worker=dataclasses.replace(settings.worker, device=device),
+            outbox=dataclasses.replace(
+                settings.outbox, destinations=(Destination("PACS", "127.0.0.1", pacs_port),)
+            ),
         )
-        index = SimilarityIndex(catalog, model.version)
-        policy = PrivacyPolicy(settings.privacy, root / "privacy.key")
-        reporter = Reporter(
-            catalog, store, ingest, outbox, index, model, policy, ae_title=settings.ae_title
-        )
-        processor = AIProcessor(settings, store, catalog, model, index, reporter=reporter)
-        catalog.transition(series_uid, SeriesState.COMPLETE)
+        node = Node(settings)  # the shipped model (or none: then nothing is indexed)
+        receive_files(node.ingest, files)
+        (series_uid,) = complete_idle_series(node.catalog, 0)
+        version = node.steps[0].version
         try:
             started = time.perf_counter()
-            outcome = run_series(catalog, processor, series_uid)
+            job = node.runner.run(series_uid)
             total = time.perf_counter() - started
             delivered = time.perf_counter()
-            results = outbox.run_once()
+            results = node.outbox.run_once()
             delivery_s = time.perf_counter() - delivered
         finally:
             pacs.terminate()
             pacs.wait()
-        steps = processor.last_timings
-        catalog.close()
+            node.catalog.close()
+        steps = job.timings if job is not None else {}
+        outcome = job.outcome if job is not None else None
         acknowledged = sum(state is DeliveryState.DONE for _, state, _ in results)
     print(
         f"\ncompletion -> indexed, {len(files)} slices {args.matrix}x{args.matrix}, device {device}, "
-        f"torch threads {torch.get_num_threads()}, model {model.version}\n"
+        f"torch threads {torch.get_num_threads()}, model {version}\n"
     )
     print(f"{'step':<34} {'seconds':>8}")
     labels = {
@@ -142,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, label in labels.items():
         print(f"{label:<34} {steps.get(name, float('nan')):>8.2f}")
-    indexed = total - steps.get("report", 0.0)
+    indexed = total - steps.get("results", 0.0)
     print(f"{'completion -> indexed':<34} {indexed:>8.2f}")
-    print(f"{'SR + key images built and kept':<34} {steps.get('report', float('nan')):>8.2f}")
+    print(f"{'SR + key images built and kept':<34} {steps.get('results', float('nan')):>8.2f}")
     print(
         f"{'C-STORE to storescp, acknowledged':<34} {delivery_s:>8.2f}   ({acknowledged} objects)"
     )
-    print(f"{'indexed -> SR acknowledged':<34} {steps.get('report', 0.0) + delivery_s:>8.2f}")
+    print(f"{'indexed -> SR acknowledged':<34} {steps.get('results', 0.0) + delivery_s:>8.2f}")
     print(f"{'total':<34} {total + delivery_s:>8.2f}")
     print(
         f"\noutcome: {outcome.state.value if outcome else 'not claimed'} ({outcome.reason if outcome else ''})"

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import PEER_ENV  # noqa: E402
+from tests.peers import PEER_ENV  # noqa: E402
 
 VERSION = "bench-model"
 
@@ -34,7 +34,7 @@ def _populate(catalog, n_nodules: int, seed: int = 0) -> list[str]:
     import sqlalchemy as sa
     from tqdm import tqdm
 
-    from storage.catalog import nodules, series, studies
+    from storage.catalog.schema import nodules, series, studies
 
     rng = np.random.default_rng(seed)
     centres = rng.integers(0, 2, (200, 192), dtype=np.uint8)
@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     import random
 
     from dicom_node.app import Node
-    from dicom_node.net.similarity import FolderQuery, SimilarityIndex, folder_id
-    from dicom_node.processing.jobs import RecordingProcessor
+    from dicom_node.net.similarity import FolderQuery, folder_id
+    from dicom_node.processing.jobs import RecordingStep
+    from dicom_node.retrieval.similar import SimilarityIndex
     from dicom_node.settings import load_settings
     from storage.catalog import Catalog
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         ntotal = index.index.ntotal
         build_s = time.perf_counter() - started
-        node = Node(settings, processor=RecordingProcessor(), similarity_index=index)
+        node = Node(settings, steps=[RecordingStep()], similarity_index=index)
         node.start()
         try:
             rng = random.Random(1)

@@ -1,31 +1,36 @@
-"""Build the node from settings: storage, queue, series watcher, network.
+"""Build the node from settings: storage, job runner, series watcher, network.
 
 ``Node(settings)`` wires everything and ``start()`` resumes unfinished work
 before it accepts associations; ``stop()`` undoes it in reverse order.
+
+The path of one study through the node (DESIGN.md has it numbered):
+``net.handlers.handle_store`` → ``intake.ingest.Ingest.receive`` (file, then
+catalog row) → ``intake.series`` (idle timer: ``complete``) →
+``processing.queue`` → ``processing.jobs.JobRunner`` running the steps in
+order: ``processing.analysis.AnalysisStep`` (``indexed``), then
+``results.step.ResultsStep`` (``reported``) → ``results.outbox.Outbox`` →
+``net.scu``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
+from collections.abc import Sequence
 from pathlib import Path
-
-from pynetdicom import evt
-from pynetdicom.events import EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import __version__
 from dicom_node.intake.ingest import Ingest
 from dicom_node.intake.series import SeriesWatcher, complete_idle_series
-from dicom_node.net.handlers import handle_find, handle_find_similar, handle_store
-from dicom_node.net.scp import build_ae, build_similarity_ae, make_server
-from dicom_node.net.similarity import PrivacyPolicy, SimilarityIndex, SimilarityService
-from dicom_node.processing.jobs import Processor, RecordingProcessor, run_series
+from dicom_node.net.servers import DicomServers
+from dicom_node.net.similarity import SimilarityService
+from dicom_node.processing.jobs import JobRunner, RecordingStep, Step
 from dicom_node.processing.queue import EmbeddedQueue
 from dicom_node.results.outbox import Outbox
+from dicom_node.retrieval.privacy import PrivacyPolicy
+from dicom_node.retrieval.similar import SimilarityIndex
 from dicom_node.settings import Settings
-from storage.catalog import Catalog, SeriesState
+from storage.catalog import Catalog
 from storage.instances import InstanceStore
 
 __all__ = ["Node"]
@@ -39,19 +44,19 @@ class Node:
     Parameters
     ----------
     settings : Settings
-    processor : Processor, optional
-        What runs on completed series (default: the AI pipeline with the
-        configured or shipped hashing model; without one, a stand-in that
-        records that it ran).
+    steps : sequence of Step, optional
+        What runs on completed series, in order (default: the AI step and the
+        results step with the configured or shipped hashing model; without a
+        model, a step that only records that it ran).
     similarity_index : SimilarityIndex, optional
-        The hash index answering similarity queries (none: folders are empty).
+        The hash index answering similarity queries (default: the model's).
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        processor: Processor | None = None,
+        steps: Sequence[Step] | None = None,
         similarity_index: SimilarityIndex | None = None,
     ) -> None:
         self.settings = settings
@@ -63,13 +68,14 @@ class Node:
         self.catalog = Catalog(settings.catalog_url)
         self.ingest = Ingest(self.store, self.catalog)
         self.outbox = Outbox(
-            self.catalog, settings.instances_dir, settings.outbox, settings.ae_title
+            self.catalog.deliveries, settings.instances_dir, settings.outbox, settings.ae_title
         )
         self.policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
-        if processor is None:
-            processor, similarity_index = self._default_processor(similarity_index)
-        self.processor: Processor = processor
-        self.queue = EmbeddedQueue(self._process, threads=settings.worker.threads)
+        self.similarity_index = similarity_index
+        if steps is None:
+            steps = self._default_steps()
+        self.runner = JobRunner(self.catalog, steps)
+        self.queue = EmbeddedQueue(self._run, threads=settings.worker.threads)
         self.watcher = SeriesWatcher(
             self.catalog,
             settings.series.idle_seconds,
@@ -77,94 +83,91 @@ class Node:
             self.queue.submit,
             on_tick=self.queue_pending,
         )
-        self.similarity_index = similarity_index
         self.similarity = SimilarityService(
             self.catalog,
-            similarity_index,
+            self.similarity_index,
             self.policy,
             studies_per_folder=settings.similarity.studies_per_folder,
             matches_per_nodule=settings.similarity.matches_per_nodule,
         )
-        self._server: ThreadedAssociationServer | None = None
-        self._similarity_server: ThreadedAssociationServer | None = None
-        self._threads: list[threading.Thread] = []
+        self.servers = DicomServers(settings, self.ingest, self.catalog, self.similarity)
 
-    def _default_processor(
-        self, similarity_index: SimilarityIndex | None
-    ) -> tuple[Processor, SimilarityIndex | None]:
-        """The AI pipeline when a hashing model is available, else the recording stand-in."""
+    def _default_steps(self) -> list[Step]:
+        """The AI and results steps when a hashing model is available, else the recording step."""
         from dicom_node.model import load_model
 
         model = load_model(self.settings.worker.model_dir)
         if model is None:
-            return RecordingProcessor(), similarity_index
-        from dicom_node.processing.analysis import AIProcessor
-        from dicom_node.results.reporter import Reporter
+            return [RecordingStep()]
+        from dicom_node.processing.analysis import AnalysisStep
+        from dicom_node.results.step import ResultsStep
 
-        index = similarity_index or SimilarityIndex(self.catalog, model.version)
-        reporter = Reporter(
-            self.catalog,
-            self.store,
-            self.ingest,
-            self.outbox,
-            index,
-            model,
-            self.policy,
-            ae_title=self.settings.ae_title,
-        )
-        processor = AIProcessor(
-            self.settings, self.store, self.catalog, model, index, reporter=reporter
-        )
-        return processor, index
+        if self.similarity_index is None:
+            self.similarity_index = SimilarityIndex(self.catalog, model.version)
+        index = self.similarity_index
+        return [
+            AnalysisStep(
+                self.settings.qualification,
+                self.settings.worker,
+                self.store,
+                self.catalog,
+                model,
+                index,
+            ),
+            ResultsStep(
+                self.catalog,
+                self.store,
+                self.ingest,
+                self.outbox,
+                index,
+                model,
+                self.policy,
+                matches_per_nodule=self.settings.similarity.matches_per_nodule,
+            ),
+        ]
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The steps run on each completed series, in order."""
+        return self.runner.steps
 
     @property
     def port(self) -> int:
         """The TCP port actually listened on (useful with ``port = 0``)."""
-        if self._server is None:
-            raise RuntimeError("the node is not started")
-        return int(self._server.server_address[1])
+        return self.servers.port
 
     @property
     def similarity_port(self) -> int:
         """The similarity AE's TCP port."""
-        if self._similarity_server is None:
+        port = self.servers.similarity_port
+        if port is None:
             raise RuntimeError("the similarity AE is not running")
-        return int(self._similarity_server.server_address[1])
+        return port
 
     @property
     def association_count(self) -> int:
         """Associations currently open with this node as acceptor."""
-        return 0 if self._server is None else len(self._server.active_associations)
+        return self.servers.association_count
 
-    def _process(self, series_instance_uid: str) -> None:
-        run_series(self.catalog, self.processor, series_instance_uid)
+    def _run(self, series_instance_uid: str) -> None:
+        self.runner.run(series_instance_uid)
 
     def resume(self) -> None:
         """Pick up what a stopped or killed node left unfinished."""
         self.store.recover()
-        interrupted = self.catalog.series_in_states([SeriesState.PROCESSING])
-        for uid in interrupted:
-            self.catalog.transition(uid, SeriesState.COMPLETE, from_states=[SeriesState.PROCESSING])
-        if interrupted:
-            logger.warning(
-                "%d series were interrupted while processing; queued again", len(interrupted)
-            )
+        self.runner.recover()
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
         self.queue_pending()
 
     def queue_pending(self) -> int:
-        """Queue completed series that the current processor version has not finished.
+        """Queue the series that have a step due for the current versions.
 
         Runs at start and periodically, so series put back to ``complete`` by
         ``dicom-node reindex`` (another process) are picked up.
         """
-        pending = 0
-        for uid in self.catalog.series_in_states([SeriesState.COMPLETE]):
-            job = self.catalog.job(uid, self.processor.version)
-            if job is None or job["finished_at"] is None:
-                pending += self.queue.submit(uid)
+        pending = sum(self.queue.submit(uid) for uid in self.runner.pending())
         if pending:
-            logger.info("%d completed series queued for processing", pending)
+            logger.info("%d series queued for processing", pending)
         return pending
 
     def start(self) -> None:
@@ -180,38 +183,18 @@ class Node:
         self.outbox.start()
         self.resume()
         self.watcher.start()
-        handlers: list[EventHandlerType] = [
-            (evt.EVT_C_STORE, handle_store, [self.ingest]),
-            (evt.EVT_C_FIND, handle_find, [self.catalog]),
-        ]
-        self._server = make_server(build_ae(settings), settings, handlers)
-        self._serve(self._server, "dicom-scp")
-        if settings.similarity.port >= 0:
-            self._similarity_server = make_server(
-                build_similarity_ae(settings),
-                settings,
-                [(evt.EVT_C_FIND, handle_find_similar, [self.similarity])],
-                port=settings.similarity.port,
-            )
-            self._serve(self._similarity_server, "dicom-similarity-scp")
+        self.servers.start()
         logger.info(
             "listening as %s on %s:%d%s%s",
             settings.ae_title,
             settings.host,
             self.port,
             " (TLS)" if settings.security.tls_enabled else "",
-            f"; similarity AE {settings.similarity.ae_title} on port {self.similarity_port}"
-            if self._similarity_server is not None
+            f"; similarity AE {settings.similarity.ae_title} on port {self.servers.similarity_port}"
+            if self.servers.similarity_port is not None
             else "",
         )
         self._write_runtime_file()
-
-    def _serve(self, server: ThreadedAssociationServer, name: str) -> None:
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True
-        )
-        thread.start()
-        self._threads.append(thread)
 
     def _write_runtime_file(self) -> None:
         runtime = {
@@ -219,22 +202,16 @@ class Node:
             "host": self.settings.host,
             "port": self.port,
         }
-        if self._similarity_server is not None:
+        if self.servers.similarity_port is not None:
             runtime |= {
                 "similarity_ae_title": self.settings.similarity.ae_title,
-                "similarity_port": self.similarity_port,
+                "similarity_port": self.servers.similarity_port,
             }
         (Path(self.settings.data_dir) / "node.json").write_text(json.dumps(runtime))
 
     def stop(self) -> None:
         """Stop listening, then the watcher and the workers."""
-        for server in (self._server, self._similarity_server):
-            if server is not None:
-                server.shutdown()
-        self._server = self._similarity_server = None
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
+        self.servers.stop()
         self.watcher.stop()
         self.queue.stop()
         self.outbox.stop()

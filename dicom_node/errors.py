@@ -8,9 +8,10 @@
      │    ├── MissingUID         a required UID is absent or empty
      │    ├── UIDMismatch        dataset UID differs from the DIMSE command's
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
-     ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
-     ├── PeerRejected       a remote AE refused an association or an operation
-     └── PeerTimeout        a remote AE did not answer in time
+     └── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+
+A destination that refuses or does not answer is not an exception: the SCU
+reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ __all__ = [
     "InvalidQuery",
     "MissingUID",
     "NodeError",
-    "PeerRejected",
-    "PeerTimeout",
     "SOPClassMismatch",
     "SettingsError",
     "UIDMismatch",
@@ -54,11 +53,3 @@ class SOPClassMismatch(InvalidDataset):
 
 class InvalidQuery(NodeError):
     """A C-FIND identifier is malformed or asks for something unsupported."""
-
-
-class PeerRejected(NodeError):
-    """A remote AE rejected the association or answered with a failure."""
-
-
-class PeerTimeout(NodeError):
-    """A remote AE did not answer in time."""

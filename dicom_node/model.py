@@ -1,7 +1,7 @@
 """Loading the hashing model: a trained folder, or the one shipped in ``ai/weights``.
 
 A model folder holds ``model.safetensors`` and ``model_card.json``; the card's
-``version`` is the weights' hash (``ai.hashing.train.weights_version``) and is
+``version`` is the weights' hash (``ai.hashing.serialization.weights_version``) and is
 checked on load, so a catalog row's model version always names the weights
 that made its codes.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ai.hashing.model import HashNet, HashNetConfig
-from ai.hashing.train import model_from_bytes, weights_version
+from ai.hashing.serialization import model_from_bytes, weights_version
 from dicom_node.errors import NodeError
 
 __all__ = [

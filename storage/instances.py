@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 from storage.errors import InstanceConflict, InstanceWriteError, InsufficientStorage
 from storage.uids import instance_relative_path
@@ -94,6 +95,14 @@ class InstanceStore:
     def path_of(self, relative_path: str) -> Path:
         """Absolute path of a stored instance."""
         return self.root / relative_path
+
+    def open(self, relative_path: str) -> BinaryIO:
+        """Open a stored instance for reading.
+
+        The node reads stored files back only through this method (the
+        outbox hands pynetdicom a path), so a test can count the reads.
+        """
+        return (self.root / relative_path).open("rb")
 
     def put(
         self,

@@ -6,9 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ai.hashing.codes import LAYERS
 from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
+
+if TYPE_CHECKING:
+    from dicom_node.retrieval.privacy import PrivacyPolicy
+    from dicom_node.retrieval.similar import NoduleCases
+    from storage.catalog import NoduleRecord
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -23,7 +29,9 @@ def add_subparser(subparsers: Any) -> None:
     target.add_argument("--study", metavar="UID", help="StudyInstanceUID of the index study")
     target.add_argument("--series", metavar="UID", help="SeriesInstanceUID of the index series")
     target.add_argument("--nodule", type=int, metavar="ID", help="nodule id (from --json output)")
-    parser.add_argument("-k", type=int, default=5, help="matches per nodule (default 5)")
+    parser.add_argument(
+        "-k", type=int, help="matches per nodule (default: similarity.matches_per_nodule)"
+    )
     parser.add_argument(
         "--model-version", help="model version (default: the one with most nodules)"
     )
@@ -41,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from dicom_node.net.similarity import PrivacyPolicy, SimilarityIndex
+    from dicom_node.retrieval.privacy import PrivacyPolicy
+    from dicom_node.retrieval.similar import SimilarityIndex, similar_cases
 
     with open_catalog(settings) as catalog:
-        versions = catalog.model_versions()
+        versions = catalog.nodules.model_versions()
         version = args.model_version or (versions[0] if len(versions) == 1 else None)
         if version is None:
             print(
@@ -55,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
         if args.nodule is not None:
-            queries = list(catalog.nodules_by_id([args.nodule]).values())
+            queries = list(catalog.nodules.by_id([args.nodule]).values())
         else:
-            queries = catalog.nodules_of(
+            queries = catalog.nodules.of(
                 model_version=version,
                 study_instance_uid=args.study,
                 series_instance_uid=args.series,
@@ -66,15 +75,12 @@ def run(args: argparse.Namespace) -> int:
             print("dicom-node: no nodules found for that query", file=sys.stderr)
             return 1
         policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
-        retriever = SimilarityIndex(catalog, version).retriever()
-        report = []
-        for query in queries:
-            study = catalog.study(query["study_instance_uid"]) or {}
-            matches = retriever.similar_nodules(
-                query, args.k, exclude_patient_id=study.get("patient_id")
-            )
-            priors = retriever.own_priors(query, study.get("patient_id"), study.get("study_date"))
-            report.append(_record(query, study, matches, priors, policy, args.show_phi))
+        cases = similar_cases(
+            SimilarityIndex(catalog, version).retriever(),
+            queries,
+            matches_per_nodule=args.k or settings.similarity.matches_per_nodule,
+        )
+        report = [_record(case, policy, args.show_phi) for case in cases]
     if args.png:
         _gallery(report, args.png)
     _strip_thumbnails(report)
@@ -87,60 +93,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _patient(row: dict[str, Any], policy: Any, show_phi: bool) -> str:
-    return str(row.get("patient_id") or "") if show_phi else policy.case_id(row.get("patient_id"))
-
-
-def _record(
-    query: dict[str, Any],
-    study: dict[str, Any],
-    matches: list[Any],
-    priors: list[Any],
-    policy: Any,
-    show_phi: bool,
-) -> dict[str, Any]:
+def _nodule(nodule: NoduleRecord) -> dict[str, Any]:
     from ai.classes import SIZE_CLASS_LABELS
 
-    def nodule(row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "nodule_id": int(row["id"]),
-            "study_instance_uid": row["study_instance_uid"],
-            "series_instance_uid": row["series_instance_uid"],
-            "center_xyz_mm": [row["center_x"], row["center_y"], row["center_z"]],
-            "diameter_mm": round(float(row["diameter_mm"]), 2),
-            "long_axis_mm": round(float(row["long_axis_mm"]), 2),
-            "size_class": SIZE_CLASS_LABELS[int(row["size_class"])],
-            "texture": row["texture"],
-            "laterality": row["laterality"],
-            "thumbnail": row.get("thumbnail"),
-        }
-
     return {
-        "query": {**nodule(query), "study_date": study.get("study_date")},
+        "nodule_id": nodule.id,
+        "study_instance_uid": nodule.study_instance_uid,
+        "series_instance_uid": nodule.series_instance_uid,
+        "center_xyz_mm": list(nodule.center_xyz),
+        "diameter_mm": round(nodule.diameter_mm, 2),
+        "long_axis_mm": round(nodule.long_axis_mm, 2),
+        "size_class": SIZE_CLASS_LABELS[nodule.size_class],
+        "texture": nodule.texture,
+        "laterality": nodule.laterality,
+        "thumbnail": nodule.thumbnail,
+    }
+
+
+def _record(case: NoduleCases, policy: PrivacyPolicy, show_phi: bool) -> dict[str, Any]:
+    return {
+        "query": {**_nodule(case.nodule), "study_date": case.nodule.study_date},
         "matches": [
             {
                 "rank": m.rank,
                 "distance": m.distance,
-                "layer_distances": dict(
-                    zip(("shallow", "middle", "deep"), m.layer_distances, strict=True)
-                ),
+                "layer_distances": dict(zip(LAYERS, m.layer_distances, strict=True)),
                 "driving_layer": m.driving_layer,
                 "embedding_distance": round(m.embedding_distance, 4),
-                "study_date": m.nodule.get("study_date"),
-                "patient": _patient(m.nodule, policy, show_phi),
-                **nodule(m.nodule),
+                "study_date": m.nodule.study_date,
+                "patient": policy.label(
+                    m.nodule.patient_id, m.nodule.patient_name, reveal=show_phi
+                ).patient_id,
+                **_nodule(m.nodule),
             }
-            for m in matches
+            for m in case.similar
         ],
         "same_patient_priors": [
             {
                 "study_instance_uid": p.study_instance_uid,
                 "study_date": p.study_date,
-                "diameter_mm": round(float(p.nodule["diameter_mm"]), 2),
+                "diameter_mm": round(p.nodule.diameter_mm, 2),
                 "growth_mm": round(p.growth_mm, 2),
                 "growth_percent": round(p.growth_percent, 1),
             }
-            for p in priors
+            for p in case.priors
         ],
     }
 

@@ -10,6 +10,8 @@ call is removed so that nothing unacknowledged stays behind.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -18,9 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from dicom_node.errors import InvalidDataset, MissingUID, SOPClassMismatch, UIDMismatch
-from storage.catalog import Catalog, InstanceRecord
+from storage.catalog import Catalog, GeneratedResult, InstanceRecord, ResultKind
 from storage.errors import CatalogError
-from storage.instances import InstanceStore, PutOutcome
+from storage.instances import InstanceStore, PutOutcome, StoredInstance
 from storage.uids import validate_uid
 
 __all__ = ["Ingest", "Received"]
@@ -193,10 +195,17 @@ class Ingest:
                 f"{affected_sop_instance_uid}"
             )
         _check_pixel_data(dataset, transfer_syntax_uid)
-        stored = self.store.put(study_instance_uid, series_instance_uid, sop_instance_uid, encoded)
         # Study and series attributes only matter for the first instance of a
         # series (they create the rows); skip decoding them for the others.
-        first_of_series = not self.catalog.knows_series(series_instance_uid)
+        first_of_series = not self.catalog.intake.knows_series(series_instance_uid)
+        if first_of_series:
+            ours = self.catalog.intake.generated_result(sop_instance_uid)
+            if ours is not None:
+                # A PACS forwarding a whole study sends our own SR back: it is
+                # kept already, as a result, and must not open a series.
+                logger.info("our own result %s received back; kept as it was", sop_instance_uid)
+                return Received(sop_instance_uid, series_instance_uid, False, ours.relative_path)
+        stored = self.store.put(study_instance_uid, series_instance_uid, sop_instance_uid, encoded)
         record = InstanceRecord(
             study_instance_uid=study_instance_uid,
             series_instance_uid=series_instance_uid,
@@ -210,37 +219,78 @@ class Ingest:
             calling_ae_title=calling_ae_title,
             **(_series_attributes(dataset) if first_of_series else {}),
         )
-        try:
-            new = self.catalog.record_instance(record)
-        except CatalogError:
-            if stored.outcome is PutOutcome.STORED:
-                self.store.remove(stored.relative_path)
-            raise
+        new = self._catalogue(stored, lambda: self.catalog.intake.record_instance(record))
         if stored.outcome is PutOutcome.IDENTICAL and not new:
             logger.info(
                 "instance %s re-sent with identical content; nothing rewritten", sop_instance_uid
             )
         return Received(sop_instance_uid, series_instance_uid, new, stored.relative_path)
 
-    def keep(self, dataset: Dataset, *, calling_ae_title: str | None = None) -> Received:
-        """Store an object the node made (SR, key images) through the same checks.
+    def keep(
+        self,
+        dataset: Dataset,
+        *,
+        kind: ResultKind,
+        source_series_instance_uid: str,
+        model_version: str,
+    ) -> GeneratedResult:
+        """Store an object the node made (SR, key images) as a result of its study.
+
+        The file is kept durably like a received instance, but catalogued as a
+        generated result: it opens no series, so it is never completed,
+        processed or shown as a received series.
 
         Parameters
         ----------
         dataset : pydicom.dataset.Dataset
             A complete dataset with file meta (highdicom objects have one).
+        kind : ResultKind
+        source_series_instance_uid : str
+            The received series it describes.
+        model_version : str
 
         Returns
         -------
-        Received
+        GeneratedResult
+
+        Raises
+        ------
+        InstanceConflict, InsufficientStorage, InstanceWriteError, CatalogError
+            Nothing is kept.
         """
         buffer = BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
-        return self.receive(
-            dataset,
-            buffer.getvalue(),
-            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-            affected_sop_class_uid=str(dataset.SOPClassUID),
-            affected_sop_instance_uid=str(dataset.SOPInstanceUID),
-            calling_ae_title=calling_ae_title,
+        study_instance_uid = _required_uid(dataset, "StudyInstanceUID")
+        series_instance_uid = _required_uid(dataset, "SeriesInstanceUID")
+        sop_instance_uid = _required_uid(dataset, "SOPInstanceUID")
+        stored = self.store.put(
+            study_instance_uid, series_instance_uid, sop_instance_uid, buffer.getvalue()
         )
+        result = GeneratedResult(
+            sop_instance_uid=sop_instance_uid,
+            study_instance_uid=study_instance_uid,
+            series_instance_uid=series_instance_uid,
+            source_series_instance_uid=source_series_instance_uid,
+            kind=kind,
+            model_version=model_version,
+            sop_class_uid=_required_uid(dataset, "SOPClassUID"),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            relative_path=stored.relative_path,
+            size=stored.size,
+            sha256=stored.sha256,
+            created_at=time.time(),
+        )
+        self._catalogue(stored, lambda: self.catalog.intake.record_result(result))
+        return result
+
+    def _catalogue(self, stored: StoredInstance, record: Callable[[], bool]) -> bool:
+        """Write the catalog row of a stored file; if that fails, remove a file this call wrote.
+
+        Nothing unacknowledged (and unknown to the catalog) stays on disk.
+        """
+        try:
+            return record()
+        except CatalogError:
+            if stored.outcome is PutOutcome.STORED:
+                self.store.remove(stored.relative_path)
+            raise

@@ -24,8 +24,8 @@ def complete_idle_series(
     """
     now = time.time() if now is None else now
     completed = []
-    for uid in catalog.due_series(idle_seconds, now=now):
-        if catalog.transition(
+    for uid in catalog.workflow.due_series(idle_seconds, now=now):
+        if catalog.workflow.transition(
             uid,
             SeriesState.COMPLETE,
             from_states=[SeriesState.RECEIVING],

@@ -108,7 +108,7 @@ def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset |
         Anything else (logged with a trace).
     """
     query = parse_identifier(event.identifier)
-    for row in catalog.find(query.level.value, query.matches):
+    for row in catalog.find.match(query.level.value, query.matches):
         if event.is_cancelled:
             yield int(Status.CANCEL), None
             return

@@ -4,7 +4,8 @@ Study Root Query/Retrieve Information Model, hierarchical baseline matching
 (PS3.4 C.2.2.2): single value, wildcard (``*`` and ``?``), range (dates and
 times), list of UIDs, universal matching (empty key = return it).
 :func:`parse_identifier` raises :class:`InvalidQuery` for what the node cannot
-answer; the handler turns that into 0xA900.
+answer; the handler turns that into 0xA900. The keys and levels themselves
+are the catalog's (:data:`storage.catalog.find.KEYS`), defined once.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ from enum import Enum
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import InvalidQuery
+from storage.catalog.find import KEYS, RETURN_ONLY_KEYS, Level
 from storage.uids import is_valid_uid
 
 __all__ = ["Level", "Match", "MatchKind", "StudyQuery", "parse_identifier", "response_identifier"]
-
-
-class Level(str, Enum):
-    """Query/Retrieve Level (0008,0052)."""
-
-    STUDY = "STUDY"
-    SERIES = "SERIES"
-    IMAGE = "IMAGE"
 
 
 class MatchKind(str, Enum):
@@ -52,33 +46,6 @@ class Match:
     """SINGLE/WILDCARD: one value; RANGE: (low, high), "" = open; LIST: the values."""
 
 
-#: Keys the catalog can match and return, by level; the columns live in storage.catalog.
-KEYS: dict[Level, tuple[str, ...]] = {
-    Level.STUDY: (
-        "StudyInstanceUID",
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyDate",
-        "StudyTime",
-        "AccessionNumber",
-        "StudyID",
-        "StudyDescription",
-        "ReferringPhysicianName",
-        "ModalitiesInStudy",
-        "NumberOfStudyRelatedSeries",
-        "NumberOfStudyRelatedInstances",
-    ),
-    Level.SERIES: (
-        "SeriesInstanceUID",
-        "Modality",
-        "SeriesNumber",
-        "SeriesDescription",
-        "NumberOfSeriesRelatedInstances",
-    ),
-    Level.IMAGE: ("SOPInstanceUID", "SOPClassUID", "InstanceNumber"),
-}
 UNIQUE_KEY = {
     Level.STUDY: "StudyInstanceUID",
     Level.SERIES: "SeriesInstanceUID",
@@ -86,12 +53,6 @@ UNIQUE_KEY = {
 }
 _UID_KEYS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
 _RANGE_KEYS = {"StudyDate", "StudyTime", "PatientBirthDate"}
-#: Keys returned but not matchable (computed, or multi-valued).
-_RETURN_ONLY = {
-    "NumberOfStudyRelatedSeries",
-    "NumberOfStudyRelatedInstances",
-    "NumberOfSeriesRelatedInstances",
-}
 _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 
@@ -129,7 +90,7 @@ def _match_for(keyword: str, value: str) -> Match | None:
     value = value.strip()
     if value == "" or value == "*":
         return None  # universal matching
-    if keyword in _RETURN_ONLY:
+    if keyword in RETURN_ONLY_KEYS:
         return None
     if keyword in _UID_KEYS:
         uids = tuple(v.strip() for v in value.split("\\"))

@@ -1,37 +1,38 @@
-"""The processor that turns a completed CT series into indexed nodules.
+"""The AI step: a completed CT series to indexed nodules.
 
-``AIProcessor.process`` reads the series from the instance store, applies the
-``[qualification]`` rules, runs :func:`ai.pipeline.analyse_volume` (on the GPU
-when there is one), stores every nodule with its codes in the catalog (one
-transaction, idempotent per series and model version) and swaps them into
-the in-memory index. Anything that cannot be a lung CT volume ends ``skipped``
-with the reason; an unexpected error ends ``failed`` (``run_series``).
+:meth:`AnalysisStep.run` reads the series' headers once (they qualify the
+series and later serve as the SR's evidence), applies the
+``[qualification]`` rules, reads the pixel data once into an HU volume, runs
+:func:`ai.pipeline.analyse_volume` (on the GPU when there is one), stores
+every nodule with its codes in the catalog (one transaction, idempotent per
+series and model version) and swaps them into the in-memory index. The
+headers and stored nodules go on in the :class:`SeriesJob` to the steps
+after it, which this step does not know. Anything that cannot be a lung CT
+volume ends ``skipped`` with the reason; an unexpected error ends ``failed``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import torch
-from pydicom import dcmread
 
 from ai.classes import size_class
 from ai.errors import AIError
 from ai.hashing.codes import TEXTURES
-from ai.pipeline import analyse_volume
+from ai.pipeline import SeriesAnalysis, analyse_volume
 from ai.volume import load_series
 from dicom_node.model import LoadedModel
-from dicom_node.net.similarity import SimilarityIndex
-from dicom_node.processing.jobs import Outcome
+from dicom_node.processing.jobs import Outcome, SeriesJob
 from dicom_node.processing.qualification import disqualification
-from dicom_node.results.reporter import Reporter
-from dicom_node.settings import Settings
-from storage.catalog import Catalog, SeriesState
+from dicom_node.processing.reading import read_datasets, read_headers
+from dicom_node.retrieval.similar import SimilarityIndex
+from dicom_node.settings import QualificationSettings, WorkerSettings
+from storage.catalog import Catalog, NewNodule, SeriesState
 from storage.instances import InstanceStore
 
-__all__ = ["AIProcessor", "resolve_device"]
+__all__ = ["AnalysisStep", "nodules_of", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,123 +44,117 @@ def resolve_device(name: str) -> str:
     return name
 
 
-class AIProcessor:
-    """Completed series → nodules, codes, index.
+def nodules_of(analysis: SeriesAnalysis) -> list[NewNodule]:
+    """The catalog's view of what the pipeline found."""
+    codes = analysis.codes
+    return [
+        NewNodule(
+            nodule_index=i,
+            center_xyz=(
+                float(nodule.center_xyz[0]),
+                float(nodule.center_xyz[1]),
+                float(nodule.center_xyz[2]),
+            ),
+            diameter_mm=float(nodule.diameter_mm),
+            long_axis_mm=float(nodule.long_axis_mm),
+            volume_mm3=float(nodule.volume_mm3),
+            mean_hu=float(nodule.mean_hu),
+            peak_hu=float(nodule.peak_hu),
+            texture=str(nodule.texture),
+            laterality=str(nodule.laterality),
+            confidence=float(nodule.confidence),
+            size_class=size_class(float(nodule.diameter_mm)),
+            predicted_size_class=int(codes.size_class[i]),
+            predicted_texture=TEXTURES[int(codes.texture[i])],
+            shallow=codes.shallow[i].tobytes(),
+            middle=codes.middle[i].tobytes(),
+            deep=codes.deep[i].tobytes(),
+            embedding=codes.embedding[i].astype("float32").tobytes(),
+            thumbnail=analysis.thumbnails[i].tobytes(),
+        )
+        for i, nodule in enumerate(analysis.nodules)
+    ]
+
+
+class AnalysisStep:
+    """Completed series → nodules, codes, index (``complete → indexed``).
 
     Parameters
     ----------
-    settings : Settings
+    qualification : QualificationSettings
+        Which series are processed.
+    worker : WorkerSettings
+        Device and detector operating point.
     store : InstanceStore
     catalog : Catalog
     model : LoadedModel
     index : SimilarityIndex
         Index of ``model.version``; new nodules are added to it.
-    reporter : Reporter, optional
-        Builds, keeps and sends the SR and key images after indexing; the
-        series then ends ``reported`` (``indexed`` without a reporter, or if
-        the report fails: the nodules are searchable either way).
     """
+
+    name = "analysis"
+    requires = SeriesState.COMPLETE
+    produces = SeriesState.INDEXED
+    on_error = SeriesState.FAILED
 
     def __init__(
         self,
-        settings: Settings,
+        qualification: QualificationSettings,
+        worker: WorkerSettings,
         store: InstanceStore,
         catalog: Catalog,
         model: LoadedModel,
         index: SimilarityIndex,
-        *,
-        reporter: Reporter | None = None,
     ) -> None:
-        self.settings = settings
+        self.rules = qualification
+        self.min_confidence = worker.min_nodule_confidence
         self.store = store
         self.catalog = catalog
         self.model = model
         self.index = index
-        self.reporter = reporter
-        self.version = model.version
-        self.device = resolve_device(settings.worker.device)
+        self.device = resolve_device(worker.device)
         self.model.net.to(self.device)
-        self.last_timings: dict[str, float] = {}
-        """Seconds per step of the last processed series (read, lungs, nodules, rois, codes, store)."""
 
-    def process(self, series_instance_uid: str) -> Outcome:
+    @property
+    def version(self) -> str:
+        """The hashing model's version: a new model processes the archive again."""
+        return self.model.version
+
+    def run(self, job: SeriesJob) -> Outcome:
         """Process one completed series (see the module docstring)."""
-        rules = self.settings.qualification
-        paths = [
-            self.store.path_of(p) for p in self.catalog.series_instance_paths(series_instance_uid)
-        ]
+        uid = job.series_instance_uid
+        paths = self.catalog.workflow.series_instance_paths(uid)
         started = time.perf_counter()
-        headers = [dcmread(p, stop_before_pixels=True) for p in paths]
-        reason = disqualification(headers, rules)
+        job.headers = read_headers(self.store, paths)
+        reason = disqualification(job.headers, self.rules)
         if reason is not None:
             return Outcome(SeriesState.SKIPPED, reason)
         try:
-            volume = load_series(paths)
-            self.last_timings = {"read": time.perf_counter() - started}
+            volume = load_series(read_datasets(self.store, paths))
+            job.timings["read"] = time.perf_counter() - started
             analysis = analyse_volume(
                 volume,
                 self.model.net,
                 device=self.device,
                 model_version=self.version,
-                min_confidence=self.settings.worker.min_nodule_confidence,
+                min_confidence=self.min_confidence,
             )
         except AIError as exc:
             return Outcome(SeriesState.SKIPPED, f"{exc.__class__.__name__}: {exc}")
-        self.last_timings |= analysis.seconds
-        if analysis.lung_volume_ml < rules.min_lung_volume_ml:
+        job.timings |= analysis.seconds
+        if analysis.lung_volume_ml < self.rules.min_lung_volume_ml:
             return Outcome(
                 SeriesState.SKIPPED,
-                f"lungs {analysis.lung_volume_ml:.0f} ml, under {rules.min_lung_volume_ml:.0f} ml",
+                f"lungs {analysis.lung_volume_ml:.0f} ml, "
+                f"under {self.rules.min_lung_volume_ml:.0f} ml",
             )
         stored = time.perf_counter()
-        old_ids = self.catalog.nodule_ids_of_series(series_instance_uid, self.version)
-        new_ids = self.catalog.replace_nodules(
-            series_instance_uid, self.version, self._rows(analysis)
-        )
-        self.index.replace_series(old_ids, new_ids)
-        self.last_timings["store"] = time.perf_counter() - stored
-        elapsed = time.perf_counter() - started
-        if self.reporter is not None:
-            reported = time.perf_counter()
-            try:
-                outcome = self.reporter.report(series_instance_uid)
-            except Exception as exc:  # noqa: BLE001 - indexed nodules stay searchable
-                logger.exception("report of series %s failed", series_instance_uid)
-                return Outcome(SeriesState.INDEXED, f"{len(new_ids)} nodules; report failed: {exc}")
-            self.last_timings["report"] = time.perf_counter() - reported
-            return Outcome(outcome.state, f"{outcome.reason}; {elapsed:.1f} s on {self.device}")
+        old_ids = self.catalog.nodules.ids_of_series(uid, self.version)
+        job.nodules = self.catalog.nodules.replace(uid, self.version, nodules_of(analysis))
+        self.index.replace_series(old_ids, job.nodules)
+        job.timings["store"] = time.perf_counter() - stored
         return Outcome(
             SeriesState.INDEXED,
-            f"{len(new_ids)} nodules, lungs {analysis.lung_volume_ml:.0f} ml, {elapsed:.1f} s on {self.device}",
+            f"{len(job.nodules)} nodules, lungs {analysis.lung_volume_ml:.0f} ml, "
+            f"{time.perf_counter() - started:.1f} s on {self.device}",
         )
-
-    @staticmethod
-    def _rows(analysis: Any) -> list[dict[str, Any]]:
-        codes = analysis.codes
-        rows = []
-        for i, nodule in enumerate(analysis.nodules):
-            rows.append(
-                {
-                    "nodule_index": i,
-                    "center_x": float(nodule.center_xyz[0]),
-                    "center_y": float(nodule.center_xyz[1]),
-                    "center_z": float(nodule.center_xyz[2]),
-                    "diameter_mm": float(nodule.diameter_mm),
-                    "long_axis_mm": float(nodule.long_axis_mm),
-                    "volume_mm3": float(nodule.volume_mm3),
-                    "mean_hu": float(nodule.mean_hu),
-                    "peak_hu": float(nodule.peak_hu),
-                    "texture": str(nodule.texture),
-                    "laterality": str(nodule.laterality),
-                    "confidence": float(nodule.confidence),
-                    "size_class": size_class(float(nodule.diameter_mm)),
-                    "predicted_size_class": int(codes.size_class[i]),
-                    "predicted_texture": TEXTURES[int(codes.texture[i])],
-                    "shallow": codes.shallow[i].tobytes(),
-                    "middle": codes.middle[i].tobytes(),
-                    "deep": codes.deep[i].tobytes(),
-                    "embedding": codes.embedding[i].astype("float32").tobytes(),
-                    "thumbnail": analysis.thumbnails[i].tobytes(),
-                }
-            )
-        return rows

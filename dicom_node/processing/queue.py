@@ -1,8 +1,7 @@
 """The embedded work queue: worker threads fed with series UIDs.
 
-The catalog's series state is the truth; the queue only carries work to do
-now. A UID already waiting is not queued twice. Celery replaces this class
-when the node is scaled out (same ``submit`` contract).
+The catalog's series state and jobs are the truth; the queue only carries
+work to do now, in this process. A UID already waiting is not queued twice.
 """
 
 from __future__ import annotations
@@ -40,11 +39,6 @@ class EmbeddedQueue:
             threading.Thread(target=self._loop, name=f"dicom-node-worker-{i}", daemon=True)
             for i in range(threads)
         ]
-
-    @property
-    def enabled(self) -> bool:
-        """True when this process runs workers."""
-        return bool(self._threads)
 
     def start(self) -> None:
         """Start the worker threads."""

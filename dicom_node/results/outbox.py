@@ -1,11 +1,12 @@
 """The outbox: durable delivery of our results to DICOM destinations by C-STORE.
 
-Rows in the catalog's ``outbox`` table are the truth: an object is queued
-once per destination (a unique key), survives restarts, and is retried with
+Rows in the catalog's deliveries are the truth: an object is queued once per
+destination (a unique key), survives restarts, and is retried with
 exponential backoff until the destination answers or ``give_up_after_hours``
-passes. Every SCU result is checked three ways (STYLE G6): association
-established, an empty status (timeout, abort: retry), the status category
-(Failure: no retry, reason kept; Warning: done, logged).
+passes. The sending itself is the :class:`dicom_node.net.scu.StoreSCU`'s
+(one association per destination and pass, every result checked); this
+module is the policy: no association or no response → retry later; Failure
+→ no retry, reason kept; Success or Warning → done (a Warning logged).
 
 Delivery is at-least-once: if the node dies after the destination answered
 Success but before the row is marked done, the object is sent again after the
@@ -21,14 +22,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.status import code_to_category
-
+from dicom_node.net.scu import Outgoing, PynetdicomStoreSCU, StoreResponse, StoreSCU
 from dicom_node.settings import Destination, OutboxSettings
-from storage.catalog import Catalog, Delivery, DeliveryState
+from storage.catalog import Delivery, DeliveryState, GeneratedResult
+from storage.catalog.deliveries import DeliveryCatalog
 
 __all__ = ["Outbox", "SendResult"]
 
@@ -38,54 +35,54 @@ logger = logging.getLogger(__name__)
 SendResult = tuple[int, DeliveryState, str | None]
 
 
-def _established(assoc: Association) -> bool:
-    """Read the association state afresh (it changes while we send)."""
-    return bool(assoc.is_established)
-
-
 class Outbox:
     """Queue results for the configured destinations and deliver them.
 
     Parameters
     ----------
-    catalog : Catalog
+    deliveries : DeliveryCatalog
+        The catalog's deliveries (``catalog.deliveries``).
     instances_root : pathlib.Path
-        Root of the instance store; outbox rows hold paths relative to it.
+        Root of the instance store; deliveries hold paths relative to it.
     settings : OutboxSettings
     calling_ae_title : str
-        Our AE title when sending.
+        Our AE title when sending (unless ``settings.calling_ae_title`` is set).
+    scu : StoreSCU, optional
+        What sends (default: pynetdicom, with ``timeout``).
     clock : callable, optional
         Returns the current time in seconds (tests drive the backoff with it).
+    timeout : float
+        Network timeout of the default SCU, in seconds.
     """
 
     def __init__(
         self,
-        catalog: Catalog,
+        deliveries: DeliveryCatalog,
         instances_root: Path,
         settings: OutboxSettings,
         calling_ae_title: str,
         *,
+        scu: StoreSCU | None = None,
         clock: Callable[[], float] = time.time,
         timeout: float = 30.0,
     ) -> None:
-        self.catalog = catalog
+        self.deliveries = deliveries
         self.root = Path(instances_root)
         self.settings = settings
-        self.destinations = {str(d): d for d in settings.parsed_destinations()}
-        self.calling_ae_title = settings.calling_ae_title or calling_ae_title
+        self.destinations: tuple[Destination, ...] = settings.destinations
+        self._by_name = {str(d): d for d in self.destinations}
+        self.scu: StoreSCU = scu or PynetdicomStoreSCU(
+            settings.calling_ae_title or calling_ae_title, timeout=timeout
+        )
         self.clock = clock
-        self.timeout = timeout
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="outbox", daemon=True)
 
-    def enqueue(self, sop_instance_uid: str, sop_class_uid: str, relative_path: str) -> int:
-        """Queue a stored object for every destination; return how many rows were new."""
+    def enqueue(self, result: GeneratedResult) -> int:
+        """Queue a generated object for every destination; return how many rows were new."""
         added = sum(
-            self.catalog.enqueue_delivery(
-                name, sop_instance_uid, sop_class_uid, relative_path, now=self.clock()
-            )
-            for name in self.destinations
+            self.deliveries.enqueue(name, result, now=self.clock()) for name in self._by_name
         )
         if added:
             self._wake.set()
@@ -108,112 +105,88 @@ class Outbox:
                 self.run_once()
             except Exception:  # noqa: BLE001 - the sender must outlive any failure
                 logger.exception("outbox pass failed; retrying")
-            due = [d.next_attempt_at for d in self.catalog.deliveries([DeliveryState.PENDING])]
+            due = [d.next_attempt_at for d in self.deliveries.in_states([DeliveryState.PENDING])]
             wait = max(0.05, min(due) - self.clock()) if due else 60.0
             self._wake.wait(min(wait, 60.0))
             self._wake.clear()
 
     def run_once(self) -> list[SendResult]:
         """Attempt every due delivery once, one association per destination."""
-        now = self.clock()
-        due = self.catalog.deliveries([DeliveryState.PENDING], due_before=now)
+        due = self.deliveries.in_states([DeliveryState.PENDING], due_before=self.clock())
         by_destination: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in due:
             by_destination[delivery.destination].append(delivery)
         results: list[SendResult] = []
-        for name, deliveries in by_destination.items():
-            destination = self.destinations.get(name)
+        for name, batch in by_destination.items():
+            destination = self._by_name.get(name)
             if destination is None:
-                for delivery in deliveries:
-                    results.append(
-                        self._record(
-                            delivery,
-                            DeliveryState.FAILED,
-                            f"destination {name} is no longer configured",
-                        )
+                results += [
+                    self._record(
+                        d, DeliveryState.FAILED, f"destination {name} is no longer configured"
                     )
+                    for d in batch
+                ]
                 continue
-            results += self._send(destination, deliveries)
+            results += self._send(destination, batch)
         return results
 
-    def _send(self, destination: Destination, deliveries: list[Delivery]) -> list[SendResult]:
-        ae = AE(ae_title=self.calling_ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-        syntaxes: dict[str, set[str]] = defaultdict(set)
-        for delivery in deliveries:
-            path = self.root / delivery.relative_path
-            try:
-                syntax = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-            except (OSError, AttributeError) as exc:
-                logger.error("outbox object %s is unreadable: %s", delivery.sop_instance_uid, exc)
-                continue
-            syntaxes[delivery.sop_class_uid].add(str(syntax))
-        for sop_class_uid, found in syntaxes.items():
-            ae.add_requested_context(
-                sop_class_uid, sorted(found | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-            )
+    def _send(self, destination: Destination, batch: list[Delivery]) -> list[SendResult]:
         results: list[SendResult] = []
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
-            reason = (
-                "association rejected"
-                if assoc.is_rejected
-                else "no association (destination down?)"
-            )
-            return [self._retry(d, f"{destination}: {reason}") for d in deliveries]
-        try:
-            for delivery in deliveries:
-                path = self.root / delivery.relative_path
-                if not path.exists():
-                    results.append(
-                        self._record(
-                            delivery,
-                            DeliveryState.FAILED,
-                            f"file {delivery.relative_path} is missing",
-                        )
-                    )
-                    continue
-                status = assoc.send_c_store(path)
-                if not status:
-                    results.append(
-                        self._retry(delivery, f"{destination}: no response (timeout or abort)")
-                    )
-                    if not _established(assoc):
-                        break
-                    continue
-                code = int(status.Status)
-                category = code_to_category(code)
-                comment = str(status.get("ErrorComment", "")) or None
-                if category == "Success":
-                    results.append(self._record(delivery, DeliveryState.DONE, None))
-                elif category == "Warning":
-                    logger.warning(
-                        "%s stored %s with warning 0x%04X %s",
-                        destination,
-                        delivery.sop_instance_uid,
-                        code,
-                        comment or "",
-                    )
-                    results.append(
-                        self._record(delivery, DeliveryState.DONE, f"warning 0x{code:04X}")
-                    )
-                else:
-                    results.append(
-                        self._record(
-                            delivery,
-                            DeliveryState.FAILED,
-                            f"{destination} answered 0x{code:04X} {comment or category}",
-                        )
-                    )
-            # deliveries after a broken association are retried
-            for delivery in deliveries[len(results) :]:
-                results.append(self._retry(delivery, f"{destination}: association lost"))
-        finally:
-            if _established(assoc):
-                assoc.release()
+        ready: list[Delivery] = []
+        for delivery in batch:
+            if (self.root / delivery.relative_path).exists():
+                ready.append(delivery)
             else:
-                assoc.abort()
+                results.append(
+                    self._record(
+                        delivery, DeliveryState.FAILED, f"file {delivery.relative_path} is missing"
+                    )
+                )
+        if not ready:
+            return results
+        report = self.scu.send(
+            destination,
+            [
+                Outgoing(
+                    d.sop_instance_uid,
+                    d.sop_class_uid,
+                    d.transfer_syntax_uid,
+                    self.root / d.relative_path,
+                )
+                for d in ready
+            ],
+        )
+        if report.refused is not None:
+            return results + [self._retry(d, f"{destination}: {report.refused}") for d in ready]
+        for delivery, response in zip(ready, report.responses, strict=False):
+            results.append(self._answer(destination, delivery, response))
+        # deliveries after a broken association are retried
+        for delivery in ready[len(report.responses) :]:
+            results.append(self._retry(delivery, f"{destination}: association lost"))
         return results
+
+    def _answer(
+        self, destination: Destination, delivery: Delivery, response: StoreResponse
+    ) -> SendResult:
+        if response.status is None:
+            return self._retry(delivery, f"{destination}: {response.comment or 'no response'}")
+        code = response.status
+        if response.category == "Success":
+            return self._record(delivery, DeliveryState.DONE, None)
+        if response.category == "Warning":
+            logger.warning(
+                "%s stored %s with warning 0x%04X %s",
+                destination,
+                delivery.sop_instance_uid,
+                code,
+                response.comment or "",
+            )
+            return self._record(delivery, DeliveryState.DONE, f"warning 0x{code:04X}")
+        return self._record(
+            delivery,
+            DeliveryState.FAILED,
+            f"{destination} answered 0x{code:04X} {response.comment or response.category}",
+        )
 
     def _retry(self, delivery: Delivery, error: str) -> SendResult:
         now = self.clock()
@@ -233,7 +206,7 @@ class Outbox:
             error,
             wait,
         )
-        self.catalog.finish_delivery(
+        self.deliveries.finish(
             delivery.id, DeliveryState.PENDING, error=error, next_attempt_at=now + wait, now=now
         )
         return (delivery.id, DeliveryState.PENDING, error)
@@ -246,5 +219,5 @@ class Outbox:
                 delivery.destination,
                 error,
             )
-        self.catalog.finish_delivery(delivery.id, state, error=error, now=self.clock())
+        self.deliveries.finish(delivery.id, state, error=error, now=self.clock())
         return (delivery.id, state, error)

@@ -33,6 +33,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from ai.classes import TEXTURES
+from ai.hashing.codes import LAYERS
+
 __all__ = [
     "CODING_SCHEME",
     "ModelInfo",
@@ -64,16 +67,30 @@ MATCHED_PATIENT = _private("MATCHED-PATIENT", "Matched patient")
 GROWTH = _private("DIAMETER-CHANGE", "Diameter change")
 GROWTH_PERCENT = _private("DIAMETER-CHANGE-PERCENT", "Diameter change, percent")
 EQUIVALENT_DIAMETER = _private("EQUIVALENT-DIAMETER", "Volume-equivalent diameter")
-TEXTURES = {
-    "solid": _private("SOLID", "Solid nodule"),
-    "part-solid": _private("PART-SOLID", "Part-solid nodule"),
-    "ground-glass": codes.DCM.GroundGlassOpacity,
-}
-LAYERS = {
-    "shallow": _private("SHALLOW", "Shallow layer (contour)"),
-    "middle": _private("MIDDLE", "Middle layer (semantics)"),
-    "deep": _private("DEEP", "Deep layer (size and shape)"),
-}
+#: The texture vocabulary of ``ai.classes.TEXTURES``, coded.
+TEXTURE_CODES = dict(
+    zip(
+        TEXTURES,
+        (
+            _private("SOLID", "Solid nodule"),
+            _private("PART-SOLID", "Part-solid nodule"),
+            codes.DCM.GroundGlassOpacity,
+        ),
+        strict=True,
+    )
+)
+#: The hash layers of ``ai.hashing.codes.LAYERS``, coded.
+LAYER_CODES = dict(
+    zip(
+        LAYERS,
+        (
+            _private("SHALLOW", "Shallow layer (contour)"),
+            _private("MIDDLE", "Middle layer (semantics)"),
+            _private("DEEP", "Deep layer (size and shape)"),
+        ),
+        strict=True,
+    )
+)
 LATERALITY = {"right": codes.SCT.Right, "left": codes.SCT.Left}
 CT_CHEST = Code("24627-2", "LN", "CT Chest")
 UNITLESS = Code("1", "UCUM", "no units")
@@ -181,13 +198,15 @@ def _similar_container(cases: Sequence[SimilarCase]) -> hd.sr.ContainerContentIt
                     _num(JOINT_DISTANCE, case.distance, BITS),
                     hd.sr.CodeContentItem(
                         name=CODE_LAYER,
-                        value=LAYERS[case.driving_layer],
+                        value=LAYER_CODES[case.driving_layer],
                         relationship_type="CONTAINS",
                     ),
                     _num(codes.SCT.Diameter, case.diameter_mm, codes.UCUM.Millimeter),
                     _num(SIZE_CLASS, case.size_class, UNITLESS),
                     hd.sr.CodeContentItem(
-                        name=TEXTURE, value=TEXTURES[case.texture], relationship_type="CONTAINS"
+                        name=TEXTURE,
+                        value=TEXTURE_CODES[case.texture],
+                        relationship_type="CONTAINS",
                     ),
                     hd.sr.UIDRefContentItem(
                         name=codes.DCM.StudyInstanceUID,
@@ -271,7 +290,7 @@ def _group(
             ),
         ],
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=TEXTURE, value=TEXTURES[finding.texture])
+            hd.sr.QualitativeEvaluation(name=TEXTURE, value=TEXTURE_CODES[finding.texture])
         ],
     )
     content = group[0].ContentSequence

@@ -12,15 +12,18 @@ across them and its growth.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from storage.catalog import Catalog
-from storage.index import LAYERS, HashIndex
+from ai.hashing.codes import LAYERS
+from ai.hashing.distance import joint_distance
+from storage.catalog import Catalog, NoduleRecord
+from storage.index import HashIndex
 
-__all__ = ["Match", "OwnPrior", "Retriever", "SimilarStudy", "build_index"]
+__all__ = ["Match", "OwnPrior", "Retriever", "SimilarStudy", "add_records", "build_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,54 +40,55 @@ def build_index(catalog: Catalog, model_version: str, **index_kwargs: Any) -> Ha
         ``n_bits`` and ``embedding_dim`` are read from the stored codes when absent.
     """
     index: HashIndex | None = None
-    for batch in catalog.iter_codes(model_version):
+    for batch in catalog.nodules.iter_codes(model_version):
         if index is None:
-            first = batch[0]
             kwargs = {
-                "n_bits": 8 * len(first["middle"]),
-                "embedding_dim": len(first["embedding"]) // 4,
+                "n_bits": 8 * batch.codes.shape[1] // len(LAYERS),
+                "embedding_dim": batch.embeddings.shape[1],
                 **index_kwargs,
             }
             index = HashIndex(**kwargs)
-        add_rows(index, batch)
+        index.add(
+            batch.ids,
+            batch.codes,
+            labels=batch.labels,
+            embeddings=batch.embeddings if index.embedding_dim else None,
+        )
     if index is None:
         index = HashIndex(**index_kwargs)
     logger.info("hash index for model %s: %d nodules", model_version, index.ntotal)
     return index
 
 
-def add_rows(index: HashIndex, rows: list[dict[str, Any]]) -> None:
-    """Add catalog nodule rows (``id``, codes, embedding, predicted class) to an index."""
-    if not rows:
+def add_records(index: HashIndex, records: Sequence[NoduleRecord]) -> None:
+    """Add stored nodules (ids, codes, embeddings, predicted classes) to an index."""
+    if not records:
         return
-    codes = np.stack(
-        [np.frombuffer(b"".join(bytes(r[layer]) for layer in LAYERS), np.uint8) for r in rows]
-    )
-    embeddings = np.stack([np.frombuffer(bytes(r["embedding"]), np.float32) for r in rows])
     index.add(
-        np.array([r["id"] for r in rows], np.int64),
-        codes,
-        labels=np.array([r["predicted_size_class"] for r in rows], np.uint8),
-        embeddings=embeddings if index.embedding_dim else None,
+        np.array([r.id for r in records], np.int64),
+        np.stack([r.code_row() for r in records]),
+        labels=np.array([r.predicted_size_class for r in records], np.uint8),
+        embeddings=(
+            np.stack([r.embedding_vector() for r in records]) if index.embedding_dim else None
+        ),
     )
 
 
 @dataclass(frozen=True)
 class Match:
-    """One similar nodule of another patient (or of the same patient, for priors)."""
+    """One similar nodule of another patient."""
 
     rank: int
-    nodule_id: int
     distance: float
     """Joint Hamming distance (FCDN) of the three codes."""
-    layer_distances: tuple[int, int, int]
-    """Hamming distance per layer (shallow, middle, deep)."""
+    layer_distances: tuple[int, ...]
+    """Hamming distance per layer, in ``ai.hashing.codes.LAYERS`` order."""
     driving_layer: str
     """The layer whose codes agree most (smallest distance relative to its length)."""
     embedding_distance: float
     """Squared L2 distance of the float embeddings (the rerank key)."""
-    nodule: dict[str, Any]
-    """The matched nodule's catalog row with its study (patient, date)."""
+    nodule: NoduleRecord
+    """The matched nodule with its study (patient, date)."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,9 @@ class SimilarStudy:
     study_date: str | None
     patient_id: str | None
     distance: float
-    """Best (smallest) match distance in the study."""
+    """Joint distance of the best (first) match."""
     matches: tuple[Match, ...]
+    """Its matching nodules, best (smallest embedding distance) first."""
 
 
 @dataclass(frozen=True)
@@ -106,16 +111,23 @@ class OwnPrior:
 
     study_instance_uid: str
     study_date: str | None
-    nodule: dict[str, Any]
+    nodule: NoduleRecord
     center_distance_mm: float
     growth_mm: float
     """Query diameter minus prior diameter."""
     growth_percent: float
 
 
-def _hamming(a: bytes, b: bytes) -> int:
-    x = np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)
-    return int(np.unpackbits(x).sum())
+def _layer_distances(a: NoduleRecord, b: NoduleRecord) -> tuple[int, ...]:
+    return tuple(
+        int(
+            np.bitwise_count(
+                np.frombuffer(getattr(a, layer), np.uint8)
+                ^ np.frombuffer(getattr(b, layer), np.uint8)
+            ).sum()
+        )
+        for layer in LAYERS
+    )
 
 
 class Retriever:
@@ -158,22 +170,21 @@ class Retriever:
         return {c for c in range(8) if abs(c - predicted) <= self.class_neighbours}
 
     def similar_nodules(
-        self, query: dict[str, Any], k: int = 10, *, exclude_patient_id: str | None = None
+        self, query: NoduleRecord, k: int = 10, *, exclude_patient_id: str | None = None
     ) -> list[Match]:
-        """Nodules like ``query`` (a catalog nodule row), other patients only.
+        """Nodules like ``query``, other patients only.
 
         Parameters
         ----------
-        query : dict
-            A nodule row (codes, embedding, predicted class).
+        query : NoduleRecord
         k : int
             Matches wanted.
         exclude_patient_id : str, optional
             Patient whose nodules never match (the query's own; pass it).
         """
-        code = np.frombuffer(b"".join(bytes(query[layer]) for layer in LAYERS), np.uint8)[None]
-        embedding = np.frombuffer(bytes(query["embedding"]), np.float32)[None]
-        allowed = [self._allowed(int(query["predicted_size_class"]))]
+        code = query.code_row()[None]
+        embedding = query.embedding_vector()
+        allowed = [self._allowed(query.predicted_size_class)]
         want = k
         while True:
             fetch = min(self.index.ntotal, want * 4 + 8)
@@ -182,7 +193,7 @@ class Retriever:
             if self.index.embedding_dim:
                 _, neighbours = self.index.search_reranked(
                     code,
-                    embedding,
+                    embedding[None],
                     fetch,
                     shortlist=max(self.shortlist, fetch),
                     pool=self.pool,
@@ -192,72 +203,37 @@ class Retriever:
                 _, neighbours = self.index.search(
                     code, fetch, pool=self.pool, allowed_labels=allowed
                 )
-            ids = [int(i) for i in neighbours[0] if i >= 0 and int(i) != int(query.get("id", -1))]
-            rows = self.catalog.nodules_by_id(ids)
+            ids = [int(i) for i in neighbours[0] if i >= 0 and int(i) != query.id]
+            found = self.catalog.nodules.by_id(ids)
             kept = [
                 i
                 for i in ids
-                if i in rows
-                and (exclude_patient_id is None or rows[i]["patient_id"] != exclude_patient_id)
+                if i in found
+                and (exclude_patient_id is None or found[i].patient_id != exclude_patient_id)
             ]
             if len(kept) >= k or fetch >= self.index.ntotal:
                 break
             want *= 4
+        bits = 8 * len(query.middle)
         matches = []
         for rank, nodule_id in enumerate(kept[:k], start=1):
-            row = rows[nodule_id]
-            layer_d = tuple(_hamming(bytes(query[layer]), bytes(row[layer])) for layer in LAYERS)
-            bits = 8 * len(bytes(query["middle"]))
-            emb = np.frombuffer(bytes(row["embedding"]), np.float32)
+            nodule = found[nodule_id]
+            per_layer = _layer_distances(query, nodule)
             matches.append(
                 Match(
                     rank=rank,
-                    nodule_id=nodule_id,
-                    distance=float(sum(layer_d)),
-                    layer_distances=(int(layer_d[0]), int(layer_d[1]), int(layer_d[2])),
-                    driving_layer=LAYERS[int(np.argmin(np.asarray(layer_d) / bits))],
-                    embedding_distance=float(((emb - embedding[0]) ** 2).sum()),
-                    nodule=row,
+                    distance=float(joint_distance(np.array(per_layer)[None])),
+                    layer_distances=per_layer,
+                    driving_layer=LAYERS[int(np.argmin(np.asarray(per_layer) / bits))],
+                    embedding_distance=float(((nodule.embedding_vector() - embedding) ** 2).sum()),
+                    nodule=nodule,
                 )
             )
         return matches
 
-    def similar_studies(
-        self,
-        queries: list[dict[str, Any]],
-        k: int = 5,
-        *,
-        per_nodule: int = 10,
-        exclude_patient_id: str | None = None,
-    ) -> list[SimilarStudy]:
-        """Prior studies of other patients ranked by their best nodule match."""
-        by_study: dict[str, list[Match]] = {}
-        for query in queries:
-            for match in self.similar_nodules(
-                query, per_nodule, exclude_patient_id=exclude_patient_id
-            ):
-                by_study.setdefault(match.nodule["study_instance_uid"], []).append(match)
-        ranked = sorted(
-            by_study.items(), key=lambda item: (min(m.embedding_distance for m in item[1]), item[0])
-        )
-        studies = []
-        for rank, (uid, matches) in enumerate(ranked[:k], start=1):
-            best = min(matches, key=lambda m: m.embedding_distance)
-            studies.append(
-                SimilarStudy(
-                    rank=rank,
-                    study_instance_uid=uid,
-                    study_date=best.nodule.get("study_date"),
-                    patient_id=best.nodule.get("patient_id"),
-                    distance=best.distance,
-                    matches=tuple(sorted(matches, key=lambda m: m.embedding_distance)),
-                )
-            )
-        return studies
-
     def own_priors(
         self,
-        query: dict[str, Any],
+        query: NoduleRecord,
         patient_id: str | None,
         study_date: str | None,
         *,
@@ -267,49 +243,38 @@ class Retriever:
         if not patient_id:
             return []
         candidates = [
-            row
-            for row in self.catalog.nodules_of(
+            nodule
+            for nodule in self.catalog.nodules.of(
                 model_version=self.model_version, patient_id=patient_id
             )
-            if row["study_instance_uid"] != query["study_instance_uid"]
-            and (study_date is None or (row["study_date"] or "") < study_date)
-            and row["laterality"] == query["laterality"]
+            if nodule.study_instance_uid != query.study_instance_uid
+            and (study_date is None or (nodule.study_date or "") < study_date)
+            and nodule.laterality == query.laterality
         ]
-        centre = np.array([query["center_x"], query["center_y"], query["center_z"]])
-        embedding = np.frombuffer(bytes(query["embedding"]), np.float32)
-        best: dict[str, tuple[float, float, dict[str, Any]]] = {}
-        for row in candidates:
-            distance = float(
-                np.linalg.norm(
-                    np.array([row["center_x"], row["center_y"], row["center_z"]]) - centre
-                )
-            )
+        centre = np.array(query.center_xyz)
+        embedding = query.embedding_vector()
+        best: dict[str, tuple[float, float, NoduleRecord]] = {}
+        for nodule in candidates:
+            distance = float(np.linalg.norm(np.array(nodule.center_xyz) - centre))
             if distance > max_center_distance_mm:
                 continue
-            emb = float(
-                ((np.frombuffer(bytes(row["embedding"]), np.float32) - embedding) ** 2).sum()
-            )
-            key = row["study_instance_uid"]
+            emb = float(((nodule.embedding_vector() - embedding) ** 2).sum())
+            key = nodule.study_instance_uid
             if key not in best or (distance, emb) < best[key][:2]:
-                best[key] = (distance, emb, row)
+                best[key] = (distance, emb, nodule)
         priors = []
-        for uid, (distance, _, row) in sorted(
-            best.items(), key=lambda item: item[1][2]["study_date"] or ""
+        for uid, (distance, _, nodule) in sorted(
+            best.items(), key=lambda item: item[1][2].study_date or ""
         ):
-            growth = float(query["diameter_mm"]) - float(row["diameter_mm"])
+            growth = query.diameter_mm - nodule.diameter_mm
             priors.append(
                 OwnPrior(
                     study_instance_uid=uid,
-                    study_date=row["study_date"],
-                    nodule=row,
+                    study_date=nodule.study_date,
+                    nodule=nodule,
                     center_distance_mm=distance,
                     growth_mm=growth,
-                    growth_percent=100.0 * growth / max(float(row["diameter_mm"]), 1e-6),
+                    growth_percent=100.0 * growth / max(nodule.diameter_mm, 1e-6),
                 )
             )
         return priors
-
-
-def query_rows(catalog: Catalog, model_version: str, **where: str) -> list[dict[str, Any]]:
-    """Nodule rows (with study and patient) to use as queries."""
-    return catalog.nodules_of(model_version=model_version, **where)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import dcmtk, run_peer
 from tests.factories import write_ct_series
+from tests.peers import dcmtk, run_peer
 
 pytestmark = pytest.mark.integration
 

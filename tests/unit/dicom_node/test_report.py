@@ -10,21 +10,10 @@ import pydicom.config
 import pytest
 
 from dicom_node.results.montage import MontageRow, build_key_image_montage
-from dicom_node.results.sr import (
-    CODING_SCHEME,
-    ModelInfo,
-    NoduleFinding,
-    PriorMeasurement,
-    ReportUIDs,
-    SimilarCase,
-    build_similarity_sr,
-)
-from tests.factories import ct_slice
-
-MODEL = ModelInfo("dicom-node nodule hashing", "hn-0123456789abcdef")
-UIDS = ReportUIDs(
-    "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.9"
-)
+from dicom_node.results.sr import CODING_SCHEME, NoduleFinding, build_similarity_sr
+from tests.factories import SR_MODEL as MODEL
+from tests.factories import SR_UIDS as UIDS
+from tests.factories import ct_slice, sr_inputs
 
 
 @pytest.fixture
@@ -32,34 +21,6 @@ def evidence():
     return [
         ct_slice(i, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4") for i in range(3)
     ]
-
-
-def _inputs():
-    findings = [
-        NoduleFinding(
-            "1.2.3.4.100", "Nodule 1", (10.0, 20.0, -30.0), 8.2, 9.5, 290.0, 20.0, "solid", "right"
-        ),
-        NoduleFinding(
-            "1.2.3.4.101",
-            "Nodule 2",
-            (-50.0, 5.0, -80.0),
-            14.1,
-            16.0,
-            1468.0,
-            -520.0,
-            "ground-glass",
-            "left",
-        ),
-    ]
-    similar = {
-        "1.2.3.4.100": [
-            SimilarCase(1, 14, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12"),
-            SimilarCase(2, 19, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34"),
-        ],
-        "1.2.3.4.101": [],
-    }
-    priors = {"1.2.3.4.100": [PriorMeasurement("1.2.8", "20230101", 7.0, 1.2, 17.1)]}
-    return findings, similar, priors
 
 
 def _strict_round_trip(dataset) -> pydicom.Dataset:
@@ -93,7 +54,7 @@ def _items(ds, meaning: str):
 
 
 def test_sr_holds_every_nodule_its_similar_cases_and_priors(evidence) -> None:
-    findings, similar, priors = _inputs()
+    findings, similar, priors = sr_inputs()
     sr = _strict_round_trip(build_similarity_sr(evidence, findings, similar, priors, MODEL, UIDS))
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert sr.StudyInstanceUID == "1.2.3" and sr.PatientID == evidence[0].PatientID

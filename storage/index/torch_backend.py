@@ -1,6 +1,7 @@
 """torch backend of :class:`storage.index.HashIndex` (imported only when used).
 
-Popcount of ``int64`` words by SWAR arithmetic (torch has no popcount op). On
+Popcount of ``int64`` words by SWAR arithmetic (torch has no popcount op); the
+joint distance is :func:`ai.hashing.distance.joint_distance` on the device. On
 CUDA the distance functions are fused by ``torch.compile``; on CPU they run
 eagerly, which is slow but exact (it exists so that tests cover this path).
 Results follow the numpy backend exactly: the pool is every row within the
@@ -17,7 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from storage._hamming import top_k
+from ai.hashing.distance import joint_distance
+from storage.index.hamming import top_k
+from storage.index.rows import CodeRows
+
+__all__ = ["TorchBackend", "TorchCodes", "popcount64"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +49,8 @@ def _coarse(words: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def _joint(words: torch.Tensor, qv: torch.Tensor) -> torch.Tensor:
     """Joint distances ``(m,)`` int32; ``words`` ``(L, m)``, ``qv`` ``(V, L)``."""
     per = popcount64(words.unsqueeze(0) ^ qv.unsqueeze(2)).to(torch.int32)  # (V, L, m)
-    if words.shape[0] == 3:
-        return per[:, 0].amin(dim=0) + per[0, 1] + per[:, 2].amin(dim=0)
-    return per.amin(dim=0).sum(dim=0)
+    out: torch.Tensor = joint_distance(per, amin=torch.amin)
+    return out
 
 
 class TorchCodes:
@@ -89,7 +93,41 @@ def _within(d: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.arange(d.numel(), device=d.device)
 
 
-def search(
+class TorchBackend:
+    """Search :class:`CodeRows` with torch on ``device``; the device copy is rebuilt after changes.
+
+    Parameters
+    ----------
+    device : str
+        ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...).
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._state: TorchCodes | None = None
+
+    def invalidate(self) -> None:
+        """Drop the device copy (the rows changed)."""
+        self._state = None
+
+    def search(
+        self,
+        rows: CodeRows,
+        qw: npt.NDArray[np.uint64],
+        k: int,
+        pool: int,
+        max_pool: int,
+        penalties: list[npt.NDArray[np.int32] | None],
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """Joint-distance search; see :meth:`storage.index.HashIndex.search`."""
+        if self._state is None:
+            self._state = TorchCodes(rows.live_words(), rows.live_labels(), self.device)
+        return _search(
+            self._state, rows.live_ids(), qw, k, pool, max_pool, rows.coarse_layer, penalties
+        )
+
+
+def _search(
     state: TorchCodes,
     ids: npt.NDArray[np.int64],
     qw: npt.NDArray[np.uint64],
@@ -99,7 +137,7 @@ def search(
     coarse_layer: int,
     penalties: list[npt.NDArray[np.int32] | None],
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-    """Joint-distance search; see :meth:`storage.index.HashIndex.search`.
+    """Joint-distance search over a device copy of the rows.
 
     Parameters
     ----------
