@@ -116,16 +116,14 @@ _KIND_LABELS = {"similarity-sr": "similar-case SR", "key-images": "key images"}
 
 
 def _result_line(result: dict[str, Any], series_numbers: dict[str, Any]) -> str:
-    states = [d["state"] for d in result["deliveries"]]
     sent = (
-        f"delivered {states.count('done')}/{len(states)}"
-        if states
-        else "kept here (no destination)"
+        ", ".join(f"{d['destination']} {d['state']}" for d in result["deliveries"])
+        or "kept here (no destination)"
     )
     source = series_numbers.get(result["source_series_instance_uid"])
     return (
         f"  result  {_KIND_LABELS.get(result['kind'], result['kind'])} of series #{source}, "
-        f"model {result['model_version']}, {sent}    {result['sop_instance_uid']}"
+        f"model {result['model_version']}: {sent}    {result['sop_instance_uid']}"
     )
 
 

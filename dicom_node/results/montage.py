@@ -45,10 +45,12 @@ def render_montage(rows: Sequence[MontageRow], title: str) -> npt.NDArray[np.uin
     import matplotlib.pyplot as plt
 
     columns = 1 + max((len(row.matches) for row in rows), default=0)
+    title_inches = 0.45  # a band of its own, so the title never runs over the first captions
+    height = 2.1 * max(1, len(rows)) + title_inches
     figure, axes = plt.subplots(
         max(1, len(rows)),
         columns,
-        figsize=(1.9 * columns, 2.1 * max(1, len(rows))),
+        figsize=(1.9 * columns, height),
         squeeze=False,
         facecolor="black",
     )
@@ -61,8 +63,8 @@ def render_montage(rows: Sequence[MontageRow], title: str) -> npt.NDArray[np.uin
                 caption, image = tiles[c]
                 axis.imshow(_as_unit(image), cmap="gray", vmin=0.0, vmax=1.0)
                 axis.set_title(caption, fontsize=6.5, color="red" if c == 0 else "white")
-    figure.suptitle(title, fontsize=8, color="white")
-    figure.tight_layout()
+    figure.suptitle(title, fontsize=8, color="white", y=1.0 - 0.5 * title_inches / height)
+    figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - title_inches / height))
     figure.canvas.draw()
     rgba = np.asarray(figure.canvas.buffer_rgba())  # type: ignore[attr-defined]  # Agg canvas
     plt.close(figure)
