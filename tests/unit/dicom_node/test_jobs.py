@@ -9,13 +9,11 @@ from storage.catalog import Catalog, JobState, SeriesState
 from tests.factories import instance_record
 
 
-@pytest.fixture
-def catalog(tmp_path):
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+@pytest.fixture(autouse=True)
+def complete_series(catalog: Catalog) -> None:
+    """Series 1.2.3, complete, in the unit tier's catalog."""
     catalog.intake.record_instance(instance_record("1.2.3.1"), now=100.0)
     catalog.workflow.transition("1.2.3", SeriesState.COMPLETE)
-    yield catalog
-    catalog.close()
 
 
 class Analysis:

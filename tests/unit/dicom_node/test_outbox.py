@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 from dicom_node.net.scu import Outgoing, SendReport, StoreResponse
 from dicom_node.results.outbox import Outbox
 from dicom_node.settings import Destination, OutboxSettings
-from storage.catalog import Catalog, DeliveryState, GeneratedResult
+from storage.catalog import DeliveryState, GeneratedResult
 from tests.factories import generated_result
 
 PACS = Destination.parse("PACS@pacs.example:104")
@@ -37,13 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def catalog(tmp_path):
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
-    yield catalog
-    catalog.close()
 
 
 def _outbox(catalog, root: Path, scu: FakeSCU, clock: Clock, **settings) -> Outbox:

@@ -7,15 +7,15 @@ import pytest
 
 from dicom_node.retrieval.search import Retriever, build_index
 from dicom_node.retrieval.similar import rank_studies, similar_cases
-from storage.catalog import Catalog, InstanceRecord
+from storage.catalog import InstanceRecord
 from tests.factories import near_code, new_nodule
 
 VERSION = "test-model-1"
 
 
 @pytest.fixture
-def catalog(tmp_path):
-    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+def archive(catalog):
+    """Four studies of three patients; P1 has a prior (1.1) of the index study (1.2)."""
     rng = np.random.default_rng(0)
     centres = {
         "big": rng.integers(0, 2, 192, dtype=np.uint8),
@@ -62,8 +62,7 @@ def catalog(tmp_path):
                 )
             )
         catalog.nodules.replace(study + ".9", VERSION, rows)
-    yield catalog
-    catalog.close()
+    return catalog
 
 
 def _big_query(catalog):
@@ -75,7 +74,8 @@ def _big_query(catalog):
     return query
 
 
-def test_similar_cases_exclude_the_query_patient_and_share_the_class(catalog) -> None:
+def test_similar_cases_exclude_the_query_patient_and_share_the_class(archive) -> None:
+    catalog = archive
     index = build_index(catalog, VERSION)
     assert index.ntotal == 8 and index.n_bits == 64 and index.embedding_dim == 16
     retriever = Retriever(catalog, index, VERSION)
@@ -95,7 +95,8 @@ def test_similar_cases_exclude_the_query_patient_and_share_the_class(catalog) ->
     assert [s.rank for s in studies] == [1, 2]
 
 
-def test_replace_nodules_is_idempotent_and_returns_what_it_stored(catalog) -> None:
+def test_replace_nodules_is_idempotent_and_returns_what_it_stored(archive) -> None:
+    catalog = archive
     import dataclasses
 
     from storage.catalog import NewNodule

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from dicom_node.intake.series import complete_idle_series
-from storage.catalog import Catalog, SeriesState
+from storage.catalog import SeriesState
 from tests.factories import instance_record
-
-
-@pytest.fixture
-def catalog(tmp_path):
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
-    yield catalog
-    catalog.close()
 
 
 def test_idle_series_complete_and_late_instance_reopens(catalog) -> None:

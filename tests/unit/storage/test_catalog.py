@@ -8,13 +8,6 @@ from storage.catalog import Catalog, JobState, SeriesState
 from tests.factories import generated_result, instance_record
 
 
-@pytest.fixture
-def catalog(tmp_path):
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
-    yield catalog
-    catalog.close()
-
-
 def test_record_is_idempotent_and_counts(catalog) -> None:
     assert catalog.intake.record_instance(instance_record("1.2.3.1"), now=100.0)
     assert not catalog.intake.record_instance(instance_record("1.2.3.1"), now=101.0)
