@@ -204,16 +204,17 @@ class Retriever:
                     code, fetch, pool=self.pool, allowed_labels=allowed
                 )
             ids = [int(i) for i in neighbours[0] if i >= 0 and int(i) != query.id]
-            found = self.catalog.nodules.by_id(ids)
+            patients = self.catalog.nodules.patients_of(ids)
             kept = [
                 i
                 for i in ids
-                if i in found
-                and (exclude_patient_id is None or found[i].patient_id != exclude_patient_id)
+                if i in patients
+                and (exclude_patient_id is None or patients[i] != exclude_patient_id)
             ]
             if len(kept) >= k or fetch >= self.index.ntotal:
                 break
             want *= 4
+        found = self.catalog.nodules.by_id(kept[:k])  # whole records only for the matches
         bits = 8 * len(query.middle)
         matches = []
         for rank, nodule_id in enumerate(kept[:k], start=1):

@@ -191,6 +191,18 @@ class NoduleCatalog:
             rows = connection.execute(query).all()
         return {int(r.id): _record(r) for r in rows}
 
+    def patients_of(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """``{nodule id: PatientID}`` (without the codes and thumbnails of :meth:`by_id`)."""
+        if not ids:
+            return {}
+        query = (
+            sa.select(nodules.c.id, studies.c.patient_id)
+            .join(studies, studies.c.study_instance_uid == nodules.c.study_instance_uid)
+            .where(nodules.c.id.in_([int(i) for i in ids]))
+        )
+        with self._db.begin() as connection:
+            return {int(r.id): r.patient_id for r in connection.execute(query).all()}
+
     def of(
         self,
         *,
