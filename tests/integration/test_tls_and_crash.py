@@ -174,7 +174,10 @@ def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_p
     finally:
         output, _ = sender.communicate(timeout=60)
     acknowledged = _acknowledged(output)
-    assert 40 <= len(acknowledged) < 150, output[-2000:]
+    # storescu waits for each response before it sends the next instance, so
+    # with 40 catalogued the sender has had at least 39 answers; the 40th may
+    # have been on its way when the node was killed.
+    assert 39 <= len(acknowledged) < 150, output[-2000:]
 
     node.start()  # restart on the same data directory
     stored = catalog.intake.instance_paths()
