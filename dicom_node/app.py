@@ -170,8 +170,16 @@ class Node:
             logger.info("%d series queued for processing", pending)
         return pending
 
-    def start(self) -> None:
-        """Resume work, start workers and the watcher, then listen."""
+    def start(self, *, listen: bool = True) -> None:
+        """Resume work, start workers and the watcher, then listen.
+
+        Parameters
+        ----------
+        listen : bool
+            Open the DICOM ports. ``dicom-node backfill`` runs a node without
+            them when no node serves the data directory (and with them when
+            a PACS is to C-MOVE into it).
+        """
         settings = self.settings
         logger.info("dicom-node %s starting: %s", __version__, json.dumps(settings.describe()))
         if not settings.security.allowed_calling_ae_titles:
@@ -183,6 +191,9 @@ class Node:
         self.outbox.start()
         self.resume()
         self.watcher.start()
+        if not listen:
+            logger.info("started without listening (backfill)")
+            return
         self.servers.start()
         logger.info(
             "listening as %s on %s:%d%s%s",

@@ -8,7 +8,9 @@
      │    ├── MissingUID         a required UID is absent or empty
      │    ├── UIDMismatch        dataset UID differs from the DIMSE command's
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
-     └── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     ├── ArchiveError       the archive a backfill reads is unreachable or refuses
+     └── HandoffError       the running node refused instances a backfill handed it
 
 A destination that refuses or does not answer is not an exception: the SCU
 reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
@@ -17,6 +19,8 @@ reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveError",
+    "HandoffError",
     "InvalidDataset",
     "InvalidQuery",
     "MissingUID",
@@ -53,3 +57,11 @@ class SOPClassMismatch(InvalidDataset):
 
 class InvalidQuery(NodeError):
     """A C-FIND identifier is malformed or asks for something unsupported."""
+
+
+class ArchiveError(NodeError):
+    """The archive a backfill reads (Orthanc, a PACS) cannot be reached or refuses."""
+
+
+class HandoffError(NodeError):
+    """The running node did not take instances a backfill handed to it over DICOM."""

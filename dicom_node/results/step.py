@@ -132,15 +132,18 @@ class ResultsStep:
             )
             made.append((montage, ResultKind.KEY_IMAGES))
         queued = 0
+        send = self.catalog.backfill.may_send_results(uid)  # backfilled: only with --send-results
         for dataset, kind in made:
             kept = self.ingest.keep(
                 dataset, kind=kind, source_series_instance_uid=uid, model_version=self.version
             )
-            queued += self.outbox.enqueue(kept)
+            if send:
+                queued += self.outbox.enqueue(kept)
         job.timings["results"] = time.perf_counter() - started
         return Outcome(
             SeriesState.REPORTED,
-            f"SR{' and key images' if rows else ''} kept, {queued} deliveries queued",
+            f"SR{' and key images' if rows else ''} kept, "
+            + (f"{queued} deliveries queued" if send else "not sent (backfilled)"),
         )
 
     def _similar(self, case: NoduleCases, reveal: bool) -> list[SimilarCase]:

@@ -13,6 +13,7 @@ Split by reason to change, one module each:
 ``find``        Study Root C-FIND matching and its keys
 ``nodules``     nodules and their hash codes per model version
 ``deliveries``  outbox rows
+``backfill``    backfill checkpoints and the series a backfill brought in
 ==============  ==========================================================
 
 :class:`Catalog` opens one database and exposes each part as an attribute
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
+from storage.catalog.backfill import BackfillCatalog, BackfilledSeries
 from storage.catalog.deliveries import DeliveryCatalog
 from storage.catalog.engine import Database
 from storage.catalog.find import Condition, FindCatalog, Level
@@ -40,10 +42,20 @@ from storage.catalog.records import (
     SeriesSummary,
     StudyRecord,
 )
-from storage.catalog.schema import DeliveryState, JobState, ResultKind, SeriesState, metadata
+from storage.catalog.schema import (
+    BackfillStudyState,
+    DeliveryState,
+    JobState,
+    ResultKind,
+    SeriesState,
+    metadata,
+)
 from storage.catalog.workflow import WorkflowCatalog
 
 __all__ = [
+    "BackfillCatalog",
+    "BackfillStudyState",
+    "BackfilledSeries",
     "Catalog",
     "CodeBatch",
     "Condition",
@@ -80,6 +92,7 @@ class Catalog:
     find : FindCatalog
     nodules : NoduleCatalog
     deliveries : DeliveryCatalog
+    backfill : BackfillCatalog
     """
 
     def __init__(self, url: str) -> None:
@@ -90,6 +103,7 @@ class Catalog:
         self.find = FindCatalog(self.database)
         self.nodules = NoduleCatalog(self.database)
         self.deliveries = DeliveryCatalog(self.database)
+        self.backfill = BackfillCatalog(self.database)
 
     @property
     def engine(self) -> Engine:

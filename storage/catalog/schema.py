@@ -11,10 +11,14 @@ from enum import Enum
 import sqlalchemy as sa
 
 __all__ = [
+    "BackfillStudyState",
     "DeliveryState",
     "JobState",
     "ResultKind",
     "SeriesState",
+    "backfill_series",
+    "backfill_studies",
+    "backfill_windows",
     "deliveries",
     "instances",
     "jobs",
@@ -76,6 +80,15 @@ class DeliveryState(str, Enum):
     """The destination answered Success or Warning."""
     FAILED = "failed"
     """The destination answered Failure, or retries ran out; ``last_error`` says why."""
+
+
+class BackfillStudyState(str, Enum):
+    """Where one study of a backfill stands (``dicom-node backfill``)."""
+
+    DONE = "done"
+    """Every CT instance of the study is in the catalog (fetched now or known before)."""
+    FAILED = "failed"
+    """Some instances could not be fetched or stored; ``detail`` says why; retried next run."""
 
 
 metadata = sa.MetaData()
@@ -261,4 +274,43 @@ deliveries = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("done_at", sa.Float),
     sa.UniqueConstraint("destination", "sop_instance_uid", name="uq_outbox_destination_instance"),
+)
+
+# Backfill checkpoints (``dicom-node backfill``). A *window* is one query of
+# the source archive (a StudyDate, ``YYYYMMDD``); it is done when every study
+# it found is done. ``source`` names the archive (Orthanc URL or PACS AE@host:port).
+backfill_windows = sa.Table(
+    "backfill_windows",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("window", sa.String(32), primary_key=True),
+    sa.Column("studies", sa.Integer, nullable=False),
+    sa.Column("done_at", sa.Float, nullable=False),
+)
+
+backfill_studies = sa.Table(
+    "backfill_studies",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("study_instance_uid", UID, primary_key=True),
+    sa.Column("study_date", sa.String(8)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("instances_fetched", sa.Integer, nullable=False),
+    sa.Column("bytes_fetched", sa.BigInteger, nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Series that came from a backfill: whether their results may be sent to the
+# outbox destinations, and whether their pixel data is dropped once indexed.
+backfill_series = sa.Table(
+    "backfill_series",
+    metadata,
+    sa.Column("series_instance_uid", UID, primary_key=True),
+    sa.Column("study_instance_uid", UID, nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("send_results", sa.Boolean, nullable=False),
+    sa.Column("index_only", sa.Boolean, nullable=False),
+    sa.Column("pixel_data_released_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
