@@ -1,4 +1,4 @@
-"""A real Orthanc for tests and benchmarks, configured by ``deploy/orthanc/`` (what a PACS admin uses).
+"""A real Orthanc for tests and benchmarks, configured by ``deploy/orthanc/`` as a PACS admin does.
 
 :func:`start_orthanc` copies ``deploy/orthanc/orthanc.json`` and its Lua
 script into a work directory, changes only what a test must (free ports, the
@@ -252,3 +252,53 @@ class CountingProxy:
         """Stop serving."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def write_archive(
+    directory: Path,
+    *,
+    dates: tuple[str, ...] = ("20240102", "20240103", "20240104"),
+    studies_per_day: int = 2,
+    slices: int = 6,
+) -> tuple[list[Path], set[str]]:
+    """A small archive: CT studies of plain slices on ``dates``, plus one MR study on the second.
+
+    Returns the files to upload and the SOP Instance UIDs of the CT instances
+    (what a backfill must bring, and nothing else). Studies of a day are hours
+    apart, so an archive capped at one answer is split by StudyTime.
+    """
+    from tests.factories import write_ct_series
+
+    files: list[Path] = []
+    ct_uids: set[str] = set()
+    for d, date in enumerate(dates):
+        for k in range(studies_per_day):
+            paths = write_ct_series(
+                directory / f"ct-{date}-{k}",
+                slices,
+                study_instance_uid=f"1.2.826.0.1.3680043.10.1114.{d}.{k}",
+                series_instance_uid=f"1.2.826.0.1.3680043.10.1114.{d}.{k}.1",
+                StudyDate=date,
+                StudyTime=f"{8 + 3 * k:02d}0000",
+                PatientID=f"ARCH-{d}-{k}",
+                AccessionNumber=f"ACC{d}{k}",
+            )
+            files += paths
+            ct_uids |= {_sop_instance_uid(p) for p in paths}
+    files += write_ct_series(
+        directory / "mr",
+        3,
+        study_instance_uid="1.2.826.0.1.3680043.10.1114.9",
+        series_instance_uid="1.2.826.0.1.3680043.10.1114.9.1",
+        StudyDate=dates[min(1, len(dates) - 1)],
+        StudyTime="100000",
+        Modality="MR",
+        PatientID="ARCH-MR",
+    )
+    return files, ct_uids
+
+
+def _sop_instance_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -30,6 +30,7 @@ function OnStableStudy(studyId, tags, metadata)
     end
   end
   if #todo == 0 then
+    print('dicom-node: study ' .. studyId .. ' stable: no CT series left to forward')
     return
   end
   local job = ParseJson(RestApiPost('/modalities/' .. NODE .. '/store',

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 from dicom_node.cli._common import add_settings_arguments, settings_from_args
 
 if TYPE_CHECKING:
-    from dicom_node.backfill.run import DayEstimate, Summary
+    from dicom_node.backfill.pacing import OffPeakWindow
+    from dicom_node.backfill.run import BackfillOptions, DayEstimate, Summary
+    from dicom_node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +137,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return EXIT_USAGE
-    from dicom_node.backfill import open_backfill
-    from dicom_node.backfill.pacing import OffPeakWindow, Pacing
+    from dicom_node.backfill.pacing import OffPeakWindow
     from dicom_node.backfill.run import BackfillOptions
-    from dicom_node.errors import ArchiveError, HandoffError, SettingsError
 
     if args.move_destination and not args.pacs:
         print("dicom-node: --move-destination goes with --pacs", file=sys.stderr)
@@ -163,8 +163,25 @@ def run(args: argparse.Namespace) -> int:
         logger.info("signal %d received: finishing the transfers in flight, then stopping", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _backfill(args, settings, stop, window, options)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _backfill(
+    args: argparse.Namespace,
+    settings: Settings,
+    stop: threading.Event,
+    window: OffPeakWindow | None,
+    options: BackfillOptions,
+) -> int:
+    from dicom_node.backfill import open_backfill
+    from dicom_node.backfill.pacing import Pacing
+    from dicom_node.errors import ArchiveError, HandoffError, SettingsError
+
     pacing = Pacing(
         window=window,
         max_bytes_per_second=(args.max_mb_per_s or 0) * 1e6 or None,

@@ -1,7 +1,8 @@
-"""System tier: real server processes (PostgreSQL) started on free loopback ports.
+"""System tier: real server processes (PostgreSQL, Orthanc) started on free loopback ports.
 
-Orthanc-backed tests arrive with the backfill (a later issue); today this tier
-runs the catalog on PostgreSQL. Each fixture skips when its server is not
+PostgreSQL runs the catalog; Orthanc, configured by ``deploy/orthanc/``
+(:mod:`tests.orthanc`), is the PACS that forwards to the node, receives its
+results and is backfilled from. Each fixture skips when its server is not
 installed (``deploy/test.sh`` installs them).
 """
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+# Nodes in process and the small untrained model, as the integration tier has them.
+from tests.integration.conftest import start_node, tiny_model_dir  # noqa: F401
 from tests.peers import free_port, wait_for_port
 
 
