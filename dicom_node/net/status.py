@@ -66,6 +66,17 @@ class Status(IntEnum):
     ELEMENTS_DISCARDED = 0xB006
     """C-STORE warning: an instance with this SOP Instance UID and other
     content is already stored; the first was kept, this one discarded (PS3.4 B.2.3)."""
+    NOT_AUTHORISED = 0x0124
+    """C-GET refused: the calling AE may not retrieve from this node (PS3.7 C.5, general)."""
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    """C-MOVE failed: the Move Destination is not configured (or the calling AE may
+    not retrieve: the destination is checked first) (PS3.4 C.4.2.1.5)."""
+    RETRIEVE_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    """C-MOVE/C-GET failed: identifier does not match SOP class (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+    SUBOPERATIONS_FAILED = 0xB000
+    """C-MOVE/C-GET warning: sub-operations complete, one or more failures (PS3.4 C.4.2.1.5)."""
+    RETRIEVE_UNABLE_TO_PROCESS = 0xC5FF
+    """C-MOVE/C-GET failed: unable to process, logged with a trace (PS3.4 C.4.2.1.5, Cxxx)."""
 
 
 def status_dataset(status: Status, comment: str | None = None) -> Dataset:

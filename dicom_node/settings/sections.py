@@ -24,6 +24,7 @@ __all__ = [
     "OutboxSettings",
     "PrivacySettings",
     "QualificationSettings",
+    "RetrieveSettings",
     "SecuritySettings",
     "SeriesSettings",
     "Settings",
@@ -309,6 +310,34 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class RetrieveSettings:
+    """``[retrieve]``: who may C-MOVE and C-GET what the node holds, and where C-MOVE may send.
+
+    Retrieval hands out whole studies, identities included, so it is closed
+    until AE titles are listed here.
+    """
+
+    allowed_ae_titles: tuple[str, ...] = ()
+    """Calling AE titles allowed to C-MOVE and C-GET; empty = nobody."""
+    move_destinations: tuple[Destination, ...] = ()
+    """Where C-MOVE may send, as ``AE@host:port``; a Move Destination not listed
+    is refused (0xA801): the address never comes from the request."""
+
+    def __post_init__(self) -> None:
+        for title in self.allowed_ae_titles:
+            validate_ae_title(title, "retrieve.allowed_ae_titles")
+        _require(
+            all(isinstance(d, Destination) for d in self.move_destinations),
+            "retrieve.move_destinations: give Destination values (Destination.parse)",
+        )
+        titles = [d.ae_title for d in self.move_destinations]
+        _require(
+            len(set(titles)) == len(titles),
+            "retrieve.move_destinations: an AE title is listed twice",
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node is configured with, created once and passed down."""
 
@@ -329,6 +358,7 @@ class Settings:
     qualification: QualificationSettings = field(default_factory=QualificationSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
 
     def __post_init__(self) -> None:
         validate_ae_title(self.ae_title, "ae_title")

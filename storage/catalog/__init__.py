@@ -14,6 +14,7 @@ Split by reason to change, one module each:
 ``nodules``     nodules and their hash codes per model version
 ``deliveries``  outbox rows
 ``backfill``    backfill checkpoints and the series a backfill brought in
+``retrieve``    the stored files a C-MOVE or C-GET asks for
 ==============  ==========================================================
 
 :class:`Catalog` opens one database and exposes each part as an attribute
@@ -42,6 +43,7 @@ from storage.catalog.records import (
     SeriesSummary,
     StudyRecord,
 )
+from storage.catalog.retrieve import RetrieveCatalog, StoredFile
 from storage.catalog.schema import (
     BackfillStudyState,
     DeliveryState,
@@ -69,8 +71,10 @@ __all__ = [
     "NewNodule",
     "NoduleRecord",
     "ResultKind",
+    "RetrieveCatalog",
     "SeriesState",
     "SeriesSummary",
+    "StoredFile",
     "StudyRecord",
     "metadata",
 ]
@@ -93,6 +97,7 @@ class Catalog:
     nodules : NoduleCatalog
     deliveries : DeliveryCatalog
     backfill : BackfillCatalog
+    retrieve : RetrieveCatalog
     """
 
     def __init__(self, url: str) -> None:
@@ -104,6 +109,7 @@ class Catalog:
         self.nodules = NoduleCatalog(self.database)
         self.deliveries = DeliveryCatalog(self.database)
         self.backfill = BackfillCatalog(self.database)
+        self.retrieve = RetrieveCatalog(self.database)
 
     @property
     def engine(self) -> Engine:

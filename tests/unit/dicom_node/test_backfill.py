@@ -1,4 +1,4 @@
-"""The backfill's logic with a fake archive and a real catalog: windows, splitting, checkpoints, pacing."""
+"""The backfill's logic with a fake archive and a real catalog: windows, checkpoints, pacing."""
 
 from __future__ import annotations
 
@@ -118,7 +118,10 @@ class CatalogHandoff:
         self.finished.append(list(series))
 
 
-def _backfill(catalog, archive, tmp_path, options, *, stop=None, today=D(2024, 2, 1)):
+TODAY = D(2024, 2, 1)
+
+
+def _backfill(catalog, archive, tmp_path, options, *, stop=None, today=TODAY):
     pacing = Pacing(stop=stop or threading.Event())
     handoff = CatalogHandoff(catalog)
     store = InstanceStore(tmp_path / "instances", fsync=False)
