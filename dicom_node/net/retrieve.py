@@ -7,8 +7,9 @@ closed until calling AE titles are listed), and so is where C-MOVE may send:
 the Move Destination AE title is looked up in ``retrieve.move_destinations``,
 never taken from the request. The files are sent as stored (their own
 transfer syntax, with Explicit and Implicit VR Little Endian offered beside
-it on a C-MOVE association; pynetdicom sends a dataset read back from the file). Instances whose pixel data a backfill released
-(``--index-only``) are not held any more and are not offered.
+it on a C-MOVE association; pynetdicom sends a dataset read back from the
+file). Instances whose pixel data a backfill released (``--index-only``) are
+not held any more and are not offered.
 
 Handlers follow pynetdicom's C-MOVE/C-GET protocol: (for C-MOVE) the
 destination, then the number of sub-operations, then a ``(status, file)``
