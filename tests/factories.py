@@ -274,3 +274,14 @@ def sr_inputs() -> tuple[
     }
     priors = {"1.2.3.4.100": [PriorMeasurement("1.2.8", "20230101", 7.0, 1.2, 17.1)]}
     return findings, similar, priors
+
+
+def sr_evidence(count: int = 80) -> list[Dataset]:
+    """CT slice headers (5 mm pixels, 1.25 mm apart) around both nodules of :func:`sr_inputs`."""
+    evidence = []
+    for index in range(count):
+        ds = ct_slice(index, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4")
+        ds.PixelSpacing = [5.0, 5.0]
+        del ds.PixelData
+        evidence.append(ds)
+    return evidence

@@ -5,7 +5,12 @@ built with highdicom (never by hand). One TID 1411 volumetric measurement
 group per nodule: tracking identifier and UID, finding (nodule) and finding
 site (lung, laterality), a POINT volume surface (SCOORD3D) at the centre in
 the CT's frame of reference, long-axis and equivalent diameters, volume, mean
-attenuation, texture, algorithm identification (TID 4019). Appended to each
+attenuation, texture, algorithm identification (TID 4019). Beside it, a TID
+1410 planar group with the same tracking identifier and UID holds the image
+region: a CIRCLE (SCOORD) of the nodule's diameter on the CT slice through
+its centre, referencing that slice, which OHIF-style viewers draw on the
+image (they merge groups by tracking UID; TID 1411 allows a volume surface
+or image regions, not both, hence two groups). Appended to each volumetric
 group, two containers of private concepts (coding scheme ``99DCMNODE``,
 declared in the CodingSchemeIdentificationSequence):
 
@@ -13,7 +18,8 @@ declared in the CodingSchemeIdentificationSequence):
   distance, the code layer that drove the match, the matched nodule's size,
   size class and texture, the matched study's UID and date and the patient
   label the caller's privacy policy allows. No image or series references
-  cross patients: only UIDREF, DATE, TEXT, NUM and CODE items.
+  cross patients: only UIDREF, DATE, TEXT, NUM and CODE items (the one image
+  the SR references is a slice of its own CT series).
 - "Same patient: earlier measurements": the same lesion in the patient's
   earlier studies, with its diameter and the growth in mm and %.
 
@@ -246,6 +252,76 @@ def _priors_container(priors: Sequence[PriorMeasurement]) -> hd.sr.ContainerCont
     return _container(SAME_PATIENT, items)
 
 
+def _centre_region(
+    evidence: Sequence[Dataset], centre_xyz: tuple[float, float, float], diameter_mm: float
+) -> hd.sr.ImageRegion | None:
+    """A CIRCLE of the nodule's diameter on the CT slice nearest its centre, or None.
+
+    None when no slice has usable geometry, the nearest one is farther from
+    the centre than its thickness, or the centre falls outside the image.
+    Graphic data are (column, row) with the top left corner of the image at
+    0\\0, so pixel ``i`` is centred at ``i + 0.5`` (PS3.3 C.18.6.1.1).
+    """
+    centre = np.asarray(centre_xyz, dtype=np.float64)
+    nearest: tuple[float, Dataset, float, float, float] | None = None
+    for ds in evidence:
+        try:
+            origin = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+            orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+            row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        along_row, along_column = orientation[:3], orientation[3:]
+        offset = centre - origin
+        distance = abs(float(offset @ np.cross(along_row, along_column)))
+        if nearest is None or distance < nearest[0]:
+            column = float(offset @ along_row) / column_spacing
+            row = float(offset @ along_column) / row_spacing
+            nearest = (distance, ds, column, row, column_spacing)
+    if nearest is None:
+        return None
+    distance, ds, column, row, column_spacing = nearest
+    thickness = float(ds.get("SliceThickness") or 0.0) or column_spacing
+    inside = 0 <= column < int(ds.Columns) and 0 <= row < int(ds.Rows)
+    if distance > thickness or not inside:
+        return None
+    x, y = column + 0.5, row + 0.5
+    radius = max(diameter_mm / 2 / column_spacing, 1.0)
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
+        graphic_data=np.array([[x, y], [x + radius, y]], dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(ds.SOPClassUID),
+            referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+        ),
+    )
+
+
+def _tracking(finding: NoduleFinding) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
+
+
+def _sites(finding: NoduleFinding) -> list[hd.sr.FindingSite]:
+    return [
+        hd.sr.FindingSite(
+            anatomic_location=codes.SCT.Lung, laterality=LATERALITY[finding.laterality]
+        )
+    ]
+
+
+def _planar_group(
+    finding: NoduleFinding, region: hd.sr.ImageRegion, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: the nodule's region on its centre slice, tracked as the volumetric group."""
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(finding),
+        referenced_region=region,
+        finding_type=codes.SCT.Nodule,
+        finding_sites=_sites(finding),
+        algorithm_id=algorithm,
+    )
+
+
 def _group(
     finding: NoduleFinding,
     frame_of_reference_uid: str,
@@ -261,16 +337,10 @@ def _group(
         source_series=hd.sr.SourceSeriesForSegmentation(series_instance_uid),
     )
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=finding.tracking_uid, identifier=finding.tracking_id
-        ),
+        tracking_identifier=_tracking(finding),
         referenced_volume_surface=surface,
         finding_type=codes.SCT.Nodule,
-        finding_sites=[
-            hd.sr.FindingSite(
-                anatomic_location=codes.SCT.Lung, laterality=LATERALITY[finding.laterality]
-            )
-        ],
+        finding_sites=_sites(finding),
         algorithm_id=algorithm,
         measurements=[
             hd.sr.Measurement(
@@ -373,17 +443,25 @@ def build_similarity_sr(
             model_name=model.version,
         ),
     )
-    groups = [
-        _group(
-            finding,
-            frame_of_reference_uid,
-            series_instance_uid,
-            algorithm,
-            similar.get(finding.tracking_uid, ()),
-            priors.get(finding.tracking_uid, ()),
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
+    for finding in findings:
+        groups.append(
+            _group(
+                finding,
+                frame_of_reference_uid,
+                series_instance_uid,
+                algorithm,
+                similar.get(finding.tracking_uid, ()),
+                priors.get(finding.tracking_uid, ()),
+            )
         )
-        for finding in findings
-    ]
+        region = _centre_region(evidence, finding.center_xyz, finding.diameter_mm)
+        if region is not None:
+            groups.append(_planar_group(finding, region, algorithm))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CT_CHEST,

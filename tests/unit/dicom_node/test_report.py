@@ -13,7 +13,7 @@ from dicom_node.results.montage import MontageRow, build_key_image_montage
 from dicom_node.results.sr import CODING_SCHEME, NoduleFinding, build_similarity_sr
 from tests.factories import SR_MODEL as MODEL
 from tests.factories import SR_UIDS as UIDS
-from tests.factories import ct_slice, sr_inputs
+from tests.factories import ct_slice, sr_evidence, sr_inputs
 
 
 @pytest.fixture
@@ -112,3 +112,42 @@ def test_montage_is_an_rgb_secondary_capture_in_the_index_study(evidence) -> Non
     assert montage.StudyInstanceUID == "1.2.3" and montage.PhotometricInterpretation == "RGB"
     pixels = montage.pixel_array
     assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 10
+
+
+def test_each_nodule_has_a_region_on_its_centre_slice_for_viewers() -> None:
+    evidence = sr_evidence()
+    findings, similar, priors = sr_inputs()
+    sr = _strict_round_trip(build_similarity_sr(evidence, findings, similar, priors, MODEL, UIDS))
+    regions = [i for i in _content_items(sr) if i.ValueType == "SCOORD"]
+    assert [r.GraphicType for r in regions] == ["CIRCLE", "CIRCLE"]
+    by_uid = {ds.SOPInstanceUID: ds for ds in evidence}
+    for finding, region in zip(findings, regions, strict=True):
+        (image,) = region.ContentSequence  # SELECTED FROM the slice through the centre
+        referenced = image.ReferencedSOPSequence[0]
+        ds = by_uid[referenced.ReferencedSOPInstanceUID]
+        assert referenced.ReferencedSOPClassUID == ds.SOPClassUID
+        assert abs(float(ds.ImagePositionPatient[2]) - finding.center_xyz[2]) <= 1.25 / 2
+        # The circle's centre maps back to the nodule's centre (within half a pixel),
+        # its radius is half the diameter (at least one pixel).
+        x, y, edge_x, _ = (float(v) for v in region.GraphicData)
+        world_x = float(ds.ImagePositionPatient[0]) + (x - 0.5) * float(ds.PixelSpacing[1])
+        world_y = float(ds.ImagePositionPatient[1]) + (y - 0.5) * float(ds.PixelSpacing[0])
+        assert (
+            abs(world_x - finding.center_xyz[0]) <= 2.5
+            and abs(world_y - finding.center_xyz[1]) <= 2.5
+        )
+        assert (edge_x - x) * 5.0 == pytest.approx(max(finding.diameter_mm / 2, 5.0))
+    # The planar group tracks the same lesion as the volumetric one.
+    tracking = [i.UID for i in _items(sr, "Tracking Unique Identifier")]
+    assert tracking == [f.tracking_uid for f in findings for _ in (0, 1)]
+    # Every image the SR references is a slice of its own CT series.
+    images = [i for i in _content_items(sr) if i.ValueType == "IMAGE"]
+    assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images} <= set(by_uid)
+
+
+def test_no_region_when_the_centre_is_outside_the_series() -> None:
+    findings, similar, priors = sr_inputs()
+    few = sr_evidence(3)  # z 0 .. -2.5 mm: both centres are far below
+    sr = build_similarity_sr(few, findings, similar, priors, MODEL, UIDS)
+    assert not [i for i in _content_items(sr) if i.ValueType == "SCOORD"]
+    assert len(_items(sr, "Tracking Identifier")) == 2
