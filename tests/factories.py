@@ -267,8 +267,8 @@ def sr_inputs() -> tuple[
     ]
     similar = {
         "1.2.3.4.100": [
-            SimilarCase(1, 14, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12"),
-            SimilarCase(2, 19, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34"),
+            SimilarCase(1, 19, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12", 0.12),
+            SimilarCase(2, 14, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34", 0.31),
         ],
         "1.2.3.4.101": [],
     }

@@ -14,8 +14,9 @@ or image regions, not both, hence two groups). Appended to each volumetric
 group, two containers of private concepts (coding scheme ``99DCMNODE``,
 declared in the CodingSchemeIdentificationSequence):
 
-- "Similar prior cases (other patients)": per match its rank, joint Hamming
-  distance, the code layer that drove the match, the matched nodule's size,
+- "Similar prior cases (other patients)": per match its rank, the embedding
+  distance that ranks it, the joint Hamming distance of its codes (the coarse
+  search), the code layer that drove the match, the matched nodule's size,
   size class and texture, the matched study's UID and date and the patient
   label the caller's privacy policy allows. No image or series references
   cross patients: only UIDREF, DATE, TEXT, NUM and CODE items (the one image
@@ -66,6 +67,7 @@ SAME_PATIENT = _private("SAME-PATIENT-PRIORS", "Same patient: earlier measuremen
 PRIOR = _private("PRIOR-MEASUREMENT", "Earlier measurement")
 RANK = _private("RANK", "Rank")
 JOINT_DISTANCE = _private("JOINT-HAMMING", "Joint Hamming distance")
+RANKING_DISTANCE = _private("EMBEDDING-DISTANCE", "Embedding distance (ranks the cases)")
 CODE_LAYER = _private("CODE-LAYER", "Code layer that drove the match")
 SIZE_CLASS = _private("SIZE-CLASS", "Nodule size class")
 TEXTURE = _private("NODULE-TEXTURE", "Nodule texture")
@@ -156,6 +158,8 @@ class SimilarCase:
     study_date: str | None
     patient_label: str
     """Identity or de-identified case id, as the privacy policy allows."""
+    embedding_distance: float | None = None
+    """Distance of the float embeddings: the one that ranks the cases."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,11 @@ def _similar_container(cases: Sequence[SimilarCase]) -> hd.sr.ContainerContentIt
                 SIMILAR_CASE,
                 [
                     _num(RANK, case.rank, UNITLESS),
+                    *(
+                        [_num(RANKING_DISTANCE, case.embedding_distance, UNITLESS)]
+                        if case.embedding_distance is not None
+                        else []
+                    ),
                     _num(JOINT_DISTANCE, case.distance, BITS),
                     hd.sr.CodeContentItem(
                         name=CODE_LAYER,

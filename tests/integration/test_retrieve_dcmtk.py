@@ -66,18 +66,24 @@ def node_with_priors(tmp_path, make_settings, start_node):
 
 
 def _similar_studies(node, tmp_path) -> list[str]:
+    """The folder SIM-IDX1 as a viewer lists it: similar studies, rank by rank."""
     out = tmp_path / "find"
     out.mkdir()
     result = run_peer(
         [
             dcmtk("findscu"), "-S", "-aet", "VIEWER", "-aec", "DICOM_NODE_SIM", "-X",
             "-od", str(out), "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=SIM-IDX1",
-            "-k", "StudyInstanceUID",
+            "-k", "StudyInstanceUID", "-k", "StudyDescription",
             "127.0.0.1", str(node.similarity_port),
         ]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    return [pydicom.dcmread(p).StudyInstanceUID for p in sorted(out.glob("rsp*.dcm"))]
+    found = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    # The distance beside each rank is the one that ranks: it grows with the rank.
+    shown = [float(ds.StudyDescription.split()[1].removeprefix("d=")) for ds in found]
+    ranks = [ds.StudyDescription.split()[0] for ds in found]
+    assert shown == sorted(shown) and ranks == ["#1", "#2"]
+    return [ds.StudyInstanceUID for ds in found]
 
 
 def _getscu(node, calling: str, study: str, out) -> subprocess.CompletedProcess[str]:

@@ -63,6 +63,9 @@ def test_sr_holds_every_nodule_its_similar_cases_and_priors(evidence) -> None:
     assert len(_items(sr, "Similar prior cases (other patients)")) == 1
     assert [i.UID for i in _items(sr, "Study Instance UID")] == ["1.2.9", "1.2.10", "1.2.8"]
     assert [i.TextValue for i in _items(sr, "Matched patient")] == ["CASE-AB12", "CASE-CD34"]
+    # Rank 1 has the larger Hamming distance: the distance that ranks is there too.
+    ranking = _items(sr, "Embedding distance (ranks the cases)")
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in ranking] == [0.12, 0.31]
     growth = _items(sr, "Diameter change, percent")
     assert float(growth[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(17.1)
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == CODING_SCHEME
@@ -151,3 +154,33 @@ def test_no_region_when_the_centre_is_outside_the_series() -> None:
     sr = build_similarity_sr(few, findings, similar, priors, MODEL, UIDS)
     assert not [i for i in _content_items(sr) if i.ValueType == "SCOORD"]
     assert len(_items(sr, "Tracking Identifier")) == 2
+
+
+@pytest.mark.parametrize(("rows", "matches"), [(1, 0), (1, 1), (1, 10), (3, 4), (8, 10)])
+def test_montage_layout_never_overlaps(rows: int, matches: int) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dicom_node.results.montage import montage_figure
+
+    roi = np.zeros((64, 64), np.uint8)
+    caption = "#10 d=0.123\n12.5 mm 2024-01-01 a caption long enough to be wrapped and cut"
+    figure = montage_figure(
+        [
+            MontageRow(f"Nodule {r}\n12.3 mm part-solid", roi, [(caption, roi)] * matches)
+            for r in range(rows)
+        ],
+        "Similar prior cases of other patients, model hn-0123456789abcdef. " * 3,
+    )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in figure.texts]
+    boxes += [a.get_window_extent(renderer) for a in figure.axes]
+    assert len(figure.axes) == rows * (1 + matches)
+    whole = figure.bbox
+    for i, box in enumerate(boxes):
+        assert (
+            whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 and box.y1 <= whole.y1
+        )
+        for other in boxes[i + 1 :]:
+            assert not box.overlaps(other), (box, other)
