@@ -23,5 +23,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,orthanc,scale]"
+.venv/bin/python -m pip install -q -e ".[test,scale]"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
