@@ -27,12 +27,17 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
+    from dicom_node.net.similarity import folder_id
     from storage.catalog import DeliveryState
 
     with open_catalog(settings) as catalog:
         rows = catalog.workflow.summaries()
         generated = catalog.intake.generated_results()
         deliveries = catalog.deliveries.in_states()
+        accessions = {}
+        for uid in dict.fromkeys(r.study_instance_uid for r in rows):
+            study = catalog.intake.study(uid)
+            accessions[uid] = study.accession_number if study is not None else None
     delivery_records = [
         {
             "sop_instance_uid": d.sop_instance_uid,
@@ -77,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
             "state": row.state.value,
             "reason": row.reason,
             "last_received_at": row.last_received_at,
+            "accession_number": accessions[row.study_instance_uid],
+            # PatientID of the study's similar-case folder on the similarity AE
+            "similar_folder": folder_id(row.study_instance_uid, accessions[row.study_instance_uid]),
         }
         if args.show_phi:
             record["patient_name"] = row.patient_name
@@ -144,7 +152,10 @@ def _table(records: list[dict[str, Any]], results: list[dict[str, Any]], *, show
             if study is not None:
                 body += [[_result_line(r, series_numbers)] for r in by_study[study]]
             study = record["study_instance_uid"]
-            body.append([f"study {study}"])
+            accession = record["accession_number"] or "(none)"
+            body.append(
+                [f"study {study}  accession {accession}  similar cases: {record['similar_folder']}"]
+            )
         ago = time.time() - record["last_received_at"]
         cells = ["" if record[c] is None else str(record[c]) for c in columns]
         cells[columns.index("reason")] = (record["reason"] or "") + (
