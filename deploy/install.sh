@@ -4,7 +4,8 @@
 #     default) and dicom-node (editable: `git pull` + restart updates the code; the
 #     shipped hashing model in ai/weights is part of the package);
 #   - `dicom-node` on PATH: a link in /usr/local/bin when this runs as root (or with sudo),
-#     otherwise the command to add .venv/bin to your PATH is printed;
+#     otherwise in ~/.local/bin (only dicom-node: the venv's other commands include
+#     pynetdicom's storescu/echoscu/findscu, which must not hide dcmtk's);
 #   - a stamp (.venv/.dicom-node-installed) with the hash of setup.cfg and pyproject.toml:
 #     deploy/run-node.sh installs again only when they change, and runs offline otherwise.
 #
@@ -41,8 +42,11 @@ cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1 > .venv/.dicom-node-ins
 echo "dicom-node installed in $HOME_DIR/.venv ($(.venv/bin/dicom-node --version))"
 
 if [ -n "$SUDO" ] && ! sudo -n true 2>/dev/null; then
-    echo "to have dicom-node on your PATH: export PATH=\"$HOME_DIR/.venv/bin:\$PATH\""
-    echo "  (or: source $HOME_DIR/.venv/bin/activate)"
+    mkdir -p "$HOME/.local/bin"
+    ln -sf "$HOME_DIR/.venv/bin/dicom-node" "$HOME/.local/bin/dicom-node"
+    echo "dicom-node linked as $HOME/.local/bin/dicom-node (on PATH in a new login shell on Debian);"
+    echo "  or: export PATH=\"\$PATH:$HOME_DIR/.venv/bin\" (at the end: the venv also holds"
+    echo "  pynetdicom's storescu/echoscu/findscu, which would hide dcmtk's)"
 else
     $SUDO ln -sf "$HOME_DIR/.venv/bin/dicom-node" /usr/local/bin/dicom-node
     echo "dicom-node is on PATH: /usr/local/bin/dicom-node -> $HOME_DIR/.venv/bin/dicom-node"

@@ -308,3 +308,18 @@ def test_parse_day() -> None:
     assert parse_day("-7", today=today) == D(2024, 2, 23)
     with pytest.raises(Exception, match="not a date"):
         parse_day("31/01/2024", today=today)
+
+
+def test_the_backfill_writes_no_instance_or_nodule_itself() -> None:
+    """Instances reach the node through Ingest.receive or its C-STORE SCP (DESIGN.md rule)."""
+    import ast
+    from pathlib import Path
+
+    import dicom_node.backfill
+
+    offences = []
+    for path in sorted(Path(dicom_node.backfill.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("record_instance", "nodules"):
+                offences.append(f"{path.name}:{node.lineno} {node.attr}")
+    assert offences == []
