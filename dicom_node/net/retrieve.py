@@ -8,7 +8,8 @@ the Move Destination AE title is looked up in ``retrieve.move_destinations``,
 never taken from the request. The files are sent as stored (their own
 transfer syntax, with Explicit and Implicit VR Little Endian offered beside
 it on a C-MOVE association; pynetdicom sends a dataset read back from the
-file). Instances whose pixel data a backfill released (``--index-only``) are
+file); a compressed file goes decompressed to a receiver that did not accept
+its transfer syntax. Instances whose pixel data a backfill released (``--index-only``) are
 not held any more and are not offered.
 
 Handlers follow pynetdicom's C-MOVE/C-GET protocol: (for C-MOVE) the
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
@@ -153,15 +154,54 @@ def retrieve_guard(func: G) -> G:
     return wrapper  # type: ignore[return-value]
 
 
-def _send(event: Event, files: list[tuple[StoredFile, Path]]) -> Iterator[Any]:
-    """The sub-operation count, then each file read back (one at a time) as it was stored."""
+Accepted = Callable[[], dict[str, set[str]]]
+"""Transfer syntaxes the receiving side accepted, per storage SOP class (read lazily: for
+C-MOVE the sub-operation association exists only once the first instance is asked for)."""
+
+
+def _accepted(assoc: Any) -> dict[str, set[str]]:
+    """Per SOP class, the transfer syntaxes of the contexts where we send (we are the SCU)."""
+    accepted: dict[str, set[str]] = {}
+    for context in assoc.accepted_contexts:
+        if context.as_scu and context.transfer_syntax:
+            accepted.setdefault(str(context.abstract_syntax), set()).add(
+                str(context.transfer_syntax[0])
+            )
+    return accepted
+
+
+def _move_association(event: Event, destination: Destination) -> Any:
+    """The association pynetdicom opened to the Move Destination for this C-MOVE."""
+    for assoc in event.assoc.ae.active_associations:
+        if (
+            assoc.is_requestor
+            and assoc.is_established
+            and assoc.acceptor.ae_title == destination.ae_title
+            and assoc.acceptor.port == destination.port
+        ):
+            return assoc
+    return None
+
+
+def _send(event: Event, files: list[tuple[StoredFile, Path]], accepted: Accepted) -> Iterator[Any]:
+    """The sub-operation count, then each file read back (one at a time).
+
+    A file goes as stored when the receiver accepted its transfer syntax; a
+    compressed one it did not accept is decompressed to Explicit VR Little
+    Endian (viewers that take JPEG-LS are not the rule).
+    """
     yield len(files)
-    for _, path in files:
+    syntaxes: dict[str, set[str]] | None = None
+    for stored, path in files:
         if event.is_cancelled:
             yield int(Status.CANCEL), None
             return
         with path.open("rb") as handle:
             dataset = pydicom.dcmread(handle)
+        if UID(stored.transfer_syntax_uid).is_compressed:
+            syntaxes = accepted() if syntaxes is None else syntaxes
+            if stored.transfer_syntax_uid not in syntaxes.get(stored.sop_class_uid, set()):
+                dataset.decompress(generate_instance_uid=False)  # same instance
         yield int(Status.PENDING), dataset
 
 
@@ -203,7 +243,7 @@ def handle_get(event: Event, service: RetrieveService) -> Iterator[Any]:
         return
     files = service.files(event.identifier)
     logger.info("C-GET from %r: %d instances", calling, len(files))
-    yield from _send(event, files)
+    yield from _send(event, files, lambda: _accepted(event.assoc))
 
 
 @retrieve_guard
@@ -254,4 +294,9 @@ def handle_move(event: Event, service: RetrieveService) -> Iterator[Any]:
     files = service.files(event.identifier)
     logger.info("C-MOVE from %r: %d instances to %s", calling, len(files), destination)
     yield destination.host, destination.port, {"contexts": _contexts(files) or None}
-    yield from _send(event, files)
+
+    def accepted() -> dict[str, set[str]]:
+        assoc = _move_association(event, destination)
+        return {} if assoc is None else _accepted(assoc)
+
+    yield from _send(event, files, accepted)

@@ -179,3 +179,34 @@ def test_series_and_image_level_retrieve(node_with_priors, tmp_path) -> None:
     )  # fmt: skip
     assert list(bad.iterdir()) == []
     assert "DataSetDoesNotMatchSOPClass" in result.stderr, result.stderr  # 0xA900
+
+
+def test_jpeg_ls_goes_as_stored_or_decompressed_as_the_viewer_accepts(
+    node_with_priors, tmp_path
+) -> None:
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
+
+    node, _, _ = node_with_priors
+    paths = write_ct_series(
+        tmp_path / "jpls", 2, transfer_syntax_uid=JPEGLSLossless, AccessionNumber="JPLS"
+    )
+    study = receive_files(node.ingest, paths)[0].StudyInstanceUID
+    originals = {ds.SOPInstanceUID: ds.pixel_array for ds in map(pydicom.dcmread, paths)}
+    for options, syntax in (([], ExplicitVRLittleEndian), (["+xt"], JPEGLSLossless)):
+        out = tmp_path / f"got{len(options)}"
+        out.mkdir()
+        got = run_peer(
+            [
+                dcmtk("getscu"), "-S", *options, "-aet", "VIEWER", "-aec", "DICOM_NODE",
+                "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={study}",
+                "127.0.0.1", str(node.port),
+            ]
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        received = [pydicom.dcmread(p) for p in out.iterdir()]
+        assert {ds.file_meta.TransferSyntaxUID for ds in received} == {syntax}
+        # The same instances (a transfer syntax is not a new instance), the same pixels.
+        assert sorted(ds.SOPInstanceUID for ds in received) == sorted(originals)
+        for ds in received:
+            assert (ds.pixel_array == originals[ds.SOPInstanceUID]).all()
