@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
     count = len(studies)
     total = fetch + processing
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
-        f"\nbackfill from Orthanc (REST) on {os.cpu_count()} CPUs, {datetime.date.today()}: "
+        f"\nbackfill from Orthanc (REST) on {os.cpu_count()} CPUs (load average {load}), "
+        f"{datetime.date.today()}: "
         f"{count} studies, {len(files)} instances, {megabytes:.0f} MB "
         f"({args.matrix}x{args.matrix}, {args.slice_mm} mm slices), "
         f"--max-parallel {args.max_parallel}\n"
