@@ -6,7 +6,7 @@ Column lengths follow the DICOM value representations (PS3.5 6.2).
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 import sqlalchemy as sa
 
@@ -82,7 +82,7 @@ class DeliveryState(str, Enum):
     """The destination answered Failure, or retries ran out; ``last_error`` says why."""
 
 
-class BackfillStudyState(str, Enum):
+class BackfillStudyState(StrEnum):
     """Where one study of a backfill stands (``dicom-node backfill``)."""
 
     DONE = "done"

@@ -11,6 +11,7 @@ hands everything to it (C-MOVE to its AE, C-STORE from the spool).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -184,3 +185,73 @@ def test_beside_a_running_node_everything_goes_to_it(
     assert sorted(senders.values()) == ["DICOM_NODE"] * 4 + ["ORTHANC"] * 2
     # The node completes them on its own idle timer, as for any sender.
     assert all(s.state.value == "receiving" for s in node.catalog.workflow.summaries())
+
+
+@pytest.mark.slow
+def test_backfilled_phantoms_are_indexed_kept_home_and_index_only(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
+    """Chest phantoms backfilled with --index-only: processed, searchable, results not sent,
+    instance files released, and never fetched again."""
+    from ai.phantom import TEST_GEOMETRY, write_cohort
+
+    cohort = tmp_path / "cohort"
+    write_cohort(
+        cohort, patients=2, seed=9, studies_per_patient=1, geometry=TEST_GEOMETRY, anatomy_scale=0.6
+    )
+    orthanc = start_orthanc(tmp_path / "orthanc", lua=False)
+    proxy = CountingProxy(orthanc.http_port)
+    data = tmp_path / "data"
+    os.environ.update(
+        DICOM_NODE_WORKER_MODEL_DIR=str(tiny_model_dir),
+        DICOM_NODE_QUALIFICATION_MIN_LUNG_VOLUME_ML="100",
+        # a PACS that would receive results, if any were sent (nothing listens there)
+        DICOM_NODE_OUTBOX_DESTINATIONS=f"PACS@127.0.0.1:{free_port()}",
+        DICOM_NODE_SIMILARITY_PORT="-1",
+        DICOM_NODE_STORAGE_MIN_FREE_MB="0",
+    )
+    try:
+        files = sorted((cohort / "dicom").rglob("*.dcm"))
+        orthanc.upload(files)
+        args = ["backfill", "--data-dir", str(data), "--orthanc", proxy.url(), "--index-only"]
+        assert main(args) == 0
+        assert proxy.total() == len(files)
+        assert main(args) == 0  # again: nothing fetched
+        assert proxy.total() == len(files)
+    finally:
+        proxy.close()
+        orthanc.stop()
+    catalog = Catalog(f"sqlite:///{data / 'catalog.sqlite3'}")
+    try:
+        summaries = catalog.workflow.summaries()
+        assert [s.state.value for s in summaries] == ["reported", "reported"], summaries
+        assert all("not sent (backfilled)" in (s.reason or "") for s in summaries)
+        assert catalog.deliveries.in_states() == []  # results kept home
+        versions = catalog.nodules.model_versions()
+        nodules = [
+            n
+            for s in summaries
+            for n in catalog.nodules.of(
+                model_version=versions[0], series_instance_uid=s.series_instance_uid
+            )
+        ]
+        assert nodules and all(n.thumbnail for n in nodules)
+        # Index only: the CT files are gone (the node's own SR and key images stay), and
+        # the catalog still knows each instance, so none is fetched again.
+        ct_series = {s.series_instance_uid for s in summaries}
+        left = [p for p in (data / "instances").rglob("*.dcm") if p.parent.name in ct_series]
+        assert left == []
+        assert len(list((data / "instances").rglob("*.dcm"))) == 4  # SR + key images, twice
+        assert catalog.backfill.released_series([s.series_instance_uid for s in summaries]) == {
+            s.series_instance_uid for s in summaries
+        }
+        assert sum(s.instance_count for s in summaries) == len(files)
+    finally:
+        catalog.close()
+    # Still searchable: the similar cases of one study are the other patient's nodules.
+    capsys.readouterr()
+    study = summaries[0].study_instance_uid
+    assert main(["similar", "--data-dir", str(data), "--study", study, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    matched = {m["study_instance_uid"] for n in report["nodules"] for m in n["matches"]}
+    assert matched == {summaries[1].study_instance_uid}

@@ -323,3 +323,19 @@ def test_the_backfill_writes_no_instance_or_nodule_itself() -> None:
             if isinstance(node, ast.Attribute) and node.attr in ("record_instance", "nodules"):
                 offences.append(f"{path.name}:{node.lineno} {node.attr}")
     assert offences == []
+
+
+def test_progress_counts_studies_per_hour_and_time_left(caplog) -> None:
+    import io
+    import logging
+
+    from dicom_node.backfill.progress import Progress
+
+    progress = Progress(4, stream=io.StringIO(), log_seconds=0.0)  # not a terminal: log lines
+    progress.started -= 3600.0  # an hour ago
+    with caplog.at_level(logging.INFO, logger="dicom_node.backfill.progress"):
+        progress.study_done(10, 5_000_000)
+        progress.study_done(10, 5_000_000)
+    assert progress.studies_per_hour == pytest.approx(2.0, rel=0.01)
+    assert progress.eta_seconds == pytest.approx(3600.0, rel=0.01)
+    assert "2/4 studies, 2 studies/h, 20 instances, 10 MB, about 1.0 h left" in caplog.text
