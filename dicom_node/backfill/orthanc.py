@@ -57,9 +57,11 @@ def _client_class() -> Any:
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
+    """What the client raises: its own exceptions, and requests' that it lets through."""
+    import requests
     from orthanc_api_client.exceptions import OrthancApiException
 
-    return (OrthancApiException,)
+    return (OrthancApiException, requests.RequestException, ValueError)
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:

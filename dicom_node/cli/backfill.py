@@ -206,6 +206,9 @@ def _backfill(
     except (ArchiveError, HandoffError, SettingsError) as exc:
         print(f"dicom-node: backfill: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except ValueError as exc:  # a malformed --orthanc URL
+        print(f"dicom-node: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     _print_summary(summary)
     if summary.stopped:
         return EXIT_STOPPED
