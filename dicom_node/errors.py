@@ -8,7 +8,8 @@
      │    ├── MissingUID         a required UID is absent or empty
      │    ├── UIDMismatch        dataset UID differs from the DIMSE command's
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
-     └── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     └── IndexNotReady      the similarity index is still loading after a start (0xC310)
 
 A destination that refuses or does not answer is not an exception: the SCU
 reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
@@ -17,6 +18,7 @@ reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
 from __future__ import annotations
 
 __all__ = [
+    "IndexNotReady",
     "InvalidDataset",
     "InvalidQuery",
     "MissingUID",
@@ -53,3 +55,7 @@ class SOPClassMismatch(InvalidDataset):
 
 class InvalidQuery(NodeError):
     """A C-FIND identifier is malformed or asks for something unsupported."""
+
+
+class IndexNotReady(NodeError):
+    """The similarity index is still loading (a node just started); ask again shortly."""

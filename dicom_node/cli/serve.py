@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -22,6 +23,12 @@ def add_subparser(subparsers: Any) -> None:
         "or what the settings say.",
     )
     add_settings_arguments(parser, network=True)
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="receive and answer only; `dicom-node worker` processes do the processing "
+        "(the same as worker.threads = 0)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
+    if args.no_worker:
+        settings = dataclasses.replace(
+            settings, worker=dataclasses.replace(settings.worker, threads=0)
+        )
     from dicom_node.app import Node
     from storage.errors import StorageError
 

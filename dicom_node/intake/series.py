@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from storage.catalog import Catalog, SeriesState
+from storage.catalog import Catalog
 
 __all__ = ["SeriesWatcher", "complete_idle_series"]
 
@@ -20,18 +20,13 @@ def complete_idle_series(
     """Move idle ``receiving`` series to ``complete``; return those moved.
 
     The transition re-checks the idle condition in the same statement, so an
-    instance arriving between the query and the update keeps it receiving.
+    instance arriving between the query and the update keeps it receiving;
+    steps that ran on the series before its new instances are due again.
     """
     now = time.time() if now is None else now
     completed = []
     for uid in catalog.workflow.due_series(idle_seconds, now=now):
-        if catalog.workflow.transition(
-            uid,
-            SeriesState.COMPLETE,
-            from_states=[SeriesState.RECEIVING],
-            idle_before=now - idle_seconds,
-            now=now,
-        ):
+        if catalog.workflow.complete(uid, idle_before=now - idle_seconds, now=now):
             logger.info("series %s complete", uid)
             completed.append(uid)
     return completed

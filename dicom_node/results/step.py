@@ -131,6 +131,8 @@ class ResultsStep:
                 model=model,
             )
             made.append((montage, ResultKind.KEY_IMAGES))
+        if job.claim is not None:
+            self.catalog.workflow.ensure_held(job.claim)  # taken over: leave it to the new holder
         queued = 0
         for dataset, kind in made:
             kept = self.ingest.keep(

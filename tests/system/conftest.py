@@ -1,8 +1,9 @@
 """System tier: real server processes (PostgreSQL) started on free loopback ports.
 
 Orthanc-backed tests arrive with the backfill (a later issue); today this tier
-runs the catalog on PostgreSQL. Each fixture skips when its server is not
-installed (``deploy/test.sh`` installs them).
+runs the catalog on PostgreSQL: one server for the session, an empty
+database per test that asks for one (:func:`fresh_database`). Each fixture
+skips when its server is not installed (``deploy/test.sh`` installs them).
 """
 
 from __future__ import annotations
@@ -98,3 +99,22 @@ def postgresql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.fixture
+def fresh_database(postgresql_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the session's server (dropped afterwards)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgresql_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE DATABASE {name}"))
+        yield postgresql_url.rsplit("/", 1)[0] + f"/{name}"
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    finally:
+        admin.dispose()
