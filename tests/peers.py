@@ -93,7 +93,7 @@ def postgresql_server(root: Path, *, fsync: bool = False) -> Iterator[str]:
     """A PostgreSQL server of its own in ``root`` on a free loopback port; yields its URL.
 
     Started from Debian's binaries, as the ``postgres`` user when running as
-    root (initdb refuses root), and stopped on exit. ``fsync`` off by default:
+    root (initdb refuses root), and stopped on exit; its log is ``root/server.log``. ``fsync`` off by default:
     tests and the read-path benchmarks do not measure commit durability.
 
     Raises
@@ -124,11 +124,12 @@ def postgresql_server(root: Path, *, fsync: bool = False) -> Iterator[str]:
         check=True,
         capture_output=True,
     )  # fmt: skip
+    log = (root / "server.log").open("ab")
     server = subprocess.Popen(
         [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
          "-k", str(root), "-c", f"fsync={'on' if fsync else 'off'}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_for_port(port, process=server)
@@ -141,3 +142,4 @@ def postgresql_server(root: Path, *, fsync: bool = False) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(30)
+        log.close()

@@ -395,11 +395,11 @@ class Settings:
     def describe(self) -> dict[str, Any]:
         """The effective configuration for the start-up log, secrets masked."""
         result: dict[str, Any] = _to_dict(self)
-        url = result["storage"]["catalog_url"]
-        if "@" in url and ":" in url.split("@")[0]:
-            scheme, rest = url.split("://", 1)
-            user = rest.split(":", 1)[0]
-            result["storage"]["catalog_url"] = f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
+        scheme, _, rest = result["storage"]["catalog_url"].partition("://")
+        credentials, at, host = rest.rpartition("@")
+        if at and ":" in credentials:  # user:password@host; a URL without password stays
+            user = credentials.split(":", 1)[0]
+            result["storage"]["catalog_url"] = f"{scheme}://{user}:***@{host}"
         return result
 
 

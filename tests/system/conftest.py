@@ -35,7 +35,7 @@ def fresh_database(postgresql_url: str) -> Iterator[str]:
     import sqlalchemy as sa
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgresql_url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(postgresql_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with admin.connect() as connection:
             connection.execute(sa.text(f"CREATE DATABASE {name}"))
