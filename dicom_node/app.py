@@ -104,9 +104,20 @@ class Node:
         self.servers = DicomServers(settings, self.ingest, self.catalog, self.similarity)
 
     def _default_steps(self) -> list[Step]:
-        """The AI and results steps when a hashing model is available, else the recording step."""
-        from dicom_node.model import load_model
+        """The AI and results steps when a hashing model is available, else the recording step.
 
+        A node without worker threads (``serve --no-worker``) runs no step: it
+        needs only the model's version for its index, and never imports torch.
+        """
+        from dicom_node.model import load_model, model_version
+
+        if self.settings.worker.threads == 0:
+            version = model_version(self.settings.worker.model_dir)
+            if version is not None and self.similarity_index is None:
+                self.similarity_index = SimilarityIndex(
+                    self.catalog, version, snapshot_dir=self.settings.index_dir
+                )
+            return []
         model = load_model(self.settings.worker.model_dir)
         if model is None:
             return [RecordingStep()]

@@ -134,7 +134,8 @@ class JobRunner:
     ----------
     catalog : Catalog
     steps : sequence of Step
-        In order; each starts from the state the one before it produces.
+        In order; each starts from the state the one before it produces. None
+        in a node that only receives and answers: it claims nothing.
     lease_seconds : float
         How long a claim stays this worker's without renewal
         (``worker.lease_seconds``); :meth:`renew_leases` extends it.
@@ -151,8 +152,6 @@ class JobRunner:
         lease_seconds: float = 60.0,
         max_attempts: int = 3,
     ) -> None:
-        if not steps:
-            raise ValueError("the job runner needs at least one step")
         self.catalog = catalog
         self.steps = tuple(steps)
         self.lease_seconds = lease_seconds
@@ -166,6 +165,8 @@ class JobRunner:
 
     def claim_next(self) -> Claim | None:
         """Claim the next due job of any step (a taken-over one first), or None."""
+        if not self._keys:
+            return None
         return self.catalog.workflow.claim_next(
             self._keys, worker=self.worker(), lease_seconds=self.lease_seconds
         )
@@ -301,6 +302,8 @@ class JobRunner:
         dead = sorted({r.worker for r in running if r.worker and _is_dead(r.worker, self.identity)})
         recovered = workflow.expire(dead)
         held = {r.series_instance_uid for r in running}
+        if not self.steps:
+            return recovered
         first = self.steps[0]
         for uid in workflow.series_in_states([SeriesState.PROCESSING]):
             if uid not in held and workflow.transition(
