@@ -8,9 +8,12 @@ process start to the first similarity C-FIND answered by dcmtk ``findscu``:
    start did before snapshots), then writes a snapshot;
 2. stop (SIGTERM), ``--delta`` more nodules stored as other workers would
    (``NoduleCatalog.replace``: new series, and series processed again);
-3. restart on the same data directory: the snapshot plus the rows after it.
+3. restart on the same data directory (``--restarts`` times): the snapshot
+   plus the rows after it.
 
-Target: step 3 within 10 s on 2 CPU cores.
+Target: step 3 within 10 s on 2 CPU cores. The wall time depends on what
+else runs on the machine (the load average is printed beside it); the node's
+CPU seconds up to the answer do not.
 
 Usage::
 
@@ -33,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._archive import populate  # noqa: E402
-from tests.peers import PEER_ENV, free_port, postgresql_server  # noqa: E402
+from tests.peers import PEER_ENV, free_port, postgresql_server, wait_for_port  # noqa: E402
 
 #: The node's log lines when its index is loaded, and when it is saved.
 LOADED = re.compile(r"similarity index of model \S+: (\d+) nodules from (.*) in ([\d.]+) s")
@@ -60,23 +63,22 @@ def _first_answer(env: dict[str, str], data_dir: Path, folder: str) -> dict[str,
             env={**env, "DICOM_NODE_SIMILARITY_PORT": str(similarity_port)},
             cwd=REPO,
         )  # fmt: skip
-    listening = None
     try:
+        wait_for_port(similarity_port, process=node, timeout=600)
+        listening = time.perf_counter() - started
         answers = 0
         with tempfile.TemporaryDirectory() as out:
             while answers == 0:
                 if node.poll() is not None:
                     raise RuntimeError(f"the node exited: {log.read_text()[-2000:]}")
-                result = subprocess.run(
-                    ["/usr/bin/findscu", "-v", "-S", "-aec", "DICOM_NODE_SIM", "-X", "-od", out,
+                subprocess.run(
+                    ["/usr/bin/findscu", "-S", "-aec", "DICOM_NODE_SIM", "-X", "-od", out,
                      "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={folder}",
                      "-k", "StudyInstanceUID", "127.0.0.1", str(similarity_port)],
                     env=PEER_ENV,
                     capture_output=True,
                     text=True,
                 )  # fmt: skip
-                if listening is None and "Association Accepted" in result.stdout + result.stderr:
-                    listening = time.perf_counter() - started
                 answers = len(list(Path(out).glob("rsp*.dcm")))
                 if answers == 0:
                     time.sleep(0.05)  # not listening yet, or 0xC310 while loading
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--nodules", type=int, default=1_000_000)
     parser.add_argument("--delta", type=int, default=2000)
+    parser.add_argument("--restarts", type=int, default=3, help="restarts timed (median shown)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -146,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )  # fmt: skip
                 catalog.nodules.replace(series_uid, version, random_nodules(rng, 4, dim=128))
-            again = _first_answer(env, data_dir, folder)
+            restarts = [_first_answer(env, data_dir, folder) for _ in range(args.restarts)]
             catalog.close()
+    again = sorted(restarts, key=lambda run: float(run["seconds"]))[len(restarts) // 2]
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(
         f"\nnode start with {args.nodules:,} indexed nodules in PostgreSQL (catalog filled in "
@@ -159,15 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     for label, run in (
         ("first: every catalog row (no snapshot)", first),
-        ("restart: snapshot + the rows after it", again),
+        (f"restart: snapshot + rows after it (median of {len(restarts)})", again),
     ):
-        listening = run["listening"]
         loaded = run["load"]
         print(
-            f"{label:<44} {run['seconds']:>14.1f} {run['cpu']:>10.1f} "
-            f"{listening if listening is None else f'{listening:.1f}':>11} "
+            f"{label:<44} {run['seconds']:>14.1f} {run['cpu']:>10.1f} {run['listening']:>11.1f} "
             f"{loaded[2] if loaded else '?':>12}"
         )
+    print(
+        "restarts, first answer s: "
+        + ", ".join(f"{float(run['seconds']):.1f}" for run in restarts)
+        + "; node CPU s: "
+        + ", ".join(f"{float(run['cpu']):.1f}" for run in restarts)
+    )
     for label, run in (("first", first), ("restart", again)):
         if run["load"]:
             count, how, _ = run["load"]
