@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import signal
-import sys
-import threading
 from typing import Any
 
-from dicom_node.cli._common import add_settings_arguments, settings_from_args
-
-logger = logging.getLogger(__name__)
+from dicom_node.cli._common import add_settings_arguments, run_node, settings_from_args
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -40,25 +34,4 @@ def run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(
             settings, worker=dataclasses.replace(settings.worker, threads=0)
         )
-    from dicom_node.app import Node
-    from storage.errors import StorageError
-
-    stop = threading.Event()
-
-    def _request_stop(signum: int, _frame: object) -> None:
-        logger.info("signal %d received; stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
-    try:
-        node = Node(settings)
-        node.start()
-    except (OSError, StorageError) as exc:
-        print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
-        return 1
-    try:
-        stop.wait()
-    finally:
-        node.stop()
-    return 0
+    return run_node(settings, listen=True)

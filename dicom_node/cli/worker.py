@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
-import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dicom_node.cli._common import add_settings_arguments, settings_from_args
+from dicom_node.cli._common import add_settings_arguments, run_node, settings_from_args
+
+if TYPE_CHECKING:
+    from dicom_node.app import Node
 
 logger = logging.getLogger(__name__)
 
@@ -46,35 +47,17 @@ def run(args: argparse.Namespace) -> int:
     if settings.worker.threads < 1:
         print("dicom-node worker: worker.threads is 0; nothing would run", file=sys.stderr)
         return 2
-    from dicom_node.app import Node
     from dicom_node.processing.jobs import RecordingStep
-    from storage.errors import StorageError
 
     if not settings.catalog_url.startswith("postgresql"):
         logger.warning(
             "the catalog is SQLite: workers on other machines need a PostgreSQL catalog "
             "(storage.catalog_url); this worker shares the file with processes of this machine"
         )
-    stop = threading.Event()
 
-    def _request_stop(signum: int, _frame: object) -> None:
-        logger.info("signal %d received; stopping after the running steps", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
-    try:
-        node = Node(settings)
+    def _has_model(node: Node) -> str | None:
         if any(isinstance(step, RecordingStep) for step in node.steps):
-            node.catalog.close()
-            print("dicom-node worker: no hashing model (worker.model_dir)", file=sys.stderr)
-            return 1
-        node.start(listen=False)
-    except (OSError, StorageError) as exc:
-        print(f"dicom-node worker: cannot start: {exc}", file=sys.stderr)
-        return 1
-    try:
-        stop.wait()
-    finally:
-        node.stop()
-    return 0
+            return "no hashing model (worker.model_dir)"
+        return None
+
+    return run_node(settings, listen=False, check=_has_model)

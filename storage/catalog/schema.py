@@ -203,15 +203,19 @@ results = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+
+def _growing_key(name: str) -> sa.Column[int]:
+    """A 64-bit key that only grows (with ``sqlite_autoincrement``: never reused)."""
+    return sa.Column(
+        name, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+        autoincrement=True,
+    )  # fmt: skip
+
+
 nodules = sa.Table(
     "nodules",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _growing_key("id"),
     sa.Column(
         "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), nullable=False
     ),
@@ -260,12 +264,7 @@ nodules = sa.Table(
 nodule_removals = sa.Table(
     "nodule_removals",
     metadata,
-    sa.Column(
-        "seq",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _growing_key("seq"),
     sa.Column("nodule_id", sa.BigInteger, nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("removed_at", sa.Float, nullable=False),

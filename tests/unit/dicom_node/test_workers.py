@@ -40,20 +40,12 @@ class ReadingStep:
         return Outcome(SeriesState.INDEXED, "read" if job.headers is not None else "unread")
 
 
-def _two_complete_series(catalog) -> None:
+def _process_two_series(catalog, step: ReadingStep, *, read_ahead: bool) -> None:
+    """Series 1.2.1 and 1.2.2 complete, run by one worker thread until both are indexed."""
     for at, series in ((10.0, "1.2.1"), (20.0, "1.2.2")):
         catalog.intake.record_instance(instance_record(series + ".1", series=series), now=at)
         assert catalog.workflow.complete(series, idle_before=at, now=at)
-
-
-def _indexed(catalog) -> bool:
-    return catalog.workflow.series_in_states([SeriesState.INDEXED]) != []
-
-
-def test_the_next_series_is_read_while_the_current_one_computes(catalog) -> None:
-    _two_complete_series(catalog)
-    step = ReadingStep("1.2.1", "1.2.2", wait_for_second=True)
-    workers = Workers(JobRunner(catalog, [step]), 1, poll_seconds=0.05, read_ahead=True)
+    workers = Workers(JobRunner(catalog, [step]), 1, poll_seconds=0.05, read_ahead=read_ahead)
     workers.start()
     try:
         wait_until(
@@ -62,6 +54,15 @@ def test_the_next_series_is_read_while_the_current_one_computes(catalog) -> None
         )
     finally:
         workers.stop()
+
+
+def _indexed(catalog) -> bool:
+    return catalog.workflow.series_in_states([SeriesState.INDEXED]) != []
+
+
+def test_the_next_series_is_read_while_the_current_one_computes(catalog) -> None:
+    step = ReadingStep("1.2.1", "1.2.2", wait_for_second=True)
+    _process_two_series(catalog, step, read_ahead=True)
     assert step.overlapped  # series 2 was read while series 1 was being computed
     order = [(kind, uid) for kind, uid, _ in step.log]
     assert sorted(order) == sorted(
@@ -77,17 +78,8 @@ def test_the_next_series_is_read_while_the_current_one_computes(catalog) -> None
 
 
 def test_without_read_ahead_the_step_reads_for_itself(catalog) -> None:
-    _two_complete_series(catalog)
     step = ReadingStep("1.2.1", "1.2.2", wait_for_second=False)
-    workers = Workers(JobRunner(catalog, [step]), 1, poll_seconds=0.05, read_ahead=False)
-    workers.start()
-    try:
-        wait_until(
-            lambda: len(catalog.workflow.series_in_states([SeriesState.INDEXED])) == 2,
-            what="both series indexed",
-        )
-    finally:
-        workers.stop()
+    _process_two_series(catalog, step, read_ahead=False)
     assert [kind for kind, _, _ in step.log] == ["run", "run"]
     assert catalog.workflow.series_state("1.2.1") == (SeriesState.INDEXED, "unread")
 
