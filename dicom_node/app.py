@@ -1,21 +1,25 @@
-"""Build the node from settings: storage, job runner, series watcher, network.
+"""Build the node from settings: storage, job runner, workers, series watcher, network.
 
 ``Node(settings)`` wires everything and ``start()`` resumes unfinished work
 before it accepts associations; ``stop()`` undoes it in reverse order.
+``start(only_workers=True)`` runs only the workers (``dicom-node worker``: no
+associations, no series completion, no sending).
 
 The path of one study through the node (DESIGN.md has it numbered):
 ``net.handlers.handle_store`` → ``intake.ingest.Ingest.receive`` (file, then
 catalog row) → ``intake.series`` (idle timer: ``complete``) →
-``processing.queue`` → ``processing.jobs.JobRunner`` running the steps in
-order: ``processing.analysis.AnalysisStep`` (``indexed``), then
-``results.step.ResultsStep`` (``reported``) → ``results.outbox.Outbox`` →
-``net.scu``.
+``processing.queue.Workers`` (this node's threads or ``dicom-node worker``
+processes, claiming from the catalog) → ``processing.jobs.JobRunner``
+running the steps in order: ``processing.analysis.AnalysisStep``
+(``indexed``), then ``results.step.ResultsStep`` (``reported``) →
+``results.outbox.Outbox`` → ``net.scu``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from dicom_node.intake.series import SeriesWatcher, complete_idle_series
 from dicom_node.net.servers import DicomServers
 from dicom_node.net.similarity import SimilarityService
 from dicom_node.processing.jobs import JobRunner, RecordingStep, Step
-from dicom_node.processing.queue import EmbeddedQueue
+from dicom_node.processing.queue import Workers
 from dicom_node.results.outbox import Outbox
 from dicom_node.retrieval.privacy import PrivacyPolicy
 from dicom_node.retrieval.similar import SimilarityIndex
@@ -33,7 +37,7 @@ from dicom_node.settings import Settings
 from storage.catalog import Catalog
 from storage.instances import InstanceStore
 
-__all__ = ["Node"]
+__all__ = ["Node", "shared_key_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +74,27 @@ class Node:
         self.outbox = Outbox(
             self.catalog.deliveries, settings.instances_dir, settings.outbox, settings.ae_title
         )
-        self.policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
+        self.policy = PrivacyPolicy(
+            settings.privacy, shared_key_file(self.catalog, settings.data_dir / "privacy.key")
+        )
         self.similarity_index = similarity_index
         if steps is None:
             steps = self._default_steps()
-        self.runner = JobRunner(self.catalog, steps)
-        self.queue = EmbeddedQueue(self._run, threads=settings.worker.threads)
+        self.runner = JobRunner(self.catalog, steps, lease_seconds=settings.worker.lease_seconds)
+        self.workers = Workers(
+            self.runner,
+            settings.worker.threads,
+            poll_seconds=settings.worker.poll_seconds,
+            read_ahead=settings.worker.read_ahead,
+        )
         self.watcher = SeriesWatcher(
             self.catalog,
             settings.series.idle_seconds,
             settings.series.check_interval_seconds,
-            self.queue.submit,
-            on_tick=self.queue_pending,
+            self.workers.wake,
         )
+        self._listening = False
+        self._watching = False
         self.similarity = SimilarityService(
             self.catalog,
             self.similarity_index,
@@ -93,9 +105,20 @@ class Node:
         self.servers = DicomServers(settings, self.ingest, self.catalog, self.similarity)
 
     def _default_steps(self) -> list[Step]:
-        """The AI and results steps when a hashing model is available, else the recording step."""
-        from dicom_node.model import load_model
+        """The AI and results steps when a hashing model is available, else the recording step.
 
+        A node without worker threads (``serve --no-worker``) runs no step: it
+        needs only the model's version for its index, and never imports torch.
+        """
+        from dicom_node.model import load_model, model_version
+
+        if self.settings.worker.threads == 0:
+            version = model_version(self.settings.worker.model_dir)
+            if version is not None and self.similarity_index is None:
+                self.similarity_index = SimilarityIndex(
+                    self.catalog, version, snapshot_dir=self.settings.index_dir
+                )
+            return []
         model = load_model(self.settings.worker.model_dir)
         if model is None:
             return [RecordingStep()]
@@ -103,7 +126,9 @@ class Node:
         from dicom_node.results.step import ResultsStep
 
         if self.similarity_index is None:
-            self.similarity_index = SimilarityIndex(self.catalog, model.version)
+            self.similarity_index = SimilarityIndex(
+                self.catalog, model.version, snapshot_dir=self.settings.index_dir
+            )
         index = self.similarity_index
         return [
             AnalysisStep(
@@ -149,52 +174,60 @@ class Node:
         """Associations currently open with this node as acceptor."""
         return self.servers.association_count
 
-    def _run(self, series_instance_uid: str) -> None:
-        self.runner.run(series_instance_uid)
-
     def resume(self) -> None:
-        """Pick up what a stopped or killed node left unfinished."""
+        """Pick up what a stopped or killed node left unfinished (the workers claim it)."""
         self.store.recover()
         self.runner.recover()
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
-        self.queue_pending()
+        self.workers.wake()
 
-    def queue_pending(self) -> int:
-        """Queue the series that have a step due for the current versions.
-
-        Runs at start and periodically, so series put back to ``complete`` by
-        ``dicom-node reindex`` (another process) are picked up.
-        """
-        pending = sum(self.queue.submit(uid) for uid in self.runner.pending())
-        if pending:
-            logger.info("%d series queued for processing", pending)
-        return pending
-
-    def start(self, *, listen: bool = True) -> None:
-        """Resume work, start workers and the watcher, then listen.
+    def start(self, *, listen: bool = True, only_workers: bool = False) -> None:
+        """Load the index, resume work, start the workers, then (``listen``) serve.
 
         Parameters
         ----------
         listen : bool
             Open the DICOM ports. ``dicom-node backfill`` runs a node without
             them when no node serves the data directory (and with them when
-            a PACS is to C-MOVE into it).
+            a PACS is to C-MOVE into it): series are still completed,
+            processed and their results kept.
+        only_workers : bool
+            ``dicom-node worker``: only the workers and the index run; no
+            association is accepted, no series completed, nothing sent.
         """
         settings = self.settings
-        logger.info("dicom-node %s starting: %s", __version__, json.dumps(settings.describe()))
+        logger.info(
+            "dicom-node %s starting%s: %s",
+            __version__,
+            " as a worker" if only_workers else "",
+            json.dumps(settings.describe()),
+        )
+        if self.similarity_index is not None:
+            # Loaded in its own thread: the storage AE does not wait for it, and
+            # a similarity query waits for the load rather than running it.
+            self.similarity_index.start(
+                poll_seconds=settings.index.poll_seconds,
+                snapshot_seconds=settings.index.snapshot_minutes * 60.0,
+            )
+        if only_workers:
+            self.runner.recover()
+            self.workers.start()
+            return
         if not settings.security.allowed_calling_ae_titles:
             logger.warning(
                 "any calling AE title may store to this node; set "
                 "security.allowed_calling_ae_titles to restrict it"
             )
-        self.queue.start()
+        self.workers.start()
         self.outbox.start()
         self.resume()
         self.watcher.start()
+        self._watching = True
         if not listen:
             logger.info("started without listening (backfill)")
             return
         self.servers.start()
+        self._listening = True
         logger.info(
             "listening as %s on %s:%d%s%s",
             settings.ae_title,
@@ -221,10 +254,44 @@ class Node:
         (Path(self.settings.data_dir) / "node.json").write_text(json.dumps(runtime))
 
     def stop(self) -> None:
-        """Stop listening, then the watcher and the workers."""
-        self.servers.stop()
-        self.watcher.stop()
-        self.queue.stop()
+        """Stop listening, then the watcher, the workers and the index (saving a snapshot)."""
+        if self._listening:
+            self.servers.stop()
+        if self._watching:
+            self.watcher.stop()
+        self.workers.stop()
         self.outbox.stop()
+        if self.similarity_index is not None:
+            self.similarity_index.stop()
         self.catalog.close()
+        self._listening = self._watching = False
         logger.info("stopped")
+
+
+def shared_key_file(catalog: Catalog, path: Path) -> Path:
+    """``path`` holding the privacy key every machine of the catalog shares.
+
+    Case ids (``CASE-…``) are a keyed hash: the SR a worker writes and the
+    similarity AE of a receiving node must use the same key. The first
+    process proposes its file's key (an existing node keeps its case ids) or
+    a random one; the catalog keeps the first proposal and every process
+    writes that one to its own ``path``.
+    """
+    proposal = path.read_bytes() if path.exists() else os.urandom(32)
+    key = catalog.secrets.agree("privacy-key", proposal)
+    if key != proposal or not path.exists():
+        if path.exists():
+            logger.warning(
+                "%s differs from the privacy key of the catalog; replaced by the catalog's "
+                "(case ids are the same on every machine of the catalog)",
+                path,
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    return path

@@ -10,7 +10,8 @@
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
      ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
      ├── ArchiveError       the archive a backfill reads is unreachable or refuses
-     └── HandoffError       the running node refused instances a backfill handed it
+     ├── HandoffError       the running node refused instances a backfill handed it
+     └── IndexNotReady      the similarity index is still loading after a start (0xC310)
 
 A destination that refuses or does not answer is not an exception: the SCU
 reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ArchiveError",
     "HandoffError",
+    "IndexNotReady",
     "InvalidDataset",
     "InvalidQuery",
     "MissingUID",
@@ -65,3 +67,7 @@ class ArchiveError(NodeError):
 
 class HandoffError(NodeError):
     """The running node did not take instances a backfill handed to it over DICOM."""
+
+
+class IndexNotReady(NodeError):
+    """The similarity index is still loading (a node just started); ask again shortly."""

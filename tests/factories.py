@@ -181,6 +181,20 @@ def new_nodule(
     )
 
 
+def random_nodules(rng: np.random.Generator, count: int, *, dim: int = 16) -> list[NewNodule]:
+    """``count`` nodules with random codes and embeddings (size class 3)."""
+    return [
+        new_nodule(
+            i,
+            rng.integers(0, 256, 24, dtype=np.uint8),
+            rng.normal(size=dim),
+            diameter_mm=6.0,
+            size_class=3,
+        )
+        for i in range(count)
+    ]
+
+
 def near_code(rng: np.random.Generator, centre_bits: np.ndarray, flips: int) -> np.ndarray:
     """Packed code of ``centre_bits`` (192 bits) with ``flips`` random bits flipped."""
     bits = np.asarray(centre_bits, np.uint8).copy()

@@ -163,12 +163,12 @@ class LocalHandoff:
         )
 
     def finish_study(self, series_instance_uids: Iterable[str]) -> None:
-        """Complete the series now (no idle wait: their study is whole) and queue them."""
+        """Complete the series now (no idle wait: their study is whole); the workers claim them."""
         workflow = self.node.catalog.workflow
         for uid in series_instance_uids:
             if workflow.transition(uid, SeriesState.COMPLETE, from_states=[SeriesState.RECEIVING]):
                 logger.info("series %s complete (backfilled)", uid)
-                self.node.queue.submit(uid)
+                self.node.workers.wake()
 
 
 class NodeHandoff:

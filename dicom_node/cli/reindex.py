@@ -53,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
             )
             for uid in uids
         )
-    print(f"{moved} series queued for processing; a running node picks them up within 30 s")
+    print(
+        f"{moved} series queued for processing; running workers pick them up within "
+        f"worker.poll_seconds ({settings.worker.poll_seconds:g} s)"
+    )
     return 0

@@ -77,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
             return 1
         policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
         cases = similar_cases(
-            SimilarityIndex(catalog, version).retriever(),
+            # The node's snapshot and the rows after it; the node alone writes snapshots.
+            SimilarityIndex(
+                catalog, version, snapshot_dir=settings.index_dir, write_snapshots=False
+            ).retriever(),
             queries,
             matches_per_nodule=args.k or settings.similarity.matches_per_nodule,
         )

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     from dicom_node.net.similarity import folder_id
-    from storage.catalog import DeliveryState
+    from storage.catalog import DeliveryState, JobState
 
     with open_catalog(settings) as catalog:
         rows = catalog.workflow.summaries()
@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         for uid in dict.fromkeys(r.study_instance_uid for r in rows):
             study = catalog.intake.study(uid)
             accessions[uid] = study.accession_number if study is not None else None
+        running = {
+            job.series_instance_uid: job
+            for job in catalog.workflow.jobs_in_states([JobState.RUNNING])
+        }
     delivery_records = [
         {
             "sop_instance_uid": d.sop_instance_uid,
@@ -86,6 +90,14 @@ def run(args: argparse.Namespace) -> int:
             # PatientID of the study's similar-case folder on the similarity AE
             "similar_folder": folder_id(row.study_instance_uid, accessions[row.study_instance_uid]),
         }
+        job = running.get(row.series_instance_uid)
+        if job is not None:  # which worker (host:pid:…) runs which step, and its lease
+            record["job"] = {
+                "step": job.step,
+                "worker": job.worker,
+                "attempts": job.attempts,
+                "lease_expires_at": job.lease_expires_at,
+            }
         if args.show_phi:
             record["patient_name"] = row.patient_name
             record["patient_id"] = row.patient_id
@@ -161,6 +173,13 @@ def _table(records: list[dict[str, Any]], results: list[dict[str, Any]], *, show
         cells[columns.index("reason")] = (record["reason"] or "") + (
             f" (last image {ago:.0f} s ago)" if record["state"] == "receiving" else ""
         )
+        if "job" in record:
+            job = record["job"]
+            left = (job["lease_expires_at"] or 0.0) - time.time()
+            cells[columns.index("reason")] = (
+                f"{job['step']} on {job['worker']}, attempt {job['attempts']}, "
+                + (f"lease {left:.0f} s left" if left > 0 else f"lease ran out {-left:.0f} s ago")
+            )
         body.append(["  " + cells[0], *cells[1:], f"  {record['series_instance_uid']}"])
     if study is not None:
         body += [[_result_line(r, series_numbers)] for r in by_study[study]]

@@ -63,6 +63,9 @@ class Status(IntEnum):
     """C-STORE error: unexpected failure in the node, logged with a trace (Cxxx)."""
     UNABLE_TO_PROCESS = 0xC300
     """C-FIND failed: unable to process (PS3.4 C.4.1.1.4, Cxxx)."""
+    INDEX_LOADING = 0xC310
+    """C-FIND failed, unable to process: the similarity index of a node that
+    just started is still loading; the same query succeeds shortly (Cxxx)."""
     ELEMENTS_DISCARDED = 0xB006
     """C-STORE warning: an instance with this SOP Instance UID and other
     content is already stored; the first was kept, this one discarded (PS3.4 B.2.3)."""
@@ -139,10 +142,12 @@ def store_guard(func: F) -> F:
 
 def find_failure_for(exc: BaseException) -> Status:
     """The C-FIND failure status for an exception raised while answering."""
-    from dicom_node.errors import InvalidQuery
+    from dicom_node.errors import IndexNotReady, InvalidQuery
 
     if isinstance(exc, InvalidQuery):
         return Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    if isinstance(exc, IndexNotReady):
+        return Status.INDEX_LOADING
     return Status.UNABLE_TO_PROCESS
 
 
@@ -152,8 +157,9 @@ G = TypeVar("G", bound=Callable[..., Iterator[tuple[int, Dataset | None]]])
 def find_guard(func: G) -> G:
     """Map every exception of a C-FIND handler (a generator) to a final failure status.
 
-    InvalidQuery becomes 0xA900 with its message; anything else 0xC300,
-    logged with a trace. Nothing reaches pynetdicom's generic handling.
+    InvalidQuery becomes 0xA900 and IndexNotReady 0xC310, with their
+    messages; anything else 0xC300, logged with a trace. Nothing reaches
+    pynetdicom's generic handling.
     """
 
     @functools.wraps(func)

@@ -131,6 +131,8 @@ class ResultsStep:
                 model=model,
             )
             made.append((montage, ResultKind.KEY_IMAGES))
+        if job.claim is not None:
+            self.catalog.workflow.ensure_held(job.claim)  # taken over: leave it to the new holder
         queued = 0
         send = self.catalog.backfill.may_send_results(uid)  # backfilled: only with --send-results
         for dataset, kind in made:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dicom_node.settings.loading import check_files, load_settings, settings_from_table
 from dicom_node.settings.sections import (
     Destination,
+    IndexSettings,
     NetworkSettings,
     OutboxSettings,
     PrivacySettings,
@@ -30,6 +31,7 @@ from dicom_node.settings.sections import (
 
 __all__ = [
     "Destination",
+    "IndexSettings",
     "NetworkSettings",
     "OutboxSettings",
     "PrivacySettings",

@@ -9,12 +9,15 @@ Split by reason to change, one module each:
 ``engine``      the database: engine, transactions, dialect details
 ``records``     the typed, frozen records going in and out
 ``intake``      received instances and their study and series rows; generated results
-``workflow``    series states (the truth about work) and processing jobs
+``workflow``    series states (the truth about work) and processing jobs,
+                claimed by workers under leases
 ``find``        Study Root C-FIND matching and its keys
-``nodules``     nodules and their hash codes per model version
+``nodules``     nodules and their hash codes per model version, and the
+                cursor an in-memory index follows them with
 ``deliveries``  outbox rows
 ``backfill``    backfill checkpoints and the series a backfill brought in
 ``retrieve``    the stored files a C-MOVE or C-GET asks for
+``secrets``     values every machine of the catalog shares (the privacy key)
 ==============  ==========================================================
 
 :class:`Catalog` opens one database and exposes each part as an attribute
@@ -31,16 +34,19 @@ from storage.catalog.deliveries import DeliveryCatalog
 from storage.catalog.engine import Database
 from storage.catalog.find import Condition, FindCatalog, Level
 from storage.catalog.intake import IntakeCatalog
-from storage.catalog.nodules import NoduleCatalog
+from storage.catalog.nodules import IndexCursor, NoduleCatalog
 from storage.catalog.records import (
+    Claim,
     CodeBatch,
     Delivery,
+    Finished,
     GeneratedResult,
     InstanceRecord,
     JobRecord,
     NewNodule,
     NoduleRecord,
     SeriesSummary,
+    StepKey,
     StudyRecord,
 )
 from storage.catalog.retrieve import RetrieveCatalog, StoredFile
@@ -52,6 +58,7 @@ from storage.catalog.schema import (
     SeriesState,
     metadata,
 )
+from storage.catalog.secrets import SecretCatalog
 from storage.catalog.workflow import WorkflowCatalog
 
 __all__ = [
@@ -59,11 +66,14 @@ __all__ = [
     "BackfillStudyState",
     "BackfilledSeries",
     "Catalog",
+    "Claim",
     "CodeBatch",
     "Condition",
     "Delivery",
     "DeliveryState",
+    "Finished",
     "GeneratedResult",
+    "IndexCursor",
     "InstanceRecord",
     "JobRecord",
     "JobState",
@@ -74,6 +84,7 @@ __all__ = [
     "RetrieveCatalog",
     "SeriesState",
     "SeriesSummary",
+    "StepKey",
     "StoredFile",
     "StudyRecord",
     "metadata",
@@ -98,6 +109,7 @@ class Catalog:
     deliveries : DeliveryCatalog
     backfill : BackfillCatalog
     retrieve : RetrieveCatalog
+    secrets : SecretCatalog
     """
 
     def __init__(self, url: str) -> None:
@@ -110,6 +122,7 @@ class Catalog:
         self.deliveries = DeliveryCatalog(self.database)
         self.backfill = BackfillCatalog(self.database)
         self.retrieve = RetrieveCatalog(self.database)
+        self.secrets = SecretCatalog(self.database)
 
     @property
     def engine(self) -> Engine:

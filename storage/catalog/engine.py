@@ -8,6 +8,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,12 +39,27 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _missing_columns(engine: Engine) -> list[str]:
-    """``table.column`` of our schema that the database's existing tables lack."""
+    """``table.column`` of our schema that the database's existing tables lack.
+
+    On SQLite, a table declared ``sqlite_autoincrement`` but made without it
+    counts as missing its key (its ids could be reused).
+    """
     inspector = sa.inspect(engine)
     missing = []
     for table in metadata.sorted_tables:
         present = {column["name"] for column in inspector.get_columns(table.name)}
         missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            for table in metadata.sorted_tables:
+                if not table.kwargs.get("sqlite_autoincrement"):
+                    continue
+                sql = connection.execute(
+                    sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :n"),
+                    {"n": table.name},
+                ).scalar()
+                if sql is not None and "AUTOINCREMENT" not in sql.upper():
+                    missing.append(f"{table.name} ids that are never reused")
     return missing
 
 
@@ -88,6 +104,24 @@ class Database:
                 yield connection
         except SQLAlchemyError as exc:
             raise CatalogError(f"catalog statement failed: {exc.__class__.__name__}") from exc
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return str(self.engine.dialect.name)
+
+    def serialize(self, connection: Connection, name: str) -> None:
+        """Hold the catalog-wide lock ``name`` until the transaction ends.
+
+        Transactions taking the same lock commit one after another, so rows
+        they insert commit in the order of their ids (a follower reading
+        "ids after the last one seen" misses none). PostgreSQL: a
+        transaction-level advisory lock; SQLite serializes every writer
+        already.
+        """
+        if self.dialect == "postgresql":
+            key = zlib.crc32(f"dicom-node:{name}".encode())
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     def insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT (it has ``on_conflict_do_nothing``)."""

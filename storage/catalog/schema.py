@@ -23,8 +23,10 @@ __all__ = [
     "instances",
     "jobs",
     "metadata",
+    "nodule_removals",
     "nodules",
     "results",
+    "secrets",
     "series",
     "studies",
 ]
@@ -133,6 +135,8 @@ series = sa.Table(
     sa.Column("first_received_at", sa.Float, nullable=False),
     sa.Column("last_received_at", sa.Float, nullable=False),
     sa.Column("state_changed_at", sa.Float, nullable=False),
+    # The oldest series waiting in a state: what a worker claims next.
+    sa.Index("ix_series_state_changed", "state", "state_changed_at"),
 )
 
 instances = sa.Table(
@@ -155,10 +159,11 @@ instances = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),
 )
 
-# One row per (series, step, version). The embedded runner claims and
-# finishes them in-process; ``worker`` and ``lease_expires_at`` are what a
-# multi-process worker needs to claim pending jobs (``FOR UPDATE SKIP
-# LOCKED``) and to take over those whose lease ran out.
+# One row per (series, step, version). Workers (threads of the node, or
+# ``dicom-node worker`` processes on other machines) claim due jobs with
+# ``FOR UPDATE SKIP LOCKED``; ``worker`` names the holder and
+# ``lease_expires_at`` is renewed while it works, so a job whose holder died
+# is taken over once its lease has run out (``WorkflowCatalog.claim_next``).
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -211,15 +216,19 @@ results = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+
+def _growing_key(name: str) -> sa.Column[int]:
+    """A 64-bit key that only grows (with ``sqlite_autoincrement``: never reused)."""
+    return sa.Column(
+        name, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+        autoincrement=True,
+    )  # fmt: skip
+
+
 nodules = sa.Table(
     "nodules",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _growing_key("id"),
     sa.Column(
         "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), nullable=False
     ),
@@ -256,6 +265,33 @@ nodules = sa.Table(
     # (one version) and, without statistics, SQLite may choose it for
     # "nodules of this study" and scan a million rows (300 ms instead of 1).
     sa.Index("ix_nodules_study_version", "study_instance_uid", "model_version"),
+    # Ids are never reused (SQLite would otherwise hand out a deleted largest
+    # id again): an index follows the rows after the last id it has seen.
+    sqlite_autoincrement=True,
+)
+
+# One row per nodule row deleted (a series processed again replaces its
+# nodules): with the nodule ids, which only grow, the cursor an index follows
+# (snapshot + the rows after it). Writers of nodules take the catalog's
+# nodule lock, so both sequences commit in order (``NoduleCatalog``).
+nodule_removals = sa.Table(
+    "nodule_removals",
+    metadata,
+    _growing_key("seq"),
+    sa.Column("nodule_id", sa.BigInteger, nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("removed_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Values every machine sharing the catalog must agree on, made once by the
+# first process that needs one (the privacy key that makes case ids).
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 deliveries = sa.Table(

@@ -194,7 +194,7 @@ def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_p
         # Renamed but not yet catalogued when killed: never acknowledged, yet
         # complete (a resend finds it identical and catalogues it).
         pydicom.dcmread(instances_dir / extra).pixel_array
-    assert not list((instances_dir / ".tmp").iterdir()), "partial files were not cleaned at start"
+    assert not list((instances_dir / ".tmp").rglob("*.part")), "partial files left at start"
     (summary,) = catalog.workflow.summaries()
     wait_until(
         # Complete, then handed to the processor at once (the AI pipeline finds

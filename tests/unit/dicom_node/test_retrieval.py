@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_node.retrieval.search import Retriever, build_index
-from dicom_node.retrieval.similar import rank_studies, similar_cases
+from dicom_node.retrieval.search import Retriever
+from dicom_node.retrieval.similar import SimilarityIndex, rank_studies, similar_cases
 from storage.catalog import InstanceRecord
 from tests.factories import near_code, new_nodule
 
@@ -76,7 +76,7 @@ def _big_query(catalog):
 
 def test_similar_cases_exclude_the_query_patient_and_share_the_class(archive) -> None:
     catalog = archive
-    index = build_index(catalog, VERSION)
+    index = SimilarityIndex(catalog, VERSION).index
     assert index.ntotal == 8 and index.n_bits == 64 and index.embedding_dim == 16
     retriever = Retriever(catalog, index, VERSION)
     query = _big_query(catalog)
