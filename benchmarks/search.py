@@ -11,17 +11,20 @@ bits; ``clustered``: nodules near a few hundred centres, each bit flipped with
 probability 1/8, as real codes are clustered):
 
 - ``ours c2f``   ``storage.index.HashIndex`` numpy backend, 64-bit middle coarse
-                 pass, pool 1,000, joint-distance rerank (the production path);
+                 pass, pool 1,000, joint-distance rerank;
 - ``ours c2f + class filter``  the same, restricted to nodules of one of 8
                  labels (the predicted-size-class filter);
-- ``ours flat``  the same index ranking every nodule by the joint distance;
+- ``ours flat fused``  the same index ranking every nodule by the joint
+                 distance in one compiled pass (``storage.index.fused``, numba);
+- ``ours flat numpy-only``  the same exact search without numba (the fallback);
 - ``faiss flat`` ``faiss.IndexBinaryFlat`` on the same 192-bit codes;
 - ``numpy naive``  ``bitwise_count(codes ^ q).sum(1)`` then ``argpartition``;
 - ``torch c2f``  our torch backend on CUDA (compiled), or ``no CUDA``; with
                  ``--torch-cpu`` also eager on the CPU (slow, for reference).
 
 Latency is one query at a time (p50/p99 over ``--queries``); throughput is one
-call with a batch of ``--batch`` queries. ``recall@10`` compares a method's
+call with a batch of ``--batch`` queries; ``x faiss`` is faiss's p50 over the
+method's. ``recall@10`` compares a method's
 top 10 with the exact joint-distance top 10, counting ties: a returned nodule
 is a hit when its joint distance is at most the exact 10th distance.
 """
@@ -38,7 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from storage.index import HashIndex
+from storage.index import HashIndex, fused
+from storage.index.numpy_backend import joint
 
 K = 10
 N_BITS = 64
@@ -110,7 +114,7 @@ def joint_of(
     qw = index._query_words(q)
     for i in range(len(ids)):
         valid = ids[i] >= 0
-        out[i, valid] = index._joint(qw[i], index._words[:, ids[i, valid]])
+        out[i, valid] = joint(qw[i], index._rows.words[:, ids[i, valid]])
     return out
 
 
@@ -185,12 +189,27 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
     )
     flat = lambda q: index.search(q, K, pool=0)  # noqa: E731
     add_row(
-        "ours flat (exact)",
-        latency(flat, nslow),
+        "ours flat fused" if fused.AVAILABLE else "ours flat (numba absent)",
+        latency(flat, nq),
         batch_qps(flat, max(4, args.batch // 16)),
         bpn,
         1.0,
+        f"exact, {index._backend.n_threads} threads",  # type: ignore[attr-defined]
     )
+    if fused.AVAILABLE:
+        plain = HashIndex(N_BITS, n_threads=args.threads, fused=False)
+        plain.add(ids, codes)
+        slow = lambda q: plain.search(q, K, pool=0)  # noqa: E731
+        _, nbr = slow(queries[:n_exact])
+        add_row(
+            "ours flat numpy-only",
+            latency(slow, nslow),
+            None,
+            bpn,
+            recall(exact_D, joint_of(index, queries[:n_exact], nbr)),
+            "exact, the fallback without numba",
+        )
+        del plain
 
     try:
         import faiss
@@ -215,7 +234,7 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
         _, nbr = fs(queries[:n_exact])
         add_row(
             "faiss flat 192b",
-            latency(fs, nq),
+            latency(fs, nslow),
             batch_qps(fs, args.batch),
             fx.ntotal and 3 * N_BITS / 8,
             recall(exact_D, joint_of(index, queries[:n_exact], nbr)),
@@ -281,20 +300,23 @@ def bench_size(n: int, label: str, kind: str, args: argparse.Namespace) -> list[
 
 
 def print_table(rows: list[Row]) -> None:
-    """The result table, markdown."""
+    """The result table, markdown, with each method's speed against faiss on the same data."""
 
     def f(v: float | None, fmt: str) -> str:
         return "–" if v is None else format(v, fmt)
 
+    faiss_p50 = {(r.size, r.data): r.p50_ms for r in rows if r.method.startswith("faiss")}
     print(
-        "\n| nodules | codes | method | top-10 p50 ms | p99 ms | batch q/s | B/nodule "
+        "\n| nodules | codes | method | top-10 p50 ms | p99 ms | x faiss | batch q/s | B/nodule "
         "| recall@10 | note |"
     )
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
+        ref = faiss_p50.get((r.size, r.data))
+        ratio = ref / r.p50_ms if ref and r.p50_ms else None
         print(
             f"| {r.size} | {r.data} | {r.method} | {f(r.p50_ms, '.2f')} | {f(r.p99_ms, '.2f')} | "
-            f"{f(r.batch_qps, ',.0f')} | {f(r.bytes_per_nodule, '.0f')} | "
+            f"{f(ratio, '.1f')} | {f(r.batch_qps, ',.0f')} | {f(r.bytes_per_nodule, '.0f')} | "
             f"{f(r.recall_at_10, '.3f')} | {r.note} |"
         )
 

@@ -36,7 +36,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned: an unpinned torch pulls a multi-GB build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e .
+.venv/bin/python -m pip install -q -e ".[fast]"
 .venv/bin/dicom-node --version >/dev/null
 cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1 > .venv/.dicom-node-installed
 echo "dicom-node installed in $HOME_DIR/.venv ($(.venv/bin/dicom-node --version))"

@@ -31,7 +31,8 @@ Results are sorted by ``(D, id)``, so the two backends (``"numpy"`` and
 
 One contract, two symmetric backends behind it, each a module with the same
 ``search(rows, queries, k, pool, max_pool, penalties)``:
-:mod:`storage.index.numpy_backend` (threaded chunked popcount scans) and
+:mod:`storage.index.numpy_backend` (threaded popcount scans, fused into one
+compiled pass by :mod:`storage.index.fused` where numba is installed) and
 :mod:`storage.index.torch_backend` (SWAR popcount on a device copy, fused by
 ``torch.compile`` on CUDA). The rows live in :mod:`storage.index.rows`;
 :meth:`HashIndex.save` and :meth:`HashIndex.load` persist them (``.npz``, no
@@ -56,8 +57,9 @@ import numpy.typing as npt
 from ai.hashing.codes import LAYERS
 from storage.errors import HashIndexError, IndexFileError
 from storage.index.hamming import CHUNK_ROWS, bytes_per_layer, pack_layers, unpack_layers
+from storage.index.fused import AVAILABLE as FUSED_AVAILABLE
 from storage.index.numpy_backend import NumpyBackend
-from storage.index.rows import CodeRows
+from storage.index.rows import EMBEDDING_DTYPE, CodeRows
 
 __all__ = ["LAYERS", "Backend", "HashIndex", "SearchBackend", "pack_layers", "unpack_layers"]
 
@@ -124,7 +126,7 @@ class HashIndex:
     coarse_layer : int
         Layer scanned by the coarse pass (default 1, the middle code).
     embedding_dim : int, optional
-        Width of float32 embeddings kept for :meth:`search_reranked`.
+        Width of the embeddings kept (float16) for :meth:`search_reranked`.
     backend : {"numpy", "torch"}
         Where distances are computed.
     device : str
@@ -133,6 +135,10 @@ class HashIndex:
         numpy backend threads; default ``min(os.cpu_count(), 8)``.
     chunk_rows : int
         Rows per chunk of the numpy scan (each thread takes whole chunks).
+    fused : bool, optional
+        numpy backend: scan with the compiled single-pass kernels of
+        :mod:`storage.index.fused` (default: when numba is installed); False
+        keeps the pure-numpy path (same results).
 
     Notes
     -----
@@ -149,6 +155,7 @@ class HashIndex:
         device: str = "cpu",
         n_threads: int | None = None,
         chunk_rows: int = CHUNK_ROWS,
+        fused: bool | None = None,
     ) -> None:
         n_layers = len(LAYERS)
         if not 1 <= n_bits <= 64:
@@ -166,7 +173,9 @@ class HashIndex:
         self._backend: SearchBackend
         if backend == "numpy":
             self._backend = NumpyBackend(
-                max(1, n_threads or min(os.cpu_count() or 1, 8)), int(chunk_rows)
+                max(1, n_threads or min(os.cpu_count() or 1, 8)),
+                int(chunk_rows),
+                use_fused=FUSED_AVAILABLE if fused is None else fused,
             )
         elif backend == "torch":
             from storage.index.torch_backend import TorchBackend
@@ -196,7 +205,7 @@ class HashIndex:
         """Bytes held for the live rows (codes, ids, id map, labels, partitions, embeddings)."""
         per = self.n_layers * 8 + 8 + 16 + 1 + 16
         if self.embedding_dim:
-            per += 4 * self.embedding_dim
+            per += np.dtype(EMBEDDING_DTYPE).itemsize * self.embedding_dim
         return per * self._rows.n
 
     @_locked
@@ -223,7 +232,8 @@ class HashIndex:
         codes : numpy.ndarray
             ``(n, code_size)`` uint8 code rows.
         embeddings : numpy.ndarray, optional
-            ``(n, embedding_dim)`` float32; required iff the index keeps embeddings.
+            ``(n, embedding_dim)`` float32; required iff the index keeps
+            embeddings; kept rounded to float16.
         labels : array_like, optional
             ``(n,)`` integers 0..255 (e.g. the predicted size class) that
             ``search(..., allowed_labels=...)`` filters on; default 0.
@@ -363,7 +373,7 @@ class HashIndex:
             cand = cand[cand >= 0]
             if cand.size == 0:
                 continue
-            emb = stored[self._rows.rows_of(cand, missing="raise")]
+            emb = stored[self._rows.rows_of(cand, missing="raise")].astype(np.float32)
             d2 = ((emb - qe[i]) ** 2).sum(axis=1)
             order = np.lexsort((cand, d2))[:k]
             D[i, : order.size], nbr[i, : order.size] = d2[order], cand[order]

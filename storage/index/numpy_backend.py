@@ -1,22 +1,28 @@
 """numpy backend of :class:`storage.index.HashIndex`: popcount scans on the CPU.
 
-Scans in cache-sized chunks with a shrinking distance threshold
-(:func:`storage.index.hamming.smallest`) and splits the rows over threads
-(numpy ufuncs release the GIL). The joint distance is
+Splits the rows over threads and scans each part with a shrinking distance
+threshold: with numba installed, one fused compiled pass per part
+(:mod:`storage.index.fused`, the GIL released); without it, numpy ufuncs over
+cache-sized chunks (:func:`storage.index.hamming.smallest`), which give the
+same rows more slowly. The joint distance is
 :func:`ai.hashing.distance.joint_distance`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
 
 from ai.hashing.distance import joint_distance
+from storage.index import fused
 from storage.index.hamming import ChunkFactory, bounded_pool, smallest, top_k
 from storage.index.rows import CodeRows
+
+Scan = Callable[[int, int], tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]]
+"""``scan(a, b)``: rows ``a:b`` within the kept smallest distances, and those distances."""
 
 __all__ = ["NumpyBackend"]
 
@@ -38,12 +44,17 @@ class NumpyBackend:
     ----------
     n_threads : int
     chunk_rows : int
-        Rows per chunk of a scan (each thread takes whole chunks).
+        Rows per chunk of a numpy scan (each thread takes whole chunks).
+    use_fused : bool
+        Scan with the compiled kernels of :mod:`storage.index.fused` (needs numba).
     """
 
-    def __init__(self, n_threads: int, chunk_rows: int) -> None:
+    def __init__(self, n_threads: int, chunk_rows: int, *, use_fused: bool = False) -> None:
+        if use_fused and not fused.AVAILABLE:
+            raise ValueError("the fused scan needs numba (pip install 'dicom-node[fast]')")
         self.n_threads = n_threads
         self.chunk_rows = chunk_rows
+        self.use_fused = use_fused
         self._executor: ThreadPoolExecutor | None = None
 
     def invalidate(self) -> None:
@@ -55,14 +66,15 @@ class NumpyBackend:
         return self._executor
 
     def _parallel_smallest(
-        self, make_chunks: ChunkFactory, n: int, keep: int, max_d: int
+        self, scan: Scan, n: int, keep: int, min_rows: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-        parts = min(self.n_threads, max(1, n // self.chunk_rows))
+        """``scan`` over ``n`` rows split into thread parts of at least ``min_rows``."""
+        parts = min(self.n_threads, max(1, n // min_rows))
         bounds = np.linspace(0, n, parts + 1).astype(int)
         if parts == 1:
-            return smallest(make_chunks, 0, n, keep, max_d)
+            return scan(0, n)
         futures = [
-            self._pool_executor().submit(smallest, make_chunks, int(a), int(b), keep, max_d)
+            self._pool_executor().submit(scan, int(a), int(b))
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         results = [f.result() for f in futures]
@@ -73,6 +85,20 @@ class NumpyBackend:
             sel = dists <= cut
             rows, dists = rows[sel], dists[sel]
         return rows, dists
+
+    def _scan_layer(self, layer: npt.NDArray[np.uint64], q: np.uint64, keep: int) -> Scan:
+        """Scan of one layer's words (the coarse pass)."""
+        if self.use_fused:
+            return lambda a, b: fused.scan_coarse(layer, q, a, b, keep)
+        chunks = self._coarse_chunks(layer, q)
+        return lambda a, b: smallest(chunks, a, b, keep, 64)
+
+    def _layer_smallest(
+        self, layer: npt.NDArray[np.uint64], q: np.uint64, keep: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        return self._parallel_smallest(
+            self._scan_layer(layer, q, keep), layer.size, keep, self.chunk_rows
+        )
 
     def _coarse_chunks(self, layer: npt.NDArray[np.uint64], q: np.uint64) -> ChunkFactory:
         def chunks(a: int, b: int) -> Iterator[tuple[int, npt.NDArray[np.integer]]]:
@@ -91,13 +117,12 @@ class NumpyBackend:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """Rows and coarse distances within the ``pool``-th smallest (allowed labels only)."""
         if penalty is None:
-            layer = rows.words[rows.coarse_layer]
-            return self._parallel_smallest(self._coarse_chunks(layer, q), rows.n, pool, 64)
+            return self._layer_smallest(rows.words[rows.coarse_layer, : rows.n], q, pool)
         found_ids, found_d = [], []
         for label in np.flatnonzero(penalty == 0).tolist():
             words, ids = rows.partitions.part(label)
             if words.size:
-                r, d = self._parallel_smallest(self._coarse_chunks(words, q), words.size, pool, 64)
+                r, d = self._layer_smallest(words, q, pool)
                 found_ids.append(ids[r])
                 found_d.append(d)
         if not found_ids:
@@ -121,6 +146,17 @@ class NumpyBackend:
                 yield s, d
 
         return chunks
+
+    def _scan_joint(
+        self, rows: CodeRows, qv: npt.NDArray[np.uint64], penalty: npt.NDArray[np.int32] | None,
+        keep: int,
+    ) -> Scan:
+        """Scan of every row by the joint distance (the flat, exact search)."""
+        if self.use_fused:
+            words, labels = rows.words, rows.labels
+            return lambda a, b: fused.scan_joint(words, labels, qv, penalty, a, b, keep)
+        chunks = self._joint_chunks(rows, qv, penalty)
+        return lambda a, b: smallest(chunks, a, b, keep, 64 * rows.n_layers)
 
     def search(
         self,
@@ -151,7 +187,7 @@ class NumpyBackend:
                 distances = joint(qw[i], rows.words[:, found])
             else:
                 found, distances = self._parallel_smallest(
-                    self._joint_chunks(rows, qw[i], penalties[i]), rows.n, k, 64 * rows.n_layers
+                    self._scan_joint(rows, qw[i], penalties[i], k), rows.n, k, self.chunk_rows
                 )
             D[i], nbr[i] = top_k(distances, ids[found], k)
         return D, nbr

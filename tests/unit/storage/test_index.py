@@ -5,8 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import storage.index
 from storage.errors import DuplicateIdError, IndexFileError
-from storage.index import HashIndex, pack_layers, unpack_layers
+from storage.index import HashIndex, fused, pack_layers, unpack_layers
+
+
+@pytest.fixture(
+    autouse=True,
+    params=[
+        pytest.param(True, id="fused", marks=[] if fused.AVAILABLE else pytest.mark.skip("numba")),
+        pytest.param(False, id="numpy-only"),
+    ],
+)
+def _scan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with the compiled fused scan and with the pure-numpy fallback."""
+    monkeypatch.setattr(storage.index, "FUSED_AVAILABLE", request.param)
 
 
 def _codes(rng: np.random.Generator, n: int, n_bits: int, n_layers: int = 3) -> np.ndarray:
@@ -227,8 +240,10 @@ def test_search_reranked_orders_the_shortlist_by_l2() -> None:
     q, qe = db[:2], emb[:2] + 0.01
     D, nbr = index.search_reranked(q, qe, 5, shortlist=30, pool=0)
     _, short = index.search(q, 30, pool=0)
+    kept = emb.astype(np.float16).astype(np.float32)  # the index keeps float16
+    assert index.memory_bytes() == 300 * (65 + 8 * 2)  # 65 B of codes and maps, float16
     for i in range(2):
-        d2 = ((emb[short[i] - 1000] - qe[i]) ** 2).sum(axis=1)
+        d2 = ((kept[short[i] - 1000] - qe[i]) ** 2).sum(axis=1)
         np.testing.assert_array_equal(nbr[i], short[i][np.argsort(d2, kind="stable")[:5]])
         np.testing.assert_allclose(D[i], np.sort(d2)[:5], rtol=1e-6)
         assert nbr[i, 0] == ids[i]
