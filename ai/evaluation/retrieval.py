@@ -8,6 +8,9 @@ Queries and database are patient-disjoint ROI sets. Distances:
 - ours, joint then float rerank: the joint-distance top 100 reordered by the
   embedding's L2 distance (what the node does), the rest after them;
 - ours, float embedding alone (L2);
+- the same two with the database embeddings rounded to float16, as the
+  node's index keeps them (``storage.index``): the rerank's quality before
+  and after;
 - LSH and ITQ at every K, on raw pixels and on our float embedding.
 
 Relevance is "same size class" and, reported apart, "same size class and
@@ -101,6 +104,8 @@ def evaluate_retrieval_table(
     rows: dict[str, dict[str, float]] = {}
     curves: dict[str, PRCurve] = {}
     l2 = ((q.embedding[:, None, :] - db.embedding[None, :, :]) ** 2).sum(-1)
+    db16 = db.embedding.astype(np.float16).astype(np.float32)  # as the index keeps them
+    l2_16 = ((q.embedding[:, None, :] - db16[None, :, :]) ** 2).sum(-1)
     raw_db, raw_q = flatten_rois(database.rois), flatten_rois(queries.rois)
     for bits in CODE_LENGTHS:
         if bits > q.n_bits:
@@ -113,6 +118,10 @@ def evaluate_retrieval_table(
         rows[f"ours joint + float rerank {bits}"] = _metrics(
             _reranked(joint, l2), rel_size, rel_both
         )
+        if bits == 64:
+            rows[f"ours joint + float16 rerank {bits}"] = _metrics(
+                _reranked(joint, l2_16), rel_size, rel_both
+            )
         for name, method in (("ITQ", ITQ(bits, seed=seed)), ("LSH", LSH(bits, seed=seed))):
             # ITQ learns a rotation of a PCA: at most min(n, d) bits.
             for features, query_features, label in (
@@ -133,4 +142,5 @@ def evaluate_retrieval_table(
             hamming_distances(getattr(q, layer), getattr(db, layer)), rel_size, rel_both
         )
     rows["ours float embedding"] = _metrics(l2, rel_size, rel_both)
+    rows["ours float16 embedding"] = _metrics(l2_16, rel_size, rel_both)
     return RetrievalEvaluation(rows, curves, len(queries), len(database))

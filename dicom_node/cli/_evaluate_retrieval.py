@@ -160,10 +160,12 @@ def run_retrieval(args: argparse.Namespace) -> int:
     for method in (
         "ours joint 64",
         "ours joint + float rerank 64",
+        "ours joint + float16 rerank 64",
         "ours shallow only 64",
         "ours middle only 64",
         "ours deep only 64",
         "ours float embedding",
+        "ours float16 embedding",
         "ITQ raw pixels 64",
         "LSH raw pixels 64",
     ):

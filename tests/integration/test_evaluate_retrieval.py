@@ -58,7 +58,11 @@ def test_table_rows_figures_and_json(tiny_model, tmp_path, capsys) -> None:
         "ours middle only 64",
         "ours deep only 64",
         "ours float embedding",
+        "ours float16 embedding",
     } <= set(rows)
+    # float16 storage of the database embeddings leaves the rerank's mAP as it was
+    before, after = rows["ours joint + float rerank 64"], rows["ours joint + float16 rerank 64"]
+    assert abs(before["map"] - after["map"]) < 0.01
     assert metrics["n_queries"] > 0 and metrics["n_database"] > 0
     assert (out / "pr.png").stat().st_size > 5_000
     assert (
