@@ -1,13 +1,15 @@
 """Ingest throughput: dcmtk ``storescu`` → our node, dcmtk ``storescp`` and Orthanc.
 
 One run, same machine, same series (300 slices of 512×512 CT, about 157 MB,
-Explicit VR Little Endian), every peer with ``TCP_NODELAY=1``. Prints the
-median of ``--repeat`` runs per receiver as a table with slices/s, MB/s and
-the ratio to ``storescp``.
+Explicit VR Little Endian), every peer with ``TCP_NODELAY=1``, sent by one
+``storescu`` and by four at once (each a quarter of the slices, one
+association each, as a PACS forwarding several studies does). Prints the
+median of ``--repeat`` runs per receiver and sender count: slices/s, MB/s and
+the ratio to Orthanc (fsync on, SQLite index: the same durability as ours).
 
 Usage::
 
-    python -m benchmarks.ingest [--slices 300] [--repeat 3]
+    python -m benchmarks.ingest [--slices 300] [--repeat 3] [--senders 1,4]
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.peers import PEER_ENV, free_port, wait_for_port  # noqa: E402
 from tests.factories import write_ct_series  # noqa: E402
+from tests.peers import PEER_ENV, free_port, wait_for_port  # noqa: E402
 
 
 @contextmanager
@@ -86,6 +88,8 @@ def orthanc(work: Path) -> Iterator[tuple[int, str]]:
     with _process(["/usr/sbin/Orthanc", str(config)], port, PEER_ENV, work / "orthanc.log"):
         yield port, "ORTHANC"
 
+
+ORTHANC = "Orthanc (fsync, SQLite index)"
 
 _BARE_SCP = """
 import sys
@@ -147,18 +151,37 @@ def node(fsync: bool) -> Callable[[Path], object]:
     return _node
 
 
-def _send(series: Path, port: int, aec: str) -> float:
+def _send(parts: list[Path], port: int, aec: str) -> float:
+    """Wall seconds for one ``storescu`` per folder in ``parts``, all at once."""
     started = time.perf_counter()
-    result = subprocess.run(
-        ["/usr/bin/storescu", "-aec", aec, "127.0.0.1", str(port), "+sd", str(series)],
-        env=PEER_ENV,
-        capture_output=True,
-        text=True,
-    )
+    senders = [
+        subprocess.Popen(
+            ["/usr/bin/storescu", "-aec", aec, "127.0.0.1", str(port), "+sd", str(part)],
+            env=PEER_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for part in parts
+    ]
+    errors = [(p.wait(), p.stderr.read() if p.stderr else "") for p in senders]
     elapsed = time.perf_counter() - started
-    if result.returncode != 0 or "Failed" in result.stderr:
-        raise RuntimeError(f"storescu to {aec} failed:\n{result.stderr[-2000:]}")
+    for code, stderr in errors:
+        if code != 0 or "Failed" in stderr:
+            raise RuntimeError(f"storescu to {aec} failed:\n{stderr[-2000:]}")
     return elapsed
+
+
+def _split(series: Path, root: Path, n: int) -> list[Path]:
+    """``n`` folders of hard links sharing out the series' files round-robin."""
+    if n == 1:
+        return [series]
+    parts = [root / f"{series.name}-{n}-{i}" for i in range(n)]
+    for part in parts:
+        part.mkdir()
+    for i, path in enumerate(sorted(series.iterdir())):
+        os.link(path, parts[i % n] / path.name)
+    return parts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,44 +189,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--senders", default="1,4", help="parallel storescu counts (default 1,4)")
+    parser.add_argument(
+        "--only", default="", help="comma list of receiver name prefixes (default: all)"
+    )
     args = parser.parse_args(argv)
+    counts = [int(c) for c in args.senders.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-bench-") as tmp:
         root = Path(tmp)
         series = root / "series"
         write_ct_series(series, args.slices, rows=args.matrix, columns=args.matrix)
         megabytes = sum(p.stat().st_size for p in series.iterdir()) / 1e6
+        split = {n: _split(series, root, n) for n in counts}
         receivers: list[tuple[str, Callable[[Path], object]]] = [
             ("dcmtk storescp (no fsync, no database)", storescp),
         ]
         if Path("/usr/sbin/Orthanc").exists():
-            receivers.append(("Orthanc (fsync, SQLite index)", orthanc))
+            receivers.append((ORTHANC, orthanc))
         receivers += [
             ("bare pynetdicom SCP (raw bytes, no fsync)", bare_pynetdicom),
             ("dicom-node (fsync, catalog)", node(fsync=True)),
             ("dicom-node (fsync off)", node(fsync=False)),
         ]
-        results: dict[str, float] = {}
+        if args.only:
+            wanted = tuple(w.strip() for w in args.only.split(","))
+            receivers = [r for r in receivers if r[0].startswith(wanted) or r[0] == ORTHANC]
+        results: dict[tuple[str, int], float] = {}
         for name, receiver in receivers:
-            times = []
-            for attempt in range(args.repeat):
-                work = root / f"run-{len(results)}-{attempt}"
-                work.mkdir()
-                with receiver(work) as (port, aec):  # type: ignore[attr-defined]
-                    times.append(_send(series, port, aec))
-                shutil.rmtree(work, ignore_errors=True)
-            results[name] = statistics.median(times)
+            for n in counts:
+                times = []
+                for attempt in range(args.repeat):
+                    work = root / f"run-{len(results)}-{attempt}"
+                    work.mkdir()
+                    with receiver(work) as (port, aec):  # type: ignore[attr-defined]
+                        times.append(_send(split[n], port, aec))
+                    shutil.rmtree(work, ignore_errors=True)
+                results[name, n] = statistics.median(times)
+                print(
+                    f"  {name}, {n} sender(s): {args.slices / results[name, n]:.0f} slices/s",
+                    flush=True,
+                )
 
-    reference = results["dcmtk storescp (no fsync, no database)"]
     print(
         f"\nstorescu -> receiver, {args.slices} slices {args.matrix}x{args.matrix}, "
         f"{megabytes:.0f} MB, median of {args.repeat}, TCP_NODELAY=1, {os.cpu_count()} CPUs\n"
     )
-    print(f"{'receiver':<42} {'seconds':>8} {'slices/s':>9} {'MB/s':>7} {'x storescp':>10}")
-    for name, seconds in results.items():
+    print("| receiver | senders | seconds | slices/s | MB/s | x Orthanc |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for (name, n), seconds in results.items():
+        reference = results.get((ORTHANC, n))
+        ratio = f"{reference / seconds:.2f}" if reference else "–"
         print(
-            f"{name:<42} {seconds:>8.2f} {args.slices / seconds:>9.0f} {megabytes / seconds:>7.0f} "
-            f"{reference / seconds:>10.2f}"
+            f"| {name} | {n} | {seconds:.2f} | {args.slices / seconds:.0f} | "
+            f"{megabytes / seconds:.0f} | {ratio} |"
         )
     return 0
 

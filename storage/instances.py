@@ -19,6 +19,7 @@ import shutil
 import socket
 import threading
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -54,6 +55,9 @@ class StoredInstance:
     sha256: str
     """Hex digest of the file's bytes."""
     outcome: PutOutcome
+    unsynced_directories: tuple[Path, ...] = ()
+    """Directories whose entry of this file is not yet fsynced (``put(...,
+    sync_directories=False)``): the caller owes :meth:`InstanceStore.sync_directories`."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -117,6 +121,8 @@ class InstanceStore:
         series_instance_uid: str,
         sop_instance_uid: str,
         data: bytes,
+        *,
+        sync_directories: bool = True,
     ) -> StoredInstance:
         """Store ``data`` durably, or find it already stored.
 
@@ -126,6 +132,11 @@ class InstanceStore:
             Validated before use; they make the path.
         data : bytes
             The complete Part 10 file content.
+        sync_directories : bool
+            False: the file's bytes are fsynced before the rename, but the
+            directory entries are left to the caller
+            (``StoredInstance.unsynced_directories``), who fsyncs those of
+            several files at once and acknowledges none before.
 
         Returns
         -------
@@ -147,9 +158,11 @@ class InstanceStore:
         relative = instance_relative_path(study_instance_uid, series_instance_uid, sop_instance_uid)
         lock = self._locks[zlib.crc32(sop_instance_uid.encode()) % len(self._locks)]
         with lock:
-            return self._put_locked(relative, sop_instance_uid, data)
+            return self._put_locked(relative, sop_instance_uid, data, sync_directories)
 
-    def _put_locked(self, relative: Path, sop_instance_uid: str, data: bytes) -> StoredInstance:
+    def _put_locked(
+        self, relative: Path, sop_instance_uid: str, data: bytes, sync_directories: bool
+    ) -> StoredInstance:
         final = self.root / relative
         digest = sha256_hex(data)
         if final.exists():
@@ -174,15 +187,33 @@ class InstanceStore:
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise
-            if self.fsync:
-                # The new directory entry, and those of directories just made.
-                for directory in [final.parent, *created]:
+            # The new directory entry, and those of directories just made.
+            owed = tuple([final.parent, *created]) if self.fsync else ()
+            if sync_directories:
+                for directory in owed:
                     _fsync_directory(directory)
+                owed = ()
         except OSError as exc:
             raise InstanceWriteError(
                 f"could not store instance {sop_instance_uid}: {exc.strerror}"
             ) from exc
-        return StoredInstance(relative.as_posix(), len(data), digest, PutOutcome.STORED)
+        return StoredInstance(relative.as_posix(), len(data), digest, PutOutcome.STORED, owed)
+
+    def sync_directories(self, directories: Iterable[Path]) -> None:
+        """fsync each directory once (the entries owed by ``put(..., sync_directories=False)``).
+
+        Raises
+        ------
+        InstanceWriteError
+            An fsync failed: the entries may not be durable.
+        """
+        for directory in dict.fromkeys(directories):
+            try:
+                _fsync_directory(directory)
+            except OSError as exc:
+                raise InstanceWriteError(
+                    f"could not sync directory {directory}: {exc.strerror}"
+                ) from exc
 
     def remove(self, relative_path: str) -> None:
         """Delete a stored file (used to undo a write whose catalog row failed)."""

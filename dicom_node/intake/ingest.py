@@ -2,8 +2,10 @@
 
 The C-STORE handler calls :meth:`Ingest.receive` and maps what it raises to a
 status (``dicom_node.net.status``). Order matters for "no data loss": the bytes
-are on disk (fsynced) before the catalog row is committed, and the handler
-returns Success only after both; if the catalog fails, a file written by this
+are on disk (fsynced) before their rename, the directory entry is fsynced and
+the catalog row committed (both by :class:`dicom_node.intake.group.GroupCommit`,
+together with those of concurrent associations), and the handler returns
+Success only after all of it; if the catalog fails, a file written by this
 call is removed so that nothing unacknowledged stays behind.
 """
 
@@ -14,12 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from dicom_node.errors import InvalidDataset, MissingUID, SOPClassMismatch, UIDMismatch
+from dicom_node.intake.group import GroupCommit
+from dicom_node.intake.parse import PixelDataExtent
 from storage.catalog import Catalog, GeneratedResult, InstanceRecord, ResultKind
 from storage.errors import CatalogError
 from storage.instances import InstanceStore, PutOutcome, StoredInstance
@@ -105,18 +109,33 @@ def _required_uid(dataset: Dataset, keyword: str) -> str:
     return validate_uid(str(value), keyword)
 
 
-def _check_pixel_data(dataset: Dataset, transfer_syntax_uid: str) -> None:
+def _extent_of(dataset: Dataset, transfer_syntax_uid: str) -> PixelDataExtent | None:
+    """The pixel element of a wholly decoded dataset, as :func:`decode_before_pixels` gives it."""
+    for keyword, tag in (
+        ("FloatPixelData", 0x7FE00008),
+        ("DoubleFloatPixelData", 0x7FE00009),
+        ("PixelData", 0x7FE00010),
+    ):
+        if keyword in dataset:
+            value = dataset[keyword].value
+            encapsulated = keyword == "PixelData" and UID(transfer_syntax_uid).is_compressed
+            return PixelDataExtent(tag, len(value or b""), encapsulated)
+    return None
+
+
+def _check_pixel_data(dataset: Dataset, pixels: PixelDataExtent | None) -> None:
     """Raise InvalidDataset when image pixel data is missing or truncated.
 
     pydicom reads a truncated stream leniently (a short native Pixel Data
     value, or an encapsulated one dropped at end of file), so completeness is
-    checked here, before the instance is acknowledged.
+    checked here, before the instance is acknowledged, from the bytes that
+    arrived for the pixel element (``pixels``; None when there is none).
     """
     if "Rows" not in dataset or "Columns" not in dataset:
         return  # not an image (SR, dose report, presentation state ...)
-    if not any(k in dataset for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if pixels is None:
         raise InvalidDataset("image has Rows/Columns but no Pixel Data (missing or truncated)")
-    if "PixelData" not in dataset or UID(transfer_syntax_uid).is_compressed:
+    if pixels.element != 0x7FE00010 or pixels.encapsulated:
         return
     try:
         frames = int(dataset.get("NumberOfFrames") or 1)
@@ -127,10 +146,9 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax_uid: str) -> None:
         raise InvalidDataset(
             "image pixel description (Rows, Columns, BitsAllocated) is invalid"
         ) from exc
-    actual = len(dataset.PixelData)
-    if actual < expected:
+    if pixels.available < expected:
         raise InvalidDataset(
-            f"Pixel Data is {actual} bytes; the image needs {expected} (truncated)"
+            f"Pixel Data is {pixels.available} bytes; the image needs {expected} (truncated)"
         )
 
 
@@ -146,6 +164,7 @@ class Ingest:
     def __init__(self, store: InstanceStore, catalog: Catalog) -> None:
         self.store = store
         self.catalog = catalog
+        self.group_commit = GroupCommit(store, catalog)
 
     def receive(
         self,
@@ -156,6 +175,7 @@ class Ingest:
         affected_sop_class_uid: str,
         affected_sop_instance_uid: str,
         calling_ae_title: str | None = None,
+        pixels: PixelDataExtent | None | Literal["decoded"] = "decoded",
     ) -> Received:
         """Store one instance durably and catalog it.
 
@@ -171,6 +191,10 @@ class Ingest:
             From the C-STORE request.
         calling_ae_title : str, optional
             The sender, for the catalog.
+        pixels : PixelDataExtent or None, optional
+            What arrived for the pixel element when ``dataset`` was decoded
+            only up to it (:func:`dicom_node.intake.parse.decode_before_pixels`);
+            by default ``dataset`` holds its pixel data.
 
         Raises
         ------
@@ -194,7 +218,10 @@ class Ingest:
                 f"dataset SOPInstanceUID {sop_instance_uid} is not the request's "
                 f"{affected_sop_instance_uid}"
             )
-        _check_pixel_data(dataset, transfer_syntax_uid)
+        _check_pixel_data(
+            dataset,
+            _extent_of(dataset, transfer_syntax_uid) if pixels == "decoded" else pixels,
+        )
         # Study and series attributes only matter for the first instance of a
         # series (they create the rows); skip decoding them for the others.
         first_of_series = not self.catalog.intake.knows_series(series_instance_uid)
@@ -205,7 +232,13 @@ class Ingest:
                 # kept already, as a result, and must not open a series.
                 logger.info("our own result %s received back; kept as it was", sop_instance_uid)
                 return Received(sop_instance_uid, series_instance_uid, False, ours.relative_path)
-        stored = self.store.put(study_instance_uid, series_instance_uid, sop_instance_uid, encoded)
+        stored = self.store.put(
+            study_instance_uid,
+            series_instance_uid,
+            sop_instance_uid,
+            encoded,
+            sync_directories=False,  # owed to the group commit, before the acknowledgement
+        )
         record = InstanceRecord(
             study_instance_uid=study_instance_uid,
             series_instance_uid=series_instance_uid,
@@ -219,7 +252,9 @@ class Ingest:
             calling_ae_title=calling_ae_title,
             **(_series_attributes(dataset) if first_of_series else {}),
         )
-        new = self._catalogue(stored, lambda: self.catalog.intake.record_instance(record))
+        new = self._catalogue(
+            stored, lambda: self.group_commit.commit(record, stored.unsynced_directories)
+        )
         if stored.outcome is PutOutcome.IDENTICAL and not new:
             logger.info(
                 "instance %s re-sent with identical content; nothing rewritten", sop_instance_uid

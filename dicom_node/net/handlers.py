@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from io import BytesIO
+from typing import Literal
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_node.errors import InvalidDataset
 from dicom_node.intake.ingest import Ingest
+from dicom_node.intake.parse import PixelDataExtent, decode_before_pixels
 from dicom_node.net.query import parse_identifier, response_identifier
 from dicom_node.net.similarity import (
     SimilarityService,
@@ -61,19 +65,27 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
     0xC0FF Error - Cannot understand
         Unexpected failure (logged with a trace).
     """
-    try:
-        dataset = event.dataset
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's data
-        raise InvalidDataset("the dataset cannot be decoded") from exc
     request = event.request
     assert isinstance(request, C_STORE)
+    syntax = UID(str(event.context.transfer_syntax))
+    pixels: PixelDataExtent | None | Literal["decoded"] = "decoded"
+    try:
+        if syntax.is_deflated:
+            dataset = event.dataset
+        else:  # attributes only: Pixel Data is measured, not decoded
+            raw = request.DataSet
+            assert isinstance(raw, BytesIO)
+            dataset, pixels = decode_before_pixels(raw.getvalue(), syntax)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's data
+        raise InvalidDataset("the dataset cannot be decoded") from exc
     ingest.receive(
         dataset,
         event.encoded_dataset(include_meta=True),
-        transfer_syntax_uid=str(event.context.transfer_syntax),
+        transfer_syntax_uid=str(syntax),
         affected_sop_class_uid=str(request.AffectedSOPClassUID),
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
         calling_ae_title=event.assoc.requestor.ae_title,
+        pixels=pixels,
     )
     return status_dataset(Status.SUCCESS)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -109,56 +110,95 @@ class IntakeCatalog:
         CatalogError
             The transaction failed; nothing was recorded.
         """
+        return self.record_instances([record], now=now)[0]
+
+    def record_instances(
+        self, records: Sequence[InstanceRecord], *, now: float | None = None
+    ) -> list[bool]:
+        """Catalog stored instances in one transaction (one commit, one fsync).
+
+        The C-STORE group commit (:mod:`dicom_node.intake.group`) records the
+        instances of concurrent associations together; each is as in
+        :meth:`record_instance`.
+
+        Returns
+        -------
+        list of bool
+            Per record, True if new, False if already catalogued.
+
+        Raises
+        ------
+        CatalogError
+            The transaction failed; nothing was recorded.
+        """
         now = time.time() if now is None else now
+        new: list[bool] = []
+        opened: set[str] = set()
         with self._db.begin() as connection:
-            if record.series_instance_uid not in self._known_series:
-                self._db.insert_ignore(
-                    connection,
-                    studies,
-                    {
-                        "study_instance_uid": record.study_instance_uid,
-                        "created_at": now,
-                        **{k: getattr(record, k) for k in STUDY_FIELDS},
-                    },
-                )
-                self._db.insert_ignore(
-                    connection,
-                    series,
-                    {
-                        "series_instance_uid": record.series_instance_uid,
-                        "study_instance_uid": record.study_instance_uid,
-                        "modality": record.modality,
-                        "series_number": record.series_number,
-                        "series_description": record.series_description,
-                        "calling_ae_title": record.calling_ae_title,
-                        "state": SeriesState.RECEIVING.value,
-                        "instance_count": 0,
-                        "first_received_at": now,
-                        "last_received_at": now,
-                        "state_changed_at": now,
-                    },
-                )
-            inserted = connection.execute(
-                self._insert_instance,
+            for record in records:
+                new.append(self._record_in(connection, record, now, opened))
+        for record, added in zip(records, new, strict=True):
+            if added:
+                self._known_series.add(record.series_instance_uid)
+        return new
+
+    def _record_in(
+        self, connection: sa.Connection, record: InstanceRecord, now: float, opened: set[str]
+    ) -> bool:
+        """Insert one instance row (and its study and series rows) in ``connection``.
+
+        ``opened`` collects the series whose first instance this transaction
+        recorded (their later instances in it are no "reopening").
+        """
+        if record.series_instance_uid not in self._known_series:
+            self._db.insert_ignore(
+                connection,
+                studies,
                 {
-                    "sop_instance_uid": record.sop_instance_uid,
-                    "series_instance_uid": record.series_instance_uid,
-                    "sop_class_uid": record.sop_class_uid,
-                    "instance_number": record.instance_number,
-                    "transfer_syntax_uid": record.transfer_syntax_uid,
-                    "relative_path": record.relative_path,
-                    "size": record.size,
-                    "sha256": record.sha256,
-                    "received_at": now,
+                    "study_instance_uid": record.study_instance_uid,
+                    "created_at": now,
+                    **{k: getattr(record, k) for k in STUDY_FIELDS},
                 },
-            ).first()
-            if inserted is None:
-                return False  # already catalogued (a resend, or a concurrent association)
-            count, changed_at = connection.execute(
-                self._touch_series, {"uid": record.series_instance_uid, "now": now}
-            ).one()
-        self._known_series.add(record.series_instance_uid)
-        if count > 1 and changed_at == now:
+            )
+            self._db.insert_ignore(
+                connection,
+                series,
+                {
+                    "series_instance_uid": record.series_instance_uid,
+                    "study_instance_uid": record.study_instance_uid,
+                    "modality": record.modality,
+                    "series_number": record.series_number,
+                    "series_description": record.series_description,
+                    "calling_ae_title": record.calling_ae_title,
+                    "state": SeriesState.RECEIVING.value,
+                    "instance_count": 0,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                    "state_changed_at": now,
+                },
+            )
+        inserted = connection.execute(
+            self._insert_instance,
+            {
+                "sop_instance_uid": record.sop_instance_uid,
+                "series_instance_uid": record.series_instance_uid,
+                "sop_class_uid": record.sop_class_uid,
+                "instance_number": record.instance_number,
+                "transfer_syntax_uid": record.transfer_syntax_uid,
+                "relative_path": record.relative_path,
+                "size": record.size,
+                "sha256": record.sha256,
+                "received_at": now,
+            },
+        ).first()
+        if inserted is None:
+            return False  # already catalogued (a resend, or a concurrent association)
+        count, changed_at = connection.execute(
+            self._touch_series, {"uid": record.series_instance_uid, "now": now}
+        ).one()
+        if count == 1:
+            opened.add(record.series_instance_uid)
+        elif changed_at == now and record.series_instance_uid not in opened:
             logger.info("series %s reopened by a late instance", record.series_instance_uid)
         return True
 

@@ -56,8 +56,8 @@ import numpy.typing as npt
 
 from ai.hashing.codes import LAYERS
 from storage.errors import HashIndexError, IndexFileError
-from storage.index.hamming import CHUNK_ROWS, bytes_per_layer, pack_layers, unpack_layers
 from storage.index.fused import AVAILABLE as FUSED_AVAILABLE
+from storage.index.hamming import CHUNK_ROWS, bytes_per_layer, pack_layers, unpack_layers
 from storage.index.numpy_backend import NumpyBackend
 from storage.index.rows import EMBEDDING_DTYPE, CodeRows
 

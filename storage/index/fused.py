@@ -257,9 +257,7 @@ def scan_coarse(
     """
     if not AVAILABLE:
         raise RuntimeError("numba is not installed (pip install 'dicom-node[fast]')")
-    return _retry(
-        lambda capacity: _scan_one_layer(words, np.uint64(q), a, b, keep, capacity), keep
-    )
+    return _retry(lambda capacity: _scan_one_layer(words, np.uint64(q), a, b, keep, capacity), keep)
 
 
 def _retry(

@@ -148,7 +148,10 @@ class NumpyBackend:
         return chunks
 
     def _scan_joint(
-        self, rows: CodeRows, qv: npt.NDArray[np.uint64], penalty: npt.NDArray[np.int32] | None,
+        self,
+        rows: CodeRows,
+        qv: npt.NDArray[np.uint64],
+        penalty: npt.NDArray[np.int32] | None,
         keep: int,
     ) -> Scan:
         """Scan of every row by the joint distance (the flat, exact search)."""
