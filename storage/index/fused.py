@@ -48,8 +48,7 @@ else:
 
 if AVAILABLE:
 
-    @intrinsic  # type: ignore[misc]
-    def _popcount(typingctx: Any, x: Any) -> Any:
+    def _ctpop(typingctx: Any, x: Any) -> Any:
         """``llvm.ctpop.i64``: population count of a uint64 (one instruction)."""
         sig = types.int64(types.uint64)
 
@@ -58,7 +57,9 @@ if AVAILABLE:
 
         return sig, codegen
 
-    @numba.njit(nogil=True, cache=True)  # type: ignore[misc]
+    _popcount: Any = intrinsic(_ctpop)
+
+    @numba.njit(nogil=True, cache=True)
     def _keep_smallest(
         cand_r: Any, cand_d: Any, nc: int, keep: int
     ) -> tuple[int, int]:  # pragma: no cover - compiled
@@ -72,7 +73,7 @@ if AVAILABLE:
                 m += 1
         return m, thr
 
-    @numba.njit(nogil=True, cache=True, inline="always")  # type: ignore[misc]
+    @numba.njit(nogil=True, cache=True, inline="always")
     def _push(
         r: int, d: int, nc: int, thr: int, cand_r: Any, cand_d: Any, keep: int
     ) -> tuple[int, int]:  # pragma: no cover - compiled
@@ -91,7 +92,7 @@ if AVAILABLE:
         cand_d[nc] = d
         return nc + 1, thr
 
-    @numba.njit(nogil=True, cache=True)  # type: ignore[misc]
+    @numba.njit(nogil=True, cache=True)
     def _scan_joint(
         w0: Any,
         w1: Any,
@@ -156,7 +157,7 @@ if AVAILABLE:
             nc, _ = _keep_smallest(cand_r, cand_d, nc, keep)
         return cand_r[:nc].copy(), cand_d[:nc].copy(), True
 
-    @numba.njit(nogil=True, cache=True)  # type: ignore[misc]
+    @numba.njit(nogil=True, cache=True)
     def _scan_one_layer(
         words: Any, q: Any, a: int, b: int, keep: int, capacity: int
     ) -> tuple[Any, Any, bool]:  # pragma: no cover - compiled
