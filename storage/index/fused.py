@@ -92,6 +92,27 @@ if AVAILABLE:
         cand_d[nc] = d
         return nc + 1, thr
 
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _select(
+        dbuf: Any, m: int, start: int, nc: int, thr: int, cand_r: Any, cand_d: Any, keep: int
+    ) -> tuple[int, int]:  # pragma: no cover - compiled
+        """Push the rows of a block (distances ``dbuf[:m]``) within the threshold, as `_push`."""
+        for j in range(m):
+            if dbuf[j] <= thr:
+                nc, thr = _push(start + j, dbuf[j], nc, thr, cand_r, cand_d, keep)
+                if nc < 0:
+                    break
+        return nc, thr
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _kept(cand_r: Any, cand_d: Any, nc: int, keep: int) -> tuple[Any, Any, bool]:
+        """The scan's answer: candidates within the ``keep``-th smallest (``nc < 0``: overflow)."""
+        if nc < 0:
+            return cand_r[:0], cand_d[:0], False
+        if nc > keep:
+            nc, _ = _keep_smallest(cand_r, cand_d, nc, keep)
+        return cand_r[:nc].copy(), cand_d[:nc].copy(), True
+
     @numba.njit(nogil=True, cache=True)
     def _scan_joint(
         w0: Any,
@@ -125,11 +146,7 @@ if AVAILABLE:
                 if hits == 0:
                     continue
                 for j in range(e - s):
-                    d = _popcount(x[j] ^ q0) + _popcount(y[j] ^ q1) + _popcount(z[j] ^ q2)
-                    if d <= thr:
-                        nc, thr = _push(s + j, d, nc, thr, cand_r, cand_d, keep)
-                        if nc < 0:
-                            return cand_r[:0], cand_d[:0], False
+                    dbuf[j] = _popcount(x[j] ^ q0) + _popcount(y[j] ^ q1) + _popcount(z[j] ^ q2)
             else:  # several views or a label penalty: per-layer block buffers
                 m = e - s
                 dbuf[:m] = 0
@@ -147,15 +164,10 @@ if AVAILABLE:
                 if penalty.size:
                     for j in range(m):
                         dbuf[j] += penalty[labels[s + j]]
-                for j in range(m):
-                    d = dbuf[j]
-                    if d <= thr:
-                        nc, thr = _push(s + j, d, nc, thr, cand_r, cand_d, keep)
-                        if nc < 0:
-                            return cand_r[:0], cand_d[:0], False
-        if nc > keep:
-            nc, _ = _keep_smallest(cand_r, cand_d, nc, keep)
-        return cand_r[:nc].copy(), cand_d[:nc].copy(), True
+            nc, thr = _select(dbuf, e - s, s, nc, thr, cand_r, cand_d, keep)
+            if nc < 0:
+                break
+        return _kept(cand_r, cand_d, nc, keep)
 
     @numba.njit(nogil=True, cache=True)
     def _scan_one_layer(
@@ -163,6 +175,7 @@ if AVAILABLE:
     ) -> tuple[Any, Any, bool]:  # pragma: no cover - compiled
         cand_r = np.empty(capacity, np.int64)
         cand_d = np.empty(capacity, np.int32)
+        dbuf = np.empty(_BLOCK, np.int32)
         nc, thr = 0, 64
         for s in range(a, b, _BLOCK):
             e = min(s + _BLOCK, b)
@@ -173,14 +186,11 @@ if AVAILABLE:
             if hits == 0:
                 continue
             for j in range(e - s):
-                d = _popcount(x[j] ^ q)
-                if d <= thr:
-                    nc, thr = _push(s + j, d, nc, thr, cand_r, cand_d, keep)
-                    if nc < 0:
-                        return cand_r[:0], cand_d[:0], False
-        if nc > keep:
-            nc, _ = _keep_smallest(cand_r, cand_d, nc, keep)
-        return cand_r[:nc].copy(), cand_d[:nc].copy(), True
+                dbuf[j] = _popcount(x[j] ^ q)
+            nc, thr = _select(dbuf, e - s, s, nc, thr, cand_r, cand_d, keep)
+            if nc < 0:
+                break
+        return _kept(cand_r, cand_d, nc, keep)
 
 
 _ROLES = np.array(layer_roles(), np.bool_)
