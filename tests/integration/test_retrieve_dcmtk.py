@@ -16,7 +16,7 @@ import pytest
 from dicom_node.retrieval.similar import SimilarityIndex
 from storage.catalog import Catalog
 from tests.factories import near_code, new_nodule, receive_files, write_ct_series
-from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port, wait_until
+from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port
 
 pytestmark = pytest.mark.integration
 VERSION = "test-model-1"
@@ -61,10 +61,7 @@ def node_with_priors(tmp_path, make_settings, start_node):
                 )
             ],
         )
-    # The node's index follows the catalog (new rows within seconds): wait for it.
-    wait_until(
-        lambda: node.similarity_index.index.ntotal == 3, what="the index has the 3 nodules"
-    )
+    node.similarity_index.sync()  # rows written here, not by a step: no waiting on the poll
     yield node, studies, viewer_port
     catalog.close()
 
