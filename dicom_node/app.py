@@ -14,6 +14,7 @@ order: ``processing.analysis.AnalysisStep`` (``indexed``), then
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ class Node:
         self.outbox = Outbox(
             self.catalog.deliveries, settings.instances_dir, settings.outbox, settings.ae_title
         )
-        self.policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
+        self.policy = PrivacyPolicy(settings.access, settings.data_dir / "privacy.key")
         self.similarity_index = similarity_index
         if steps is None:
             steps = self._default_steps()
@@ -174,11 +175,7 @@ class Node:
         """Resume work, start workers and the watcher, then listen."""
         settings = self.settings
         logger.info("dicom-node %s starting: %s", __version__, json.dumps(settings.describe()))
-        if not settings.security.allowed_calling_ae_titles:
-            logger.warning(
-                "any calling AE title may store to this node; set "
-                "security.allowed_calling_ae_titles to restrict it"
-            )
+        self._warn_about_exposure()
         self.queue.start()
         self.outbox.start()
         self.resume()
@@ -195,6 +192,30 @@ class Node:
             else "",
         )
         self._write_runtime_file()
+
+    def _warn_about_exposure(self) -> None:
+        """Say at start what anyone may do, and where the node can be reached."""
+        settings = self.settings
+        for rule in settings.access.ae_titles:
+            logger.info(
+                "access: %s may %s%s",
+                rule.ae_title,
+                ", ".join(sorted(p.value for p in rule.permissions)) or "nothing",
+                f" (TLS subjects {'; '.join(rule.tls_subjects)})" if rule.tls_subjects else "",
+            )
+        unlisted = sorted(p.value for p in settings.access.unlisted)
+        if unlisted:
+            logger.warning(
+                "calling AE titles not listed in [access.ae_titles] may: %s "
+                "(access.unlisted; set it to [] to accept listed AEs only)",
+                ", ".join(unlisted),
+            )
+        if ipaddress.ip_address(settings.host).is_loopback:
+            logger.warning(
+                "listening on %s only: no other machine (the PACS) can reach the node; "
+                'set host = "0.0.0.0" (or --host) to listen on every interface',
+                settings.host,
+            )
 
     def _write_runtime_file(self) -> None:
         runtime = {

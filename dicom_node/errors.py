@@ -8,7 +8,9 @@
      │    ├── MissingUID         a required UID is absent or empty
      │    ├── UIDMismatch        dataset UID differs from the DIMSE command's
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
-     └── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     ├── NotAuthorized      the calling AE lacks the permission for a request (0x0124)
+     └── ListenError        an AE cannot listen on its address and port
 
 A destination that refuses or does not answer is not an exception: the SCU
 reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
@@ -19,8 +21,10 @@ from __future__ import annotations
 __all__ = [
     "InvalidDataset",
     "InvalidQuery",
+    "ListenError",
     "MissingUID",
     "NodeError",
+    "NotAuthorized",
     "SOPClassMismatch",
     "SettingsError",
     "UIDMismatch",
@@ -53,3 +57,11 @@ class SOPClassMismatch(InvalidDataset):
 
 class InvalidQuery(NodeError):
     """A C-FIND identifier is malformed or asks for something unsupported."""
+
+
+class NotAuthorized(NodeError):
+    """The calling AE title may not make this request (``[access]``)."""
+
+
+class ListenError(NodeError, OSError):
+    """An AE cannot bind its address and port; the message names the AE and the port."""

@@ -24,7 +24,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, network: bool = F
     if network:
         net = parser.add_argument_group("Network Options")
         net.add_argument("--port", type=int, help="TCP port to listen on (default 11112)")
-        net.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+        net.add_argument(
+            "--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 = every interface)"
+        )
         net.add_argument("--ae-title", help="our AE title (default DICOM_NODE)")
 
 

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         if not queries:
             print("dicom-node: no nodules found for that query", file=sys.stderr)
             return 1
-        policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
+        policy = PrivacyPolicy(
+            settings.access, settings.data_dir / "privacy.key", create_key=False
+        )
         cases = similar_cases(
             SimilarityIndex(catalog, version).retriever(),
             queries,

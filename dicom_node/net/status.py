@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from dicom_node.errors import InvalidDataset, MissingUID, SOPClassMismatch, UIDMismatch
+from dicom_node.errors import (
+    InvalidDataset,
+    InvalidQuery,
+    MissingUID,
+    NotAuthorized,
+    SOPClassMismatch,
+    UIDMismatch,
+)
 from storage.errors import (
     CatalogError,
     InstanceConflict,
@@ -25,7 +32,14 @@ from storage.errors import (
     UnsafeUIDError,
 )
 
-__all__ = ["Status", "find_guard", "status_dataset", "store_guard", "store_status_for"]
+__all__ = [
+    "FindResponse",
+    "Status",
+    "find_guard",
+    "status_dataset",
+    "store_guard",
+    "store_status_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +49,9 @@ class Status(IntEnum):
 
     SUCCESS = 0x0000
     """Success (PS3.7 C.1)."""
+    NOT_AUTHORIZED = 0x0124
+    """Refused: Not Authorized, the calling AE title lacks the permission for this
+    request (PS3.7 C.5.x general status; ``[access]``)."""
     PENDING = 0xFF00
     """C-FIND: matches are continuing (PS3.4 C.4.1.1.4)."""
     CANCEL = 0xFE00
@@ -79,6 +96,7 @@ def status_dataset(status: Status, comment: str | None = None) -> Dataset:
 
 # Exception class -> status, most specific first.
 _STORE_TABLE: tuple[tuple[type[BaseException], Status], ...] = (
+    (NotAuthorized, Status.NOT_AUTHORIZED),
     (InsufficientStorage, Status.OUT_OF_RESOURCES),
     (InstanceConflict, Status.ELEMENTS_DISCARDED),
     (UnsafeUIDError, Status.UNSAFE_UID),
@@ -128,14 +146,18 @@ def store_guard(func: F) -> F:
 
 def find_failure_for(exc: BaseException) -> Status:
     """The C-FIND failure status for an exception raised while answering."""
-    from dicom_node.errors import InvalidQuery
-
+    if isinstance(exc, NotAuthorized):
+        return Status.NOT_AUTHORIZED
     if isinstance(exc, InvalidQuery):
         return Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     return Status.UNABLE_TO_PROCESS
 
 
-G = TypeVar("G", bound=Callable[..., Iterator[tuple[int, Dataset | None]]])
+#: What a C-FIND handler yields: ``(status, identifier)``, the status as a code
+#: or as a Dataset with an Error Comment (pynetdicom accepts both).
+FindResponse = tuple[int | Dataset, Dataset | None]
+
+G = TypeVar("G", bound=Callable[..., Iterator[FindResponse]])
 
 
 def find_guard(func: G) -> G:
@@ -146,7 +168,7 @@ def find_guard(func: G) -> G:
     """
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Iterator[tuple[int, Dataset | None]]:
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[FindResponse]:
         try:
             yield from func(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the one mapping point for C-FIND
@@ -155,6 +177,8 @@ def find_guard(func: G) -> G:
                 logger.exception("C-FIND failed unexpectedly")
             else:
                 logger.warning("C-FIND answered 0x%04X: %s", int(status), exc)
-            yield int(status), status_dataset(status, str(exc))
+            # The status as a Dataset carries the Error Comment (0000,0902);
+            # a failure has no identifier.
+            yield status_dataset(status, str(exc)), None
 
     return wrapper  # type: ignore[return-value]

@@ -152,7 +152,9 @@ class ResultsStep:
                 diameter_mm=m.nodule.diameter_mm,
                 size_class=m.nodule.size_class,
                 texture=m.nodule.texture,
-                study_instance_uid=m.nodule.study_instance_uid,
+                study_instance_uid=self.policy.study_uid(
+                    m.nodule.study_instance_uid, reveal=reveal
+                ),
                 study_date=m.nodule.study_date,
                 patient_label=self.policy.label(
                     m.nodule.patient_id, m.nodule.patient_name, reveal=reveal

@@ -11,12 +11,12 @@ One settings object is created at start (``dicom-node serve``) and passed down.
 
 from __future__ import annotations
 
+from dicom_node.settings.access import AccessRule, AccessSettings, Permission
 from dicom_node.settings.loading import check_files, load_settings, settings_from_table
 from dicom_node.settings.sections import (
     Destination,
     NetworkSettings,
     OutboxSettings,
-    PrivacySettings,
     QualificationSettings,
     SecuritySettings,
     SeriesSettings,
@@ -28,10 +28,12 @@ from dicom_node.settings.sections import (
 )
 
 __all__ = [
+    "AccessRule",
+    "AccessSettings",
     "Destination",
     "NetworkSettings",
     "OutboxSettings",
-    "PrivacySettings",
+    "Permission",
     "QualificationSettings",
     "SecuritySettings",
     "SeriesSettings",
