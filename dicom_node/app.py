@@ -17,22 +17,27 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from dicom_node import __version__
 from dicom_node.intake.ingest import Ingest
+from dicom_node.intake.orphans import OrphanReport, adopt_orphans
 from dicom_node.intake.series import SeriesWatcher, complete_idle_series
 from dicom_node.net.servers import DicomServers
 from dicom_node.net.similarity import SimilarityService
 from dicom_node.processing.jobs import JobRunner, RecordingStep, Step
 from dicom_node.processing.queue import EmbeddedQueue
+from dicom_node.results.identity import result_series_uid
 from dicom_node.results.outbox import Outbox
 from dicom_node.retrieval.privacy import PrivacyPolicy
 from dicom_node.retrieval.similar import SimilarityIndex
 from dicom_node.settings import Settings
-from storage.catalog import Catalog
+from storage.catalog import Catalog, ResultKind
 from storage.instances import InstanceStore
+from storage.lock import DataDirectoryLock
 
 __all__ = ["Node"]
 
@@ -51,6 +56,14 @@ class Node:
         model, a step that only records that it ran).
     similarity_index : SimilarityIndex, optional
         The hash index answering similarity queries (default: the model's).
+    lock : DataDirectoryLock, optional
+        The data directory's lock, already held (``dicom-node serve`` takes it
+        before loading anything); by default the node takes it here.
+
+    Raises
+    ------
+    DataDirectoryInUse
+        Another node holds the data directory.
     """
 
     def __init__(
@@ -59,8 +72,26 @@ class Node:
         *,
         steps: Sequence[Step] | None = None,
         similarity_index: SimilarityIndex | None = None,
+        lock: DataDirectoryLock | None = None,
     ) -> None:
         self.settings = settings
+        # One node per data directory: the lock comes before anything reads or
+        # writes there (catalog, recovery), and a second node fails here at once.
+        if lock is None:
+            lock = DataDirectoryLock(settings.data_dir)
+            lock.acquire()
+        self.lock = lock
+        try:
+            self._build(steps, similarity_index)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(
+        self, steps: Sequence[Step] | None, similarity_index: SimilarityIndex | None
+    ) -> None:
+        settings = self.settings
+        self.recovery: dict[str, float] = {}
         self.store = InstanceStore(
             settings.instances_dir,
             min_free_bytes=settings.storage.min_free_mb * 2**20,
@@ -154,11 +185,49 @@ class Node:
         self.runner.run(series_instance_uid)
 
     def resume(self) -> None:
-        """Pick up what a stopped or killed node left unfinished."""
-        self.store.recover()
+        """Pick up what a stopped or killed node left unfinished.
+
+        Partial files go, orphan files (renamed into place, never catalogued)
+        are catalogued or removed, interrupted jobs are queued again; what was
+        found is kept in :attr:`recovery` (``dicom-node status`` shows it).
+        """
+        partial = self.store.recover()
+        orphans = self._adopt_orphans()
+        self.recovery = {
+            "at": time.time(),
+            "partial_files_removed": partial,
+            "orphans_catalogued": orphans.catalogued,
+            "orphans_removed": orphans.removed,
+            "series_scanned": orphans.series_scanned,
+        }
         self.runner.recover()
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
         self.queue_pending()
+
+    def _adopt_orphans(self) -> OrphanReport:
+        """Check the files written since the last node was killed (all on a first start)."""
+        since = 0.0 if self.lock.previous is None else self.lock.unscanned_since
+        if since is None:
+            return OrphanReport()
+        report = adopt_orphans(self.ingest, since=since, is_result_series=self._is_result_series)
+        self.lock.mark_scanned()
+        if report.catalogued or report.removed:
+            logger.warning(
+                "%d orphan file(s) catalogued, %d removed (left by a node that was killed)",
+                report.catalogued,
+                report.removed,
+            )
+        return report
+
+    def _is_result_series(self, study_instance_uid: str, series_instance_uid: str) -> bool:
+        """True for a series of the node's own results (catalogued, or of a current version)."""
+        if self.catalog.intake.is_result_series(series_instance_uid):
+            return True
+        return series_instance_uid in {
+            result_series_uid(study_instance_uid, step.version, kind)
+            for step in self.runner.steps
+            for kind in ResultKind
+        }
 
     def queue_pending(self) -> int:
         """Queue the series that have a step due for the current versions.
@@ -172,15 +241,29 @@ class Node:
         return pending
 
     def start(self) -> None:
-        """Resume work, start workers and the watcher, then listen."""
+        """Bind the ports, resume work, start workers and the watcher, then serve.
+
+        The ports are bound first, so a port in use stops the node before it
+        recovers or processes anything.
+
+        Raises
+        ------
+        ListenError
+            A port cannot be bound (the message names the AE and the port).
+        """
         settings = self.settings
         logger.info("dicom-node %s starting: %s", __version__, json.dumps(settings.describe()))
         self._warn_about_exposure()
-        self.queue.start()
-        self.outbox.start()
-        self.resume()
-        self.watcher.start()
-        self.servers.start()
+        try:
+            self.servers.bind()
+            self.queue.start()
+            self.outbox.start()
+            self.resume()
+            self.watcher.start()
+            self.servers.serve()
+        except BaseException:
+            self.stop()
+            raise
         logger.info(
             "listening as %s on %s:%d%s%s",
             settings.ae_title,
@@ -219,9 +302,11 @@ class Node:
 
     def _write_runtime_file(self) -> None:
         runtime = {
+            "pid": os.getpid(),
             "ae_title": self.settings.ae_title,
             "host": self.settings.host,
             "port": self.port,
+            "recovery": self.recovery,
         }
         if self.servers.similarity_port is not None:
             runtime |= {
@@ -231,10 +316,11 @@ class Node:
         (Path(self.settings.data_dir) / "node.json").write_text(json.dumps(runtime))
 
     def stop(self) -> None:
-        """Stop listening, then the watcher and the workers."""
+        """Stop listening, then the watcher and the workers; release the data directory."""
         self.servers.stop()
         self.watcher.stop()
         self.queue.stop()
         self.outbox.stop()
         self.catalog.close()
+        self.lock.release()
         logger.info("stopped")

@@ -30,8 +30,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, network: bool = F
         net.add_argument("--ae-title", help="our AE title (default DICOM_NODE)")
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings | None:
-    """Load settings from the parsed flags; print the error and return None if invalid."""
+def settings_from_args(
+    args: argparse.Namespace, *, check_paths: bool = False
+) -> Settings | None:
+    """Load settings from the parsed flags; print the error and return None if invalid.
+
+    Only ``serve`` passes ``check_paths``: it creates the data directory.
+    Every other command works on an existing one and creates nothing.
+    """
     overrides = {
         "data_dir": getattr(args, "data_dir", None),
         "port": getattr(args, "port", None),
@@ -39,7 +45,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings | None:
         "ae_title": getattr(args, "ae_title", None),
     }
     try:
-        return load_settings(args.config, overrides=overrides)
+        return load_settings(args.config, overrides=overrides, check_paths=check_paths)
     except SettingsError as exc:
         print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
         return None
@@ -47,10 +53,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings | None:
 
 @contextmanager
 def open_catalog(settings: Settings) -> Iterator[Catalog]:
-    """The catalog of ``settings``, closed on exit."""
+    """The existing catalog of ``settings``, closed on exit (never a new one).
+
+    Raises
+    ------
+    CatalogError
+        There is no catalog there (``dicom-node`` prints the message).
+    """
     from storage.catalog import Catalog
 
-    catalog = Catalog(settings.catalog_url)
+    catalog = Catalog(settings.catalog_url, create=False)
     try:
         yield catalog
     finally:

@@ -26,11 +26,28 @@ def add_subparser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, check_paths=True)
     if settings is None:
         return 2
+    from storage.errors import DataDirectoryInUse, StorageError
+    from storage.lock import DataDirectoryLock
+
+    # Before the heavy imports and the model: a second node fails at once.
+    lock = DataDirectoryLock(settings.data_dir)
+    try:
+        lock.acquire()
+    except DataDirectoryInUse as exc:
+        print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
+        return 1
+    from dicom_node.cli._logging import add_log_file, log_file
+
+    path = log_file(settings)
+    if path is not None:
+        add_log_file(
+            path, max_bytes=settings.logging.max_mb * 2**20, backups=settings.logging.backups
+        )
     from dicom_node.app import Node
-    from storage.errors import StorageError
+    from dicom_node.errors import NodeError
 
     stop = threading.Event()
 
@@ -41,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     try:
-        node = Node(settings)
+        node = Node(settings, lock=lock)
         node.start()
-    except (OSError, StorageError) as exc:
+    except (OSError, StorageError, NodeError) as exc:
+        lock.release()
         print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
         return 1
     try:

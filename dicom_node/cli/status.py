@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import defaultdict
 from typing import Any
 
 from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
+from dicom_node.settings import Settings
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -87,13 +89,21 @@ def run(args: argparse.Namespace) -> int:
         for d in delivery_records
         if d["state"] in (DeliveryState.PENDING.value, DeliveryState.FAILED.value)
     ]
+    node = _node_record(settings)
     if args.json:
         print(
             json.dumps(
-                {"series": records, "results": result_records, "deliveries": unfinished}, indent=2
+                {
+                    "node": node,
+                    "series": records,
+                    "results": result_records,
+                    "deliveries": unfinished,
+                },
+                indent=2,
             )
         )
         return 0
+    print(_node_lines(node))
     print(
         _table(records, result_records, show_phi=args.show_phi)
         if records
@@ -110,6 +120,52 @@ def run(args: argparse.Namespace) -> int:
                 f"{d['sop_instance_uid']}  {d['last_error'] or ''}"
             )
     return 0
+
+
+def _node_record(settings: Settings) -> dict[str, Any]:
+    """The node itself: running or not, its log file, what its last start recovered."""
+    from dicom_node.cli._logging import log_file
+    from storage.lock import read_record
+
+    record = read_record(settings.data_dir)
+    running = record is not None and not record.clean and _alive(record.pid)
+    runtime: dict[str, Any] = {}
+    try:
+        runtime = json.loads((settings.data_dir / "node.json").read_text())
+    except (OSError, ValueError):
+        pass
+    path = log_file(settings)
+    return {
+        "data_dir": str(settings.data_dir.resolve()),
+        "running_pid": record.pid if running and record is not None else None,
+        "log_file": None if path is None else str(path.resolve()),
+        "last_start": runtime.get("recovery"),
+    }
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _node_lines(node: dict[str, Any]) -> str:
+    state = f"running (pid {node['running_pid']})" if node["running_pid"] else "not running"
+    lines = [f"node {state}; data {node['data_dir']}; log {node['log_file'] or '(stderr only)'}"]
+    start = node["last_start"]
+    if start:
+        lines.append(
+            f"last start recovered: {start['partial_files_removed']} partial file(s) removed, "
+            f"{start['orphans_catalogued']} orphan file(s) catalogued, "
+            f"{start['orphans_removed']} removed"
+        )
+    return "\n".join(lines) + "\n"
 
 
 _KIND_LABELS = {"similarity-sr": "similar-case SR", "key-images": "key images"}

@@ -23,7 +23,7 @@ from dicom_node.errors import InvalidDataset, MissingUID, SOPClassMismatch, UIDM
 from storage.catalog import Catalog, GeneratedResult, InstanceRecord, ResultKind
 from storage.errors import CatalogError
 from storage.instances import InstanceStore, PutOutcome, StoredInstance
-from storage.uids import validate_uid
+from storage.uids import is_valid_uid, validate_uid
 
 __all__ = ["Ingest", "Received"]
 
@@ -93,6 +93,12 @@ def _series_attributes(dataset: Dataset) -> dict[str, Any]:
         "study_description": _text(dataset, "StudyDescription"),
         "referring_physician_name": _text(dataset, "ReferringPhysicianName"),
     }
+
+
+def _shown_uid(value: str) -> str:
+    """A UID from a request as it may appear in a message (and a log): never verbatim
+    when it is not a UID, since it could hold anything the peer put there."""
+    return value if is_valid_uid(value) else f"(not a UID, {len(value)} characters)"
 
 
 def _required_uid(dataset: Dataset, keyword: str) -> str:
@@ -187,12 +193,13 @@ class Ingest:
         series_instance_uid = _required_uid(dataset, "SeriesInstanceUID")
         if sop_class_uid != affected_sop_class_uid:
             raise SOPClassMismatch(
-                f"dataset SOPClassUID {sop_class_uid} is not the request's {affected_sop_class_uid}"
+                f"dataset SOPClassUID {sop_class_uid} is not the request's "
+                f"{_shown_uid(affected_sop_class_uid)}"
             )
         if sop_instance_uid != affected_sop_instance_uid:
             raise UIDMismatch(
                 f"dataset SOPInstanceUID {sop_instance_uid} is not the request's "
-                f"{affected_sop_instance_uid}"
+                f"{_shown_uid(affected_sop_instance_uid)}"
             )
         _check_pixel_data(dataset, transfer_syntax_uid)
         # Study and series attributes only matter for the first instance of a

@@ -80,9 +80,8 @@ def index_study_of_query(identifier: Dataset) -> FolderQuery:
     """
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if level != "STUDY":
-        raise InvalidQuery(
-            f"the similarity AE answers STUDY level queries only, not {level or '(none)'}"
-        )
+        shown = level if level in {"PATIENT", "SERIES", "IMAGE"} else "(none or not a level)"
+        raise InvalidQuery(f"the similarity AE answers STUDY level queries only, not {shown}")
     index_uid = None
     try:
         block = identifier.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)

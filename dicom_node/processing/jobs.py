@@ -184,13 +184,13 @@ class JobRunner:
         return job if job.outcome is not None else None
 
     def pending(self) -> list[str]:
-        """Series with a step due: in the step's ``requires`` state, its job unfinished."""
+        """Series with a step due: in the step's ``requires`` state and not run since
+        their last instance arrived (:meth:`WorkflowCatalog.due_for_step`)."""
         due: list[str] = []
         workflow = self.catalog.workflow
         for step in self.steps:
-            for uid in workflow.series_in_states([step.requires]):
-                record = workflow.job(uid, step.name, step.version)
-                if (record is None or not record.finished) and uid not in due:
+            for uid in workflow.due_for_step(step.requires, step.name, step.version):
+                if uid not in due:
                     due.append(uid)
         return due
 

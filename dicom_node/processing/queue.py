@@ -61,7 +61,8 @@ class EmbeddedQueue:
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
-            thread.join(timeout)
+            if thread.is_alive():
+                thread.join(timeout)
 
     def join(self) -> None:
         """Block until every queued item has been processed (for tests)."""

@@ -15,6 +15,7 @@ from dicom_node.settings.access import AccessRule, AccessSettings, Permission
 from dicom_node.settings.loading import check_files, load_settings, settings_from_table
 from dicom_node.settings.sections import (
     Destination,
+    LoggingSettings,
     NetworkSettings,
     OutboxSettings,
     QualificationSettings,
@@ -31,6 +32,7 @@ __all__ = [
     "AccessRule",
     "AccessSettings",
     "Destination",
+    "LoggingSettings",
     "NetworkSettings",
     "OutboxSettings",
     "Permission",

@@ -24,6 +24,7 @@ from dicom_node.settings.checks import validate_ae_title
 
 __all__ = [
     "Destination",
+    "LoggingSettings",
     "NetworkSettings",
     "OutboxSettings",
     "QualificationSettings",
@@ -221,6 +222,22 @@ class SimilaritySettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    """``[logging]``: the node's log file (it also logs to stderr, e.g. the journal)."""
+
+    file: str = "logs/dicom-node.log"
+    """Log file of ``dicom-node serve``, relative to ``data_dir`` (or absolute); empty = none."""
+    max_mb: int = 10
+    """The file is rotated when it reaches this size (MiB) ..."""
+    backups: int = 5
+    """... keeping this many older files (``dicom-node.log.1`` ...)."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_mb >= 1, "logging.max_mb must be at least 1")
+        _require(self.backups >= 0, "logging.backups must not be negative")
+
+
+@dataclass(frozen=True)
 class Destination:
     """A DICOM peer results are sent to, parsed once from ``AE@host:port``."""
 
@@ -300,6 +317,7 @@ class Settings:
     qualification: QualificationSettings = field(default_factory=QualificationSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self) -> None:
         validate_ae_title(self.ae_title, "ae_title")

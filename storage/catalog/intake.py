@@ -215,6 +215,30 @@ class IntakeCatalog:
                 connection.execute(sa.select(sa.func.count()).select_from(instances)).scalar_one()
             )
 
+    def is_result_series(self, series_instance_uid: str) -> bool:
+        """True if the series holds generated results (the node's own SR or key images)."""
+        with self._db.begin() as connection:
+            row = connection.execute(
+                sa.select(results.c.sop_instance_uid)
+                .where(results.c.series_instance_uid == series_instance_uid)
+                .limit(1)
+            ).first()
+        return row is not None
+
+    def paths_in_series(self, series_instance_uid: str) -> set[str]:
+        """Relative paths of the catalogued files (instances and results) of a series."""
+        with self._db.begin() as connection:
+            rows = connection.execute(
+                sa.select(instances.c.relative_path)
+                .where(instances.c.series_instance_uid == series_instance_uid)
+                .union_all(
+                    sa.select(results.c.relative_path).where(
+                        results.c.series_instance_uid == series_instance_uid
+                    )
+                )
+            ).all()
+        return {str(row[0]) for row in rows}
+
     def instance_paths(self) -> dict[str, str]:
         """``{sop_instance_uid: relative_path}`` for every instance."""
         with self._db.begin() as connection:

@@ -87,6 +87,38 @@ class WorkflowCatalog:
             ).all()
         return [str(row[0]) for row in rows]
 
+    def due_for_step(self, state: SeriesState, step: str, version: str) -> list[str]:
+        """Series in ``state`` that the step (of this version) has yet to run on, oldest first.
+
+        Due means: no job row, a job not finished, or a job finished before
+        the series' last instance arrived (a late instance reopened it after
+        the step ran; after a restart it must run again, not be skipped).
+        """
+        finished = [JobState.DONE.value, JobState.FAILED.value]
+        joined = series.outerjoin(
+            jobs,
+            sa.and_(
+                jobs.c.series_instance_uid == series.c.series_instance_uid,
+                jobs.c.step == step,
+                jobs.c.version == version,
+            ),
+        )
+        query = (
+            sa.select(series.c.series_instance_uid)
+            .select_from(joined)
+            .where(series.c.state == state.value)
+            .where(
+                sa.or_(
+                    jobs.c.id.is_(None),
+                    jobs.c.state.not_in(finished),
+                    jobs.c.finished_at < series.c.last_received_at,
+                )
+            )
+            .order_by(series.c.state_changed_at)
+        )
+        with self._db.begin() as connection:
+            return [str(row[0]) for row in connection.execute(query).all()]
+
     def series_state(self, series_instance_uid: str) -> tuple[SeriesState, str | None] | None:
         """The state and reason of a series, or None if unknown."""
         with self._db.begin() as connection:

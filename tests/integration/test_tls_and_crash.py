@@ -91,8 +91,14 @@ def _acknowledged(storescu_output: str) -> list[str]:
 
 def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_process) -> None:
     paths = write_ct_series(tmp_path / "s", 150, rows=256, columns=256)
+    # No processing: what is checked here is the store, and a pipeline run on
+    # these noise slices would depend on the machine's load (it once stored an SR).
     node = node_process(
-        env={"DICOM_NODE_SERIES_IDLE_SECONDS": "1", "DICOM_NODE_STORAGE_MIN_FREE_MB": "0"}
+        env={
+            "DICOM_NODE_SERIES_IDLE_SECONDS": "1",
+            "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
+            "DICOM_NODE_WORKER_THREADS": "0",
+        }
     )
     node.start()
     catalog = Catalog(f"sqlite:///{node.data_dir / 'catalog.sqlite3'}")
@@ -130,21 +136,20 @@ def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_p
         assert sop_instance_uid in stored, f"acknowledged instance {path} lost"
         kept = instances_dir / stored[sop_instance_uid]
         assert dataset_bytes(kept) == dataset_bytes(Path(path))
-        pydicom.dcmread(kept).pixel_array  # readable
+        assert pydicom.dcmread(kept).pixel_array.shape == (256, 256)  # readable
+    # After the start, every file is catalogued: one renamed into place but not
+    # yet catalogued when the node was killed was adopted (or removed) at start.
     visible = {p.relative_to(instances_dir).as_posix() for p in instances_dir.rglob("*.dcm")}
-    assert set(stored.values()) <= visible, "a catalog row without its file"
-    for extra in visible - set(stored.values()):
-        # Renamed but not yet catalogued when killed: never acknowledged, yet
-        # complete (a resend finds it identical and catalogues it).
-        pydicom.dcmread(instances_dir / extra).pixel_array
+    assert visible == set(stored.values()), "orphan files or catalog rows without files"
     assert not list((instances_dir / ".tmp").iterdir()), "partial files were not cleaned at start"
+    assert node.runtime()["recovery"]["series_scanned"] == 1  # it looked (the node was killed)
+    # One instance at most was in flight: not written, written but not catalogued
+    # (adopted at start), or catalogued but its response never sent.
+    assert len(acknowledged) <= len(stored) <= len(acknowledged) + 1
     (summary,) = catalog.workflow.summaries()
     wait_until(
-        # Complete, then handed to the processor at once (the AI pipeline finds
-        # no lungs in these noise slices): any state after receiving counts.
         lambda: (
-            catalog.workflow.series_state(summary.series_instance_uid)[0]
-            is not SeriesState.RECEIVING
+            catalog.workflow.series_state(summary.series_instance_uid)[0] is SeriesState.COMPLETE
         ),
         what="series complete after restart",
     )
