@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     with open_catalog(settings) as catalog:
         rows = catalog.workflow.summaries()
-        generated = catalog.intake.generated_results()
+        generated = catalog.intake.generated_results(current_only=True)
         deliveries = catalog.deliveries.in_states()
     delivery_records = [
         {
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             "kind": r.kind.value,
             "source_series_instance_uid": r.source_series_instance_uid,
             "model_version": r.model_version,
+            "revision": r.revision,
             "created_at": r.created_at,
             "deliveries": delivered[r.sop_instance_uid],
         }
@@ -177,9 +178,11 @@ def _result_line(result: dict[str, Any], series_numbers: dict[str, Any]) -> str:
         or "kept here (no destination)"
     )
     source = series_numbers.get(result["source_series_instance_uid"])
+    revision = f" revision {result['revision']}" if result["revision"] > 1 else ""
     return (
-        f"  result  {_KIND_LABELS.get(result['kind'], result['kind'])} of series #{source}, "
-        f"model {result['model_version']}: {sent}    {result['sop_instance_uid']}"
+        f"  result  {_KIND_LABELS.get(result['kind'], result['kind'])}{revision} "
+        f"(series #{source}), model {result['model_version']}: {sent}    "
+        f"{result['sop_instance_uid']}"
     )
 
 

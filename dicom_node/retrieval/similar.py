@@ -70,6 +70,9 @@ class SimilarityIndex:
         gone = [i for i in old_ids if i in present]
         if gone:
             index.remove(gone)
+        # SQLite reuses the ids of deleted rows: a new nodule may carry an old id
+        # just removed, and must be added back.
+        present.difference_update(gone)
         add_records(index, [n for n in new if n.id not in present])
 
     def retriever(self, **kwargs: Any) -> Retriever:

@@ -77,6 +77,52 @@ class WorkflowCatalog:
             changed = connection.execute(statement).rowcount
         return bool(changed)
 
+    def send_results(self, series_instance_uid: str) -> bool:
+        """False when the series was queued again by ``reindex`` without ``--send-results``
+        and no instance arrived since: its results are kept, not sent."""
+        with self._db.begin() as connection:
+            row = connection.execute(
+                sa.select(series.c.send_results).where(
+                    series.c.series_instance_uid == series_instance_uid
+                )
+            ).first()
+        return True if row is None else bool(row[0])
+
+    def requeue(
+        self,
+        series_instance_uids: Sequence[str],
+        from_states: Sequence[SeriesState],
+        *,
+        send_results: bool,
+        reason: str,
+        now: float | None = None,
+    ) -> int:
+        """Put processed series back to ``complete`` (their jobs forgotten) to run again.
+
+        Returns
+        -------
+        int
+            How many series moved.
+        """
+        now = time.time() if now is None else now
+        moved = 0
+        with self._db.begin() as connection:
+            for start in range(0, len(series_instance_uids), 500):
+                chunk = list(series_instance_uids[start : start + 500])
+                connection.execute(jobs.delete().where(jobs.c.series_instance_uid.in_(chunk)))
+                moved += connection.execute(
+                    series.update()
+                    .where(series.c.series_instance_uid.in_(chunk))
+                    .where(series.c.state.in_([s.value for s in from_states]))
+                    .values(
+                        state=SeriesState.COMPLETE.value,
+                        reason=reason,
+                        state_changed_at=now,
+                        send_results=send_results,
+                    )
+                ).rowcount
+        return moved
+
     def series_in_states(self, states: Sequence[SeriesState]) -> list[str]:
         """Series UIDs in any of ``states``, oldest change first."""
         with self._db.begin() as connection:
@@ -307,18 +353,6 @@ class WorkflowCatalog:
                 .values(state=outcome.value, reason=series_reason, state_changed_at=now)
             ).rowcount
         return bool(moved)
-
-    def clear_jobs(self, series_instance_uids: Sequence[str]) -> None:
-        """Forget the jobs of some series (they run again when complete)."""
-        with self._db.begin() as connection:
-            for start in range(0, len(series_instance_uids), 500):
-                connection.execute(
-                    jobs.delete().where(
-                        jobs.c.series_instance_uid.in_(
-                            list(series_instance_uids[start : start + 500])
-                        )
-                    )
-                )
 
     def job(self, series_instance_uid: str, step: str, version: str) -> JobRecord | None:
         """The job of a step on a series for a version, or None."""

@@ -51,8 +51,11 @@ class CountedFile:
 class AcceptAll:
     """A destination that acknowledges everything (the outbox's SCU seam)."""
 
-    def send(self, destination, objects) -> SendReport:
-        return SendReport(None, tuple(StoreResponse(0, "Success") for _ in objects))
+    def send(self, destination, objects, on_response=None) -> SendReport:
+        responses = tuple(StoreResponse(0, "Success") for _ in objects)
+        for position, response in enumerate(responses):
+            on_response(position, response)
+        return SendReport(None, responses)
 
 
 def _series_of(node: Node, cohort: Path) -> dict[str, str]:
