@@ -1,15 +1,18 @@
-"""Build the node from settings: storage, job runner, series watcher, network.
+"""Build the node from settings: storage, job runner, workers, series watcher, network.
 
 ``Node(settings)`` wires everything and ``start()`` resumes unfinished work
 before it accepts associations; ``stop()`` undoes it in reverse order.
+``start(only_workers=True)`` runs only the workers (``dicom-node worker``: no
+associations, no series completion, no sending).
 
 The path of one study through the node (DESIGN.md has it numbered):
 ``net.handlers.handle_store`` → ``intake.ingest.Ingest.receive`` (file, then
 catalog row) → ``intake.series`` (idle timer: ``complete``) →
-``processing.queue`` → ``processing.jobs.JobRunner`` running the steps in
-order: ``processing.analysis.AnalysisStep`` (``indexed``), then
-``results.step.ResultsStep`` (``reported``) → ``results.outbox.Outbox`` →
-``net.scu``.
+``processing.queue.Workers`` (this node's threads or ``dicom-node worker``
+processes, claiming from the catalog) → ``processing.jobs.JobRunner``
+running the steps in order: ``processing.analysis.AnalysisStep``
+(``indexed``), then ``results.step.ResultsStep`` (``reported``) →
+``results.outbox.Outbox`` → ``net.scu``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from dicom_node.intake.series import SeriesWatcher, complete_idle_series
 from dicom_node.net.servers import DicomServers
 from dicom_node.net.similarity import SimilarityService
 from dicom_node.processing.jobs import JobRunner, RecordingStep, Step
-from dicom_node.processing.queue import EmbeddedQueue
+from dicom_node.processing.queue import Workers
 from dicom_node.results.identity import result_series_uid
 from dicom_node.results.outbox import Outbox
-from dicom_node.retrieval.privacy import PrivacyPolicy
+from dicom_node.retrieval.privacy import PrivacyPolicy, privacy_key
 from dicom_node.retrieval.similar import SimilarityIndex
 from dicom_node.settings import Settings
 from storage.catalog import Catalog, ResultKind
@@ -59,6 +62,10 @@ class Node:
     lock : DataDirectoryLock, optional
         The data directory's lock, already held (``dicom-node serve`` takes it
         before loading anything); by default the node takes it here.
+    exclusive : bool
+        False for ``dicom-node worker``: it shares the data directory (or its
+        catalog and instance files) with the node that holds the lock, takes
+        no lock and may only ``start(only_workers=True)``.
 
     Raises
     ------
@@ -73,18 +80,20 @@ class Node:
         steps: Sequence[Step] | None = None,
         similarity_index: SimilarityIndex | None = None,
         lock: DataDirectoryLock | None = None,
+        exclusive: bool = True,
     ) -> None:
         self.settings = settings
         # One node per data directory: the lock comes before anything reads or
         # writes there (catalog, recovery), and a second node fails here at once.
-        if lock is None:
+        if lock is None and exclusive:
             lock = DataDirectoryLock(settings.data_dir)
             lock.acquire()
         self.lock = lock
         try:
             self._build(steps, similarity_index)
         except BaseException:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
             raise
 
     def _build(
@@ -102,19 +111,28 @@ class Node:
         self.outbox = Outbox(
             self.catalog.deliveries, settings.instances_dir, settings.outbox, settings.ae_title
         )
-        self.policy = PrivacyPolicy(settings.access, settings.data_dir / "privacy.key")
+        self.policy = PrivacyPolicy(
+            settings.access,
+            privacy_key(self.catalog, legacy_file=settings.data_dir / "privacy.key"),
+        )
         self.similarity_index = similarity_index
         if steps is None:
             steps = self._default_steps()
-        self.runner = JobRunner(self.catalog, steps)
-        self.queue = EmbeddedQueue(self._run, threads=settings.worker.threads)
+        self.runner = JobRunner(self.catalog, steps, lease_seconds=settings.worker.lease_seconds)
+        self.workers = Workers(
+            self.runner,
+            settings.worker.threads,
+            poll_seconds=settings.worker.poll_seconds,
+            read_ahead=settings.worker.read_ahead,
+        )
         self.watcher = SeriesWatcher(
             self.catalog,
             settings.series.idle_seconds,
             settings.series.check_interval_seconds,
-            self.queue.submit,
-            on_tick=self.queue_pending,
+            self.workers.wake,
         )
+        self._listening = False
+        self._watching = False
         self.similarity = SimilarityService(
             self.catalog,
             self.similarity_index,
@@ -125,9 +143,20 @@ class Node:
         self.servers = DicomServers(settings, self.ingest, self.catalog, self.similarity)
 
     def _default_steps(self) -> list[Step]:
-        """The AI and results steps when a hashing model is available, else the recording step."""
-        from dicom_node.model import load_model
+        """The AI and results steps when a hashing model is available, else the recording step.
 
+        A node without worker threads (``serve --no-worker``) runs no step: it
+        needs only the model's version for its index, and never imports torch.
+        """
+        from dicom_node.model import load_model, model_version
+
+        if self.settings.worker.threads == 0:
+            version = model_version(self.settings.worker.model_dir)
+            if version is not None and self.similarity_index is None:
+                self.similarity_index = SimilarityIndex(
+                    self.catalog, version, snapshot_dir=self.settings.index_dir
+                )
+            return []
         model = load_model(self.settings.worker.model_dir)
         if model is None:
             return [RecordingStep()]
@@ -135,7 +164,9 @@ class Node:
         from dicom_node.results.step import ResultsStep
 
         if self.similarity_index is None:
-            self.similarity_index = SimilarityIndex(self.catalog, model.version)
+            self.similarity_index = SimilarityIndex(
+                self.catalog, model.version, snapshot_dir=self.settings.index_dir
+            )
         index = self.similarity_index
         return [
             AnalysisStep(
@@ -181,14 +212,11 @@ class Node:
         """Associations currently open with this node as acceptor."""
         return self.servers.association_count
 
-    def _run(self, series_instance_uid: str) -> None:
-        self.runner.run(series_instance_uid)
-
     def resume(self) -> None:
-        """Pick up what a stopped or killed node left unfinished.
+        """Pick up what a stopped or killed node left unfinished (the workers claim it).
 
         Partial files go, orphan files (renamed into place, never catalogued)
-        are catalogued or removed, interrupted jobs are queued again; what was
+        are catalogued or removed, interrupted jobs are due again; what was
         found is kept in :attr:`recovery` (``dicom-node status`` shows it).
         """
         partial = self.store.recover()
@@ -202,10 +230,11 @@ class Node:
         }
         self.runner.recover()
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
-        self.queue_pending()
+        self.workers.wake()
 
     def _adopt_orphans(self) -> OrphanReport:
         """Check the files written since the last node was killed (all on a first start)."""
+        assert self.lock is not None, "only the node holding the data directory adopts orphans"
         since = 0.0 if self.lock.previous is None else self.lock.unscanned_since
         if since is None:
             return OrphanReport()
@@ -229,37 +258,55 @@ class Node:
             for kind in ResultKind
         }
 
-    def queue_pending(self) -> int:
-        """Queue the series that have a step due for the current versions.
+    def start(self, *, listen: bool = True, only_workers: bool = False) -> None:
+        """Load the index, resume work, start the workers, then (``listen``) serve.
 
-        Runs at start and periodically, so series put back to ``complete`` by
-        ``dicom-node reindex`` (another process) are picked up.
-        """
-        pending = sum(self.queue.submit(uid) for uid in self.runner.pending())
-        if pending:
-            logger.info("%d series queued for processing", pending)
-        return pending
-
-    def start(self) -> None:
-        """Bind the ports, resume work, start workers and the watcher, then serve.
-
-        The ports are bound first, so a port in use stops the node before it
-        recovers or processes anything.
-
-        Raises
-        ------
-        ListenError
-            A port cannot be bound (the message names the AE and the port).
+        Parameters
+        ----------
+        listen : bool
+            Open the DICOM ports. ``dicom-node backfill`` runs a node without
+            them when no node serves the data directory (and with them when
+            a PACS is to C-MOVE into it): series are still completed,
+            processed and their results kept.
+        only_workers : bool
+            ``dicom-node worker``: only the workers and the index run; no
+            association is accepted, no series completed, nothing sent.
         """
         settings = self.settings
-        logger.info("dicom-node %s starting: %s", __version__, json.dumps(settings.describe()))
-        self._warn_about_exposure()
+        logger.info(
+            "dicom-node %s starting%s: %s",
+            __version__,
+            " as a worker" if only_workers else "",
+            json.dumps(settings.describe()),
+        )
+        if self.similarity_index is not None:
+            # Loaded in its own thread: the storage AE does not wait for it, and
+            # a similarity query waits for the load rather than running it.
+            self.similarity_index.start(
+                poll_seconds=settings.index.poll_seconds,
+                snapshot_seconds=settings.index.snapshot_minutes * 60.0,
+            )
+        if self.lock is None and not only_workers:
+            raise RuntimeError("a node without the data directory's lock may only run workers")
+        if only_workers:
+            self.runner.recover()
+            self.workers.start()
+            return
         try:
-            self.servers.bind()
-            self.queue.start()
+            if listen:
+                self._warn_about_exposure()
+                # The ports first: a port in use stops the node before it
+                # recovers or processes anything.
+                self.servers.bind()
+                self._listening = True
+            self.workers.start()
             self.outbox.start()
             self.resume()
             self.watcher.start()
+            self._watching = True
+            if not listen:
+                logger.info("started without listening (backfill)")
+                return
             self.servers.serve()
         except BaseException:
             self.stop()
@@ -316,11 +363,19 @@ class Node:
         (Path(self.settings.data_dir) / "node.json").write_text(json.dumps(runtime))
 
     def stop(self) -> None:
-        """Stop listening, then the watcher and the workers; release the data directory."""
-        self.servers.stop()
-        self.watcher.stop()
-        self.queue.stop()
+        """Stop listening, then the watcher, the workers and the index (saving a snapshot);
+        release the data directory."""
+        if self._listening:
+            self.servers.stop()
+        if self._watching:
+            self.watcher.stop()
+        self.workers.stop()
         self.outbox.stop()
+        if self.similarity_index is not None:
+            self.similarity_index.stop()
         self.catalog.close()
-        self.lock.release()
+        self._listening = self._watching = False
+        if self.lock is not None:
+            self.lock.release()
         logger.info("stopped")
+

@@ -10,7 +10,10 @@
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
      ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
      ├── NotAuthorized      the calling AE lacks the permission for a request (0x0124)
-     └── ListenError        an AE cannot listen on its address and port
+     ├── ListenError        an AE cannot listen on its address and port
+     ├── ArchiveError       the archive a backfill reads is unreachable or refuses
+     ├── HandoffError       the running node refused instances a backfill handed it
+     └── IndexNotReady      the similarity index is still loading after a start (0xC310)
 
 A destination that refuses or does not answer is not an exception: the SCU
 reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
@@ -19,6 +22,9 @@ reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveError",
+    "HandoffError",
+    "IndexNotReady",
     "InvalidDataset",
     "InvalidQuery",
     "ListenError",
@@ -65,3 +71,13 @@ class NotAuthorized(NodeError):
 
 class ListenError(NodeError, OSError):
     """An AE cannot bind its address and port; the message names the AE and the port."""
+class ArchiveError(NodeError):
+    """The archive a backfill reads (Orthanc, a PACS) cannot be reached or refuses."""
+
+
+class HandoffError(NodeError):
+    """The running node did not take instances a backfill handed to it over DICOM."""
+
+
+class IndexNotReady(NodeError):
+    """The similarity index is still loading (a node just started); ask again shortly."""

@@ -181,6 +181,20 @@ def new_nodule(
     )
 
 
+def random_nodules(rng: np.random.Generator, count: int, *, dim: int = 16) -> list[NewNodule]:
+    """``count`` nodules with random codes and embeddings (size class 3)."""
+    return [
+        new_nodule(
+            i,
+            rng.integers(0, 256, 24, dtype=np.uint8),
+            rng.normal(size=dim),
+            diameter_mm=6.0,
+            size_class=3,
+        )
+        for i in range(count)
+    ]
+
+
 def near_code(rng: np.random.Generator, centre_bits: np.ndarray, flips: int) -> np.ndarray:
     """Packed code of ``centre_bits`` (192 bits) with ``flips`` random bits flipped."""
     bits = np.asarray(centre_bits, np.uint8).copy()
@@ -267,10 +281,21 @@ def sr_inputs() -> tuple[
     ]
     similar = {
         "1.2.3.4.100": [
-            SimilarCase(1, 14, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12"),
-            SimilarCase(2, 19, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34"),
+            SimilarCase(1, 19, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12", 0.12),
+            SimilarCase(2, 14, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34", 0.31),
         ],
         "1.2.3.4.101": [],
     }
     priors = {"1.2.3.4.100": [PriorMeasurement("1.2.8", "20230101", 7.0, 1.2, 17.1)]}
     return findings, similar, priors
+
+
+def sr_evidence(count: int = 80) -> list[Dataset]:
+    """CT slice headers (5 mm pixels, 1.25 mm apart) around both nodules of :func:`sr_inputs`."""
+    evidence = []
+    for index in range(count):
+        ds = ct_slice(index, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4")
+        ds.PixelSpacing = [5.0, 5.0]
+        del ds.PixelData
+        evidence.append(ds)
+    return evidence

@@ -9,7 +9,8 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,66 @@ def run_peer(
             f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def postgres_bin() -> Path | None:
+    """The directory of Debian's PostgreSQL server binaries (newest), or None."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return candidates[-1].parent if candidates else None
+
+
+@contextmanager
+def postgresql_server(root: Path, *, fsync: bool = False) -> Iterator[str]:
+    """A PostgreSQL server of its own in ``root`` on a free loopback port; yields its URL.
+
+    Started from Debian's binaries, as the ``postgres`` user when running as
+    root (initdb refuses root), and stopped on exit; its log is ``root/server.log``. ``fsync`` off by default:
+    tests and the read-path benchmarks do not measure commit durability.
+
+    Raises
+    ------
+    FileNotFoundError
+        PostgreSQL is not installed (``deploy/test.sh`` installs it).
+    """
+    import pwd
+
+    bindir = postgres_bin()
+    if bindir is None:
+        raise FileNotFoundError("PostgreSQL is not installed (the test command installs it)")
+    data = root / "data"
+    port = free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        os.chmod(root, 0o755)
+        for parent in root.parents:  # postgres must traverse to its directory
+            if parent == Path("/"):
+                break
+            parent.chmod(parent.stat().st_mode | 0o011)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+         "--no-sync"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    log = (root / "server.log").open("ab")
+    server = subprocess.Popen(
+        [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+         "-k", str(root), "-c", f"fsync={'on' if fsync else 'off'}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, process=server)
+        ready = [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)]
+        wait_until(
+            lambda: subprocess.run(ready, capture_output=True).returncode == 0,
+            what="PostgreSQL ready",
+        )
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()

@@ -8,8 +8,10 @@ the files are written and read by the caller.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from ai.hashing.model import HashNet, HashNetConfig
+if TYPE_CHECKING:  # torch is imported only to build or save a network, not for the version
+    from ai.hashing.model import HashNet, HashNetConfig
 
 __all__ = ["model_from_bytes", "weights_to_bytes", "weights_version"]
 
@@ -30,6 +32,8 @@ def weights_version(weights: bytes) -> str:
 def model_from_bytes(weights: bytes, config: HashNetConfig) -> HashNet:
     """A :class:`HashNet` in eval mode from :func:`weights_to_bytes` output."""
     from safetensors.torch import load
+
+    from ai.hashing.model import HashNet
 
     model = HashNet(config)
     model.load_state_dict(load(weights))

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         else "results are kept in the node, not sent (--send-results sends changed ones)"
     )
     print(
-        f"{moved} series queued for processing; a running node picks them up within 30 s; "
-        f"{sending}"
+        f"{moved} series queued for processing; running workers pick them up within "
+        f"worker.poll_seconds ({settings.worker.poll_seconds:g} s); {sending}"
     )
     return 0

@@ -12,7 +12,7 @@ from ai.hashing.codes import LAYERS
 from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
 
 if TYPE_CHECKING:
-    from dicom_node.retrieval.privacy import PrivacyPolicy
+    from dicom_node.retrieval.privacy import PrivacyPolicy, privacy_key
     from dicom_node.retrieval.similar import NoduleCases
     from storage.catalog import NoduleRecord
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from dicom_node.retrieval.privacy import PrivacyPolicy
+    from dicom_node.retrieval.privacy import PrivacyPolicy, privacy_key
     from dicom_node.retrieval.similar import SimilarityIndex, similar_cases
 
     with open_catalog(settings) as catalog:
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
             print(
                 "dicom-node: no indexed nodules yet"
                 if not versions
-                else f"dicom-node: several model versions {versions}; choose one with --model-version",
+                else f"dicom-node: several model versions {versions}; "
+                "choose one with --model-version",
                 file=sys.stderr,
             )
             return 1
@@ -75,10 +76,13 @@ def run(args: argparse.Namespace) -> int:
             print("dicom-node: no nodules found for that query", file=sys.stderr)
             return 1
         policy = PrivacyPolicy(
-            settings.access, settings.data_dir / "privacy.key", create_key=False
+            settings.access, privacy_key(catalog, legacy_file=settings.data_dir / "privacy.key")
         )
         cases = similar_cases(
-            SimilarityIndex(catalog, version).retriever(),
+            # The node's snapshot and the rows after it; the node alone writes snapshots.
+            SimilarityIndex(
+                catalog, version, snapshot_dir=settings.index_dir, write_snapshots=False
+            ).retriever(),
             queries,
             matches_per_nodule=args.k or settings.similarity.matches_per_nodule,
         )
@@ -151,20 +155,26 @@ def _strip_thumbnails(report: list[dict[str, Any]]) -> None:
 
 
 def _table(report: list[dict[str, Any]], version: str) -> str:
-    lines = [f"model {version}"]
+    lines = [
+        f"model {version}; matches in rank order: d = embedding distance, which ranks them; "
+        "h = joint Hamming distance of the hash codes, which found them (coarse search)"
+    ]
     for entry in report:
         q = entry["query"]
         lines.append(
-            f"\nnodule {q['nodule_id']} of study {q['study_instance_uid']} ({q['study_date'] or 'no date'}): "
-            f"{q['diameter_mm']:.1f} mm {q['texture']}, {q['laterality']} lung, class {q['size_class']}"
+            f"\nnodule {q['nodule_id']} of study {q['study_instance_uid']} "
+            f"({q['study_date'] or 'no date'}): {q['diameter_mm']:.1f} mm {q['texture']}, "
+            f"{q['laterality']} lung, class {q['size_class']}"
         )
         lines.append(
-            f"  {'rank':>4}  {'dist':>5}  {'layer':<7} {'date':<9} {'size':>8}  {'texture':<12} {'patient':<18} study UID"
+            f"  {'rank':>4}  {'d':>6}  {'h':>3}  {'layer':<7} {'date':<9} {'size':>8}  "
+            f"{'texture':<12} {'patient':<18} study UID"
         )
         for m in entry["matches"]:
             lines.append(
-                f"  {m['rank']:>4}  {m['distance']:>5.0f}  {m['driving_layer']:<7} {m['study_date'] or '':<9} "
-                f"{m['diameter_mm']:>5.1f} mm  {m['texture']:<12} {m['patient']:<18} {m['study_instance_uid']}"
+                f"  {m['rank']:>4}  {m['embedding_distance']:>6.3g}  {m['distance']:>3.0f}  "
+                f"{m['driving_layer']:<7} {m['study_date'] or '':<9} {m['diameter_mm']:>5.1f} mm  "
+                f"{m['texture']:<12} {m['patient']:<18} {m['study_instance_uid']}"
             )
         if not entry["matches"]:
             lines.append("  no similar nodule of another patient")
@@ -176,47 +186,40 @@ def _table(report: list[dict[str, Any]], version: str) -> str:
     return "\n".join(lines)
 
 
-def _gallery(report: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _thumbnail(nodule: dict[str, Any]) -> Any:
     import numpy as np
 
-    columns = 1 + max((len(e["matches"]) for e in report), default=0)
-    figure, axes = plt.subplots(
-        len(report), columns, figsize=(2.0 * columns, 2.2 * len(report)), squeeze=False
+    blob = nodule.get("thumbnail")
+    if not blob:
+        return np.zeros((64, 64), np.uint8)
+    side = int(round(len(blob) ** 0.5))
+    return np.frombuffer(blob, np.uint8).reshape(side, side)
+
+
+def _gallery(report: list[dict[str, Any]], path: Path) -> None:
+    """Each nodule beside its matches: the key-image montage's layout, as a PNG."""
+    import matplotlib.image
+
+    from dicom_node.results.montage import MontageRow, render_montage
+
+    rows = [
+        MontageRow(
+            label=f"query nodule {e['query']['nodule_id']}\n{e['query']['diameter_mm']:.1f} mm "
+            f"{e['query']['texture']}",
+            query=_thumbnail(e["query"]),
+            matches=[
+                (
+                    f"#{m['rank']} d={m['embedding_distance']:.3g}\n{m['diameter_mm']:.1f} mm "
+                    f"{m['study_date'] or ''}",
+                    _thumbnail(m),
+                )
+                for m in e["matches"]
+            ],
+        )
+        for e in report
+    ]
+    title = (
+        "Similar nodules of other patients, each query (red) followed by its matches in rank "
+        "order; d = embedding distance, which ranks them. Not for diagnosis."
     )
-    for row, entry in enumerate(report):
-        tiles = [
-            (
-                entry["query"],
-                f"query #{entry['query']['nodule_id']}\n{entry['query']['diameter_mm']:.1f} mm",
-            )
-        ]
-        tiles += [
-            (
-                m,
-                f"#{m['rank']} d={m['distance']:.0f}\n{m['diameter_mm']:.1f} mm {m['study_date'] or ''}",
-            )
-            for m in entry["matches"]
-        ]
-        for column in range(columns):
-            axis = axes[row][column]
-            axis.axis("off")
-            if column < len(tiles):
-                nodule, title = tiles[column]
-                blob = nodule.get("thumbnail")
-                if blob:
-                    side = int(round(len(blob) ** 0.5))
-                    axis.imshow(
-                        np.frombuffer(blob, np.uint8).reshape(side, side),
-                        cmap="gray",
-                        vmin=0,
-                        vmax=255,
-                    )
-                axis.set_title(title, fontsize=7, color="tab:red" if column == 0 else "black")
-    figure.suptitle("similar nodules (left: query); not for diagnosis", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    matplotlib.image.imsave(path, render_montage(rows, title))

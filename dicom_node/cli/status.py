@@ -29,12 +29,21 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from storage.catalog import DeliveryState
+    from dicom_node.net.similarity import folder_id
+    from storage.catalog import DeliveryState, JobState
 
     with open_catalog(settings) as catalog:
         rows = catalog.workflow.summaries()
         generated = catalog.intake.generated_results(current_only=True)
         deliveries = catalog.deliveries.in_states()
+        accessions = {}
+        for uid in dict.fromkeys(r.study_instance_uid for r in rows):
+            study = catalog.intake.study(uid)
+            accessions[uid] = study.accession_number if study is not None else None
+        running = {
+            job.series_instance_uid: job
+            for job in catalog.workflow.jobs_in_states([JobState.RUNNING])
+        }
     delivery_records = [
         {
             "sop_instance_uid": d.sop_instance_uid,
@@ -80,7 +89,18 @@ def run(args: argparse.Namespace) -> int:
             "state": row.state.value,
             "reason": row.reason,
             "last_received_at": row.last_received_at,
+            "accession_number": accessions[row.study_instance_uid],
+            # PatientID of the study's similar-case folder on the similarity AE
+            "similar_folder": folder_id(row.study_instance_uid, accessions[row.study_instance_uid]),
         }
+        job = running.get(row.series_instance_uid)
+        if job is not None:  # which worker (host:pid:…) runs which step, and its lease
+            record["job"] = {
+                "step": job.step,
+                "worker": job.worker,
+                "attempts": job.attempts,
+                "lease_expires_at": job.lease_expires_at,
+            }
         if args.show_phi:
             record["patient_name"] = row.patient_name
             record["patient_id"] = row.patient_id
@@ -203,12 +223,22 @@ def _table(records: list[dict[str, Any]], results: list[dict[str, Any]], *, show
             if study is not None:
                 body += [[_result_line(r, series_numbers)] for r in by_study[study]]
             study = record["study_instance_uid"]
-            body.append([f"study {study}"])
+            accession = record["accession_number"] or "(none)"
+            body.append(
+                [f"study {study}  accession {accession}  similar cases: {record['similar_folder']}"]
+            )
         ago = time.time() - record["last_received_at"]
         cells = ["" if record[c] is None else str(record[c]) for c in columns]
         cells[columns.index("reason")] = (record["reason"] or "") + (
             f" (last image {ago:.0f} s ago)" if record["state"] == "receiving" else ""
         )
+        if "job" in record:
+            job = record["job"]
+            left = (job["lease_expires_at"] or 0.0) - time.time()
+            cells[columns.index("reason")] = (
+                f"{job['step']} on {job['worker']}, attempt {job['attempts']}, "
+                + (f"lease {left:.0f} s left" if left > 0 else f"lease ran out {-left:.0f} s ago")
+            )
         body.append(["  " + cells[0], *cells[1:], f"  {record['series_instance_uid']}"])
     if study is not None:
         body += [[_result_line(r, series_numbers)] for r in by_study[study]]

@@ -167,6 +167,8 @@ def handle_find_similar(
         The calling AE title lacks the ``similarity`` permission.
     0xA900 Failed - Identifier does not match SOP class
         Not a STUDY-level query.
+    0xC310 Failed - Unable to process
+        The node has just started and its similarity index is still loading.
     0xC300 Failed - Unable to process
         Anything else (logged with a trace).
     """

@@ -39,6 +39,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -98,16 +100,22 @@ def configure_pynetdicom() -> None:
 
 
 def build_ae(settings: Settings) -> AE:
-    """An AE with Verification and every storage SOP class, configured from settings."""
+    """An AE with Verification, Study Root Q/R and every storage SOP class, from settings."""
     configure_pynetdicom()
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    ae.add_supported_context(
-        StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    )
+    for query_retrieve in (
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+        StudyRootQueryRetrieveInformationModelGet,
+    ):
+        ae.add_supported_context(query_retrieve, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES))
+        # scp_role: a C-GET requestor may be the Storage SCP on its association.
+        ae.add_supported_context(
+            context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
+        )
     _apply_network_settings(ae, settings)
     return ae
 

@@ -1,7 +1,8 @@
 """The node's two listening AEs, each served in a thread: the main AE and the similarity AE.
 
-The main AE (Verification, Storage, Study Root C-FIND) hands C-STORE to
-:class:`dicom_node.intake.ingest.Ingest` and C-FIND to the catalog; the
+The main AE (Verification, Storage, Study Root C-FIND, C-MOVE and C-GET)
+hands C-STORE to :class:`dicom_node.intake.ingest.Ingest`, C-FIND to the
+catalog and retrieves to :class:`dicom_node.net.retrieve.RetrieveService`; the
 similarity AE answers similar-case folders through
 :class:`dicom_node.net.similarity.SimilarityService`.
 """
@@ -19,6 +20,7 @@ from dicom_node.errors import ListenError
 from dicom_node.intake.ingest import Ingest
 from dicom_node.net.access import Service
 from dicom_node.net.handlers import handle_find, handle_find_similar, handle_store
+from dicom_node.net.retrieve import RetrieveService, handle_get, handle_move
 from dicom_node.net.scp import build_ae, build_similarity_ae, make_server
 from dicom_node.net.similarity import SimilarityService
 from dicom_node.settings import Settings
@@ -68,9 +70,14 @@ class DicomServers:
         """
         settings = self.settings
         access = settings.access
+        retrieve = RetrieveService(
+            self._catalog, settings.instances_dir, settings.retrieve, access
+        )
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, handle_store, [self._ingest, access]),
             (evt.EVT_C_FIND, handle_find, [self._catalog, access]),
+            (evt.EVT_C_GET, handle_get, [retrieve]),
+            (evt.EVT_C_MOVE, handle_move, [retrieve]),
         ]
         self._main = make_server(build_ae(settings), settings, handlers, service=Service.MAIN)
         if settings.similarity.port >= 0:

@@ -44,13 +44,14 @@ logger = logging.getLogger(__name__)
 PRIVATE_CREATOR = "DICOM_NODE_SIM"
 PRIVATE_GROUP = 0x0011
 #: private element offsets in the DICOM_NODE_SIM block
-RANK, DISTANCE, INDEX_STUDY, MATCHED_NODULE, DRIVING_LAYER, MATCHED_PATIENT = (
+RANK, DISTANCE, INDEX_STUDY, MATCHED_NODULE, DRIVING_LAYER, MATCHED_PATIENT, RANKING = (
     0x10,
     0x11,
     0x12,
     0x13,
     0x14,
     0x15,
+    0x16,
 )
 
 
@@ -123,9 +124,10 @@ def similar_study_identifier(
     """
     best = similar.matches[0]
     nodule = best.nodule
+    # The distance beside the rank is the one that ranks (the float embedding's).
     description = (
-        f"#{similar.rank} d={best.distance:.0f} {nodule.diameter_mm:.1f}mm {nodule.texture} "
-        f"class {SIZE_CLASS_LABELS[nodule.size_class]} ({best.driving_layer})"
+        f"#{similar.rank} d={best.embedding_distance:.3g} {nodule.diameter_mm:.1f}mm "
+        f"{nodule.texture} class {SIZE_CLASS_LABELS[nodule.size_class]} ({best.driving_layer})"
     )[:64]
     reveal = policy.may_see_identity(calling_ae_title)
     label = policy.label(nodule.patient_id, nodule.patient_name, reveal=reveal)
@@ -156,6 +158,7 @@ def similar_study_identifier(
     block.add_new(MATCHED_NODULE, "LO", description)
     block.add_new(DRIVING_LAYER, "CS", best.driving_layer.upper())
     block.add_new(MATCHED_PATIENT, "LO", label.patient_id[:64])
+    block.add_new(RANKING, "DS", f"{best.embedding_distance:.6g}"[:16])
     return result
 
 

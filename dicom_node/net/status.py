@@ -80,9 +80,21 @@ class Status(IntEnum):
     """C-STORE error: unexpected failure in the node, logged with a trace (Cxxx)."""
     UNABLE_TO_PROCESS = 0xC300
     """C-FIND failed: unable to process (PS3.4 C.4.1.1.4, Cxxx)."""
+    INDEX_LOADING = 0xC310
+    """C-FIND failed, unable to process: the similarity index of a node that
+    just started is still loading; the same query succeeds shortly (Cxxx)."""
     ELEMENTS_DISCARDED = 0xB006
     """C-STORE warning: an instance with this SOP Instance UID and other
     content is already stored; the first was kept, this one discarded (PS3.4 B.2.3)."""
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    """C-MOVE failed: the Move Destination is not configured (or the calling AE may
+    not retrieve: the destination is checked first) (PS3.4 C.4.2.1.5)."""
+    RETRIEVE_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    """C-MOVE/C-GET failed: identifier does not match SOP class (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+    SUBOPERATIONS_FAILED = 0xB000
+    """C-MOVE/C-GET warning: sub-operations complete, one or more failures (PS3.4 C.4.2.1.5)."""
+    RETRIEVE_UNABLE_TO_PROCESS = 0xC5FF
+    """C-MOVE/C-GET failed: unable to process, logged with a trace (PS3.4 C.4.2.1.5, Cxxx)."""
 
 
 def status_dataset(status: Status, comment: str | None = None) -> Dataset:
@@ -148,8 +160,12 @@ def find_failure_for(exc: BaseException) -> Status:
     """The C-FIND failure status for an exception raised while answering."""
     if isinstance(exc, NotAuthorized):
         return Status.NOT_AUTHORIZED
+    from dicom_node.errors import IndexNotReady, InvalidQuery
+
     if isinstance(exc, InvalidQuery):
         return Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
+    if isinstance(exc, IndexNotReady):
+        return Status.INDEX_LOADING
     return Status.UNABLE_TO_PROCESS
 
 
@@ -163,8 +179,9 @@ G = TypeVar("G", bound=Callable[..., Iterator[FindResponse]])
 def find_guard(func: G) -> G:
     """Map every exception of a C-FIND handler (a generator) to a final failure status.
 
-    InvalidQuery becomes 0xA900 with its message; anything else 0xC300,
-    logged with a trace. Nothing reaches pynetdicom's generic handling.
+    InvalidQuery becomes 0xA900 and IndexNotReady 0xC310, with their
+    messages; anything else 0xC300, logged with a trace. Nothing reaches
+    pynetdicom's generic handling.
     """
 
     @functools.wraps(func)

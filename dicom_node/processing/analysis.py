@@ -1,11 +1,13 @@
 """The AI step: a completed CT series to indexed nodules.
 
-:meth:`AnalysisStep.run` reads the series' headers once (they qualify the
-series and later serve as the SR's evidence), applies the
-``[qualification]`` rules, reads the pixel data once into an HU volume, runs
-:func:`ai.pipeline.analyse_volume` (on the GPU when there is one), stores
-every nodule with its codes in the catalog (one transaction, idempotent per
-series and model version) and swaps them into the in-memory index. The
+:meth:`AnalysisStep.prepare` reads the series' headers once (they qualify
+the series and later serve as the SR's evidence), applies the
+``[qualification]`` rules and reads the pixel data once into an HU volume;
+the worker runs it ahead, while it computes the series before.
+:meth:`AnalysisStep.run` runs :func:`ai.pipeline.analyse_volume` (on the GPU
+when there is one), stores every nodule with its codes in the catalog (one
+transaction, idempotent per series and model version, written only while
+this worker holds the job) and brings the in-memory index up to date. The
 headers and stored nodules go on in the :class:`SeriesJob` to the steps
 after it, which this step does not know. Anything that cannot be a lung CT
 volume ends ``skipped`` with the reason; an unexpected error ends ``failed``.
@@ -89,7 +91,7 @@ class AnalysisStep:
     catalog : Catalog
     model : LoadedModel
     index : SimilarityIndex
-        Index of ``model.version``; new nodules are added to it.
+        Index of ``model.version``; synced after each series is stored.
     """
 
     name = "analysis"
@@ -120,18 +122,44 @@ class AnalysisStep:
         """The hashing model's version: a new model processes the archive again."""
         return self.model.version
 
+    def prepare(self, job: SeriesJob) -> None:
+        """Read the series: its headers, and its HU volume if it qualifies (see ReadsAhead).
+
+        Run ahead by the worker while it computes another series, or by
+        :meth:`run`; what ``job`` holds already is not read again.
+
+        Raises
+        ------
+        AIError
+            The files do not make a volume.
+        """
+        if job.headers is not None and (
+            job.volume is not None or disqualification(job.headers, self.rules) is not None
+        ):
+            return
+        started = time.perf_counter()
+        paths = self.catalog.workflow.series_instance_paths(job.series_instance_uid)
+        if job.headers is None:
+            job.headers = read_headers(self.store, paths)
+        if disqualification(job.headers, self.rules) is None:
+            job.volume = load_series(read_datasets(self.store, paths))
+        job.timings["read"] = time.perf_counter() - started
+
     def run(self, job: SeriesJob) -> Outcome:
         """Process one completed series (see the module docstring)."""
         uid = job.series_instance_uid
-        paths = self.catalog.workflow.series_instance_paths(uid)
         started = time.perf_counter()
-        job.headers = read_headers(self.store, paths)
+        try:
+            self.prepare(job)
+        except AIError as exc:
+            return Outcome(SeriesState.SKIPPED, f"{exc.__class__.__name__}: {exc}")
+        assert job.headers is not None
         reason = disqualification(job.headers, self.rules)
         if reason is not None:
             return Outcome(SeriesState.SKIPPED, reason)
+        assert job.volume is not None
+        volume, job.volume = job.volume, None  # not kept for the steps after this one
         try:
-            volume = load_series(read_datasets(self.store, paths))
-            job.timings["read"] = time.perf_counter() - started
             analysis = analyse_volume(
                 volume,
                 self.model.net,
@@ -149,9 +177,10 @@ class AnalysisStep:
                 f"under {self.rules.min_lung_volume_ml:.0f} ml",
             )
         stored = time.perf_counter()
-        old_ids = self.catalog.nodules.ids_of_series(uid, self.version)
-        job.nodules = self.catalog.nodules.replace(uid, self.version, nodules_of(analysis))
-        self.index.replace_series(old_ids, job.nodules)
+        job.nodules = self.catalog.nodules.replace(
+            uid, self.version, nodules_of(analysis), claim=job.claim
+        )
+        self.index.sync()
         job.timings["store"] = time.perf_counter() - stored
         return Outcome(
             SeriesState.INDEXED,

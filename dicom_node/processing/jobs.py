@@ -3,35 +3,49 @@
 A step (:class:`Step`) takes a series from one state to the next: the AI
 step (``dicom_node.processing.analysis``) from ``complete`` to ``indexed``,
 the results step (``dicom_node.results.step``) from ``indexed`` to
-``reported``. For each step, :meth:`JobRunner.run` claims the series (the
-step's ``requires`` state becomes ``processing`` and a job row for
-(series, step, version) becomes ``running``, in one transaction), runs the
-step, then stores the state the step left and finishes the job, again in one
-transaction. What a step produced for the next one (the headers read, the
-nodules stored) travels in the :class:`SeriesJob`, so nothing is read twice;
-a step never calls another, and only the runner knows their order.
+``reported``. A worker claims a due job (:meth:`JobRunner.claim_next`: the
+step's ``requires`` state becomes ``processing`` and the job row for
+(series, step, version) becomes ``running`` under the worker's lease, in one
+transaction), runs the step, then stores the state the step left, finishes
+the job and claims the next step for itself, again in one transaction. What
+a step produced for the next one (the headers read, the nodules stored)
+travels in the :class:`SeriesJob`, so nothing is read twice; a step never
+calls another, and only the runner knows their order.
 
-A series whose claim fails (another worker has it, a late instance reopened
-it) is left alone. :meth:`JobRunner.recover` puts the series of jobs that
-were running when the node stopped back to where their step starts.
+Workers are the node's own threads or ``dicom-node worker`` processes on
+other machines (:mod:`dicom_node.processing.queue`); they renew their leases
+while they work. A job whose worker died is taken over by another once the
+lease has run out, and every write of a job checks that its worker still
+holds it, so a series is never processed by two workers at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydicom.dataset import Dataset
 
-from storage.catalog import Catalog, JobState, NoduleRecord, SeriesState
+from ai.types import Volume
+from storage.catalog import (
+    Catalog,
+    Claim,
+    Finished,
+    JobState,
+    NoduleRecord,
+    SeriesState,
+    StepKey,
+)
+from storage.errors import LeaseLost
 
-__all__ = ["JobRunner", "Outcome", "RecordingStep", "SeriesJob", "Step"]
+__all__ = ["JobRunner", "Outcome", "ReadsAhead", "RecordingStep", "SeriesJob", "Step"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +67,15 @@ class SeriesJob:
     """The series' instances without pixel data, in InstanceNumber order (read once)."""
     nodules: list[NoduleRecord] | None = None
     """The nodules the AI step stored, with their ids."""
+    volume: Volume | None = None
+    """The series' HU volume, read by the AI step (ahead of time when it can)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per part of each step (read, lungs, nodules, rois, codes, store, results)."""
     outcome: Outcome | None = None
     """The series' state after the last step that ran, with every step's reason."""
+    claim: Claim | None = None
+    """The job being run: steps pass it to the catalog writes that must check
+    that this worker still holds it."""
 
 
 class Step(Protocol):
@@ -81,6 +100,15 @@ class Step(Protocol):
         ...
 
 
+@runtime_checkable
+class ReadsAhead(Protocol):
+    """A step that can read its series before it runs (while the worker computes another)."""
+
+    def prepare(self, job: SeriesJob) -> None:
+        """Fill ``job`` with what :meth:`Step.run` reads; what is there already is kept."""
+        ...
+
+
 class RecordingStep:
     """Records that it ran and computes nothing: the node without a hashing model.
 
@@ -100,88 +128,153 @@ class RecordingStep:
 
 
 class JobRunner:
-    """Run steps on series, one series at a time per call.
+    """Claim series from the catalog and run the steps on them, in order.
 
     Parameters
     ----------
     catalog : Catalog
     steps : sequence of Step
-        In order; each starts from the state the one before it produces.
+        In order; each starts from the state the one before it produces. None
+        in a node that only receives and answers: it claims nothing.
     lease_seconds : float
-        How long a claimed job stays reserved to this worker (recorded for a
-        future multi-process worker; the embedded runner recovers at start).
+        How long a claim stays this worker's without renewal
+        (``worker.lease_seconds``); :meth:`renew_leases` extends it.
+    max_attempts : int
+        A job claimed this many times without finishing (its workers died on
+        it) ends with the step's ``on_error`` state instead of a further try.
     """
 
     def __init__(
-        self, catalog: Catalog, steps: Sequence[Step], *, lease_seconds: float = 3600.0
+        self,
+        catalog: Catalog,
+        steps: Sequence[Step],
+        *,
+        lease_seconds: float = 60.0,
+        max_attempts: int = 3,
     ) -> None:
-        if not steps:
-            raise ValueError("the job runner needs at least one step")
         self.catalog = catalog
         self.steps = tuple(steps)
         self.lease_seconds = lease_seconds
-        self._host = f"{socket.gethostname()}:{os.getpid()}"
+        self.max_attempts = max_attempts
+        self.identity = _identity()
+        self._keys = tuple(StepKey(s.name, s.version, s.requires) for s in self.steps)
 
-    def _worker(self) -> str:
-        return f"{self._host}:{threading.current_thread().name}"
+    def worker(self) -> str:
+        """This thread's name as a job holder: ``host:pid:token:thread``."""
+        return f"{self.identity}:{threading.current_thread().name}"
+
+    def claim_next(self) -> Claim | None:
+        """Claim the next due job of any step (a taken-over one first), or None."""
+        if not self._keys:
+            return None
+        return self.catalog.workflow.claim_next(
+            self._keys, worker=self.worker(), lease_seconds=self.lease_seconds
+        )
 
     def run(self, series_instance_uid: str) -> SeriesJob | None:
-        """Run every step that can claim the series, in order; None if none could."""
-        job = SeriesJob(series_instance_uid)
-        reasons: list[str] = []
+        """Claim this series for the first step it is due for and run; None if none could."""
+        for key in self._keys:
+            claim = self.catalog.workflow.claim(
+                series_instance_uid, key, worker=self.worker(), lease_seconds=self.lease_seconds
+            )
+            if claim is not None:
+                return self.run_claimed(claim)
+        return None
+
+    def run_next(self) -> SeriesJob | None:
+        """Claim the next due job and run it (and the steps after it); None if nothing is due."""
+        claim = self.claim_next()
+        return None if claim is None else self.run_claimed(claim)
+
+    def prepare(self, claim: Claim, job: SeriesJob) -> None:
+        """Let the claimed step read its series ahead, if it reads (see :class:`ReadsAhead`)."""
+        step = self.steps[self._position(claim)]
+        if isinstance(step, ReadsAhead):
+            step.prepare(job)
+
+    def release(self, claim: Claim) -> None:
+        """Give back a claim that was not run (the worker is stopping)."""
+        step = self.steps[self._position(claim)]
+        self.catalog.workflow.release(claim, step.requires)
+
+    def renew_leases(self) -> int:
+        """Extend the leases of every job this process holds; return how many."""
+        return self.catalog.workflow.renew(f"{self.identity}:", self.lease_seconds)
+
+    def _position(self, claim: Claim) -> int:
+        for position, key in enumerate(self._keys):
+            if (key.name, key.version) == (claim.step, claim.version):
+                return position
+        raise ValueError(f"no step {claim.step} {claim.version} in this runner")
+
+    def run_claimed(self, claim: Claim, job: SeriesJob | None = None) -> SeriesJob:
+        """Run the claimed step on its series, then the steps after it while they follow."""
+        uid = claim.series_instance_uid
+        job = job or SeriesJob(uid)
         workflow = self.catalog.workflow
-        for position, step in enumerate(self.steps):
-            if not workflow.claim(
-                series_instance_uid,
-                step.name,
-                step.version,
-                from_state=step.requires,
-                worker=self._worker(),
-                lease_seconds=self.lease_seconds,
-            ):
-                continue
+        position = self._position(claim)
+        reasons = self._earlier_reasons(uid, position)
+        current: Claim | None = claim
+        while current is not None:
+            step = self.steps[position]
+            job.claim = current
             started = time.perf_counter()
-            try:
-                outcome = step.run(job)
-                job_state = JobState.DONE
-            except Exception as exc:  # noqa: BLE001 - any failure becomes the series' reason
-                logger.exception("step %s failed on series %s", step.name, series_instance_uid)
+            job_state = JobState.DONE
+            if current.attempts > self.max_attempts:
                 outcome = Outcome(
-                    step.on_error, f"{step.name} failed: {exc.__class__.__name__}: {exc}"
+                    step.on_error,
+                    f"{step.name} given up: claimed {current.attempts - 1} times by workers "
+                    "that stopped before finishing it",
                 )
                 job_state = JobState.FAILED
+            else:
+                try:
+                    outcome = step.run(job)
+                except LeaseLost as exc:
+                    logger.warning("%s; its results were not written", exc)
+                    return job
+                except Exception as exc:  # noqa: BLE001 - any failure becomes the series' reason
+                    logger.exception("step %s failed on series %s", step.name, uid)
+                    outcome = Outcome(
+                        step.on_error, f"{step.name} failed: {exc.__class__.__name__}: {exc}"
+                    )
+                    job_state = JobState.FAILED
             if outcome.reason:
                 reasons.append(outcome.reason)
             job.outcome = Outcome(outcome.state, "; ".join(reasons) or None)
-            moved = workflow.finish(
-                series_instance_uid,
-                step.name,
-                step.version,
+            following = self._keys[position + 1] if position + 1 < len(self.steps) else None
+            finished, current = workflow.finish(
+                current,
                 job_state,
                 outcome=outcome.state,
                 detail=outcome.reason,
                 series_reason=job.outcome.reason,
+                then=following if outcome.state is step.produces else None,
+                lease_seconds=self.lease_seconds,
             )
             logger.info(
                 "series %s: %s -> %s in %.2f s",
-                series_instance_uid,
+                uid,
                 step.name,
                 outcome.state.value,
                 time.perf_counter() - started,
             )
-            if not moved:
-                logger.info(
-                    "series %s changed during %s (late instance); it will run again",
-                    series_instance_uid,
+            if finished is Finished.LOST:
+                logger.warning(
+                    "series %s: the %s job was taken over by another worker while this one "
+                    "ran it; its outcome is not recorded",
+                    uid,
                     step.name,
                 )
-                break
-            if outcome.state is not step.produces:
-                break
-            following = self.steps[position + 1 :]
-            if following and following[0].requires is step.produces:
-                workflow.queue_job(series_instance_uid, following[0].name, following[0].version)
-        return job if job.outcome is not None else None
+            elif finished is Finished.REOPENED:
+                logger.info(
+                    "series %s changed during %s (late instance); it will run again",
+                    uid,
+                    step.name,
+                )
+            position += 1
+        job.claim = None
+        return job
 
     def pending(self) -> list[str]:
         """Series with a step due: in the step's ``requires`` state and not run since
@@ -193,24 +286,68 @@ class JobRunner:
                 if uid not in due:
                     due.append(uid)
         return due
+    def _earlier_reasons(self, series_instance_uid: str, position: int) -> list[str]:
+        """The reason the step before ``position`` gave, when a run starts past the first step."""
+        if position == 0:
+            return []
+        before = self.steps[position - 1]
+        record = self.catalog.workflow.job(series_instance_uid, before.name, before.version)
+        return [record.detail] if record is not None and record.detail else []
 
     def recover(self) -> int:
-        """Put series whose step was interrupted back where that step starts; return how many."""
+        """End the leases of jobs held by dead processes of this host; put stray series back.
+
+        A job whose holder was a process of this host that is gone (the node
+        restarted after a crash) is taken over at once rather than when its
+        lease runs out. A series left ``processing`` without a running job
+        (set by hand, or by an older node) goes back to the first step.
+
+        Returns
+        -------
+        int
+            Jobs and series recovered.
+        """
         workflow = self.catalog.workflow
-        by_name = {step.name: step for step in self.steps}
-        recovered = 0
-        for record in workflow.jobs_in_states([JobState.RUNNING]):
-            step = by_name.get(record.step)
-            back = step.requires if step is not None else SeriesState.COMPLETE
-            recovered += workflow.transition(
-                record.series_instance_uid, back, from_states=[SeriesState.PROCESSING]
-            )
-            workflow.queue_job(record.series_instance_uid, record.step, record.version)
-        # Processing without a running job: set by hand, or left by an older node.
+        running = workflow.jobs_in_states([JobState.RUNNING])
+        dead = sorted({r.worker for r in running if r.worker and _is_dead(r.worker, self.identity)})
+        recovered = workflow.expire(dead)
+        held = {r.series_instance_uid for r in running}
+        if not self.steps:
+            return recovered
+        first = self.steps[0]
         for uid in workflow.series_in_states([SeriesState.PROCESSING]):
-            recovered += workflow.transition(
-                uid, self.steps[0].requires, from_states=[SeriesState.PROCESSING]
-            )
+            if uid not in held and workflow.transition(
+                uid, first.requires, from_states=[SeriesState.PROCESSING]
+            ):
+                workflow.queue_job(uid, first.name, first.version)
+                recovered += 1
         if recovered:
-            logger.warning("%d series were interrupted while processing; queued again", recovered)
+            logger.warning(
+                "%d series were interrupted while processing on this host; taken up again",
+                recovered,
+            )
         return recovered
+
+
+def _identity() -> str:
+    """``host:pid:token``: this process as a job holder (the token tells restarts apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _is_dead(worker: str, identity: str) -> bool:
+    """True if ``worker`` names a process of this host that no longer runs."""
+    host, _, rest = worker.partition(":")
+    pid_text, _, token_and_thread = rest.partition(":")
+    my_host, my_pid, my_token = identity.split(":")
+    if host != my_host or not pid_text.isdigit():
+        return False
+    if int(pid_text) == int(my_pid):
+        # This pid: this process (same token) or an earlier one that had the same pid.
+        return not token_and_thread.startswith(my_token + ":")
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

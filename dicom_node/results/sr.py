@@ -5,15 +5,22 @@ built with highdicom (never by hand). One TID 1411 volumetric measurement
 group per nodule: tracking identifier and UID, finding (nodule) and finding
 site (lung, laterality), a POINT volume surface (SCOORD3D) at the centre in
 the CT's frame of reference, long-axis and equivalent diameters, volume, mean
-attenuation, texture, algorithm identification (TID 4019). Appended to each
+attenuation, texture, algorithm identification (TID 4019). Beside it, a TID
+1410 planar group with the same tracking identifier and UID holds the image
+region: a CIRCLE (SCOORD) of the nodule's diameter on the CT slice through
+its centre, referencing that slice, which OHIF-style viewers draw on the
+image (they merge groups by tracking UID; TID 1411 allows a volume surface
+or image regions, not both, hence two groups). Appended to each volumetric
 group, two containers of private concepts (coding scheme ``99DCMNODE``,
 declared in the CodingSchemeIdentificationSequence):
 
-- "Similar prior cases (other patients)": per match its rank, joint Hamming
-  distance, the code layer that drove the match, the matched nodule's size,
+- "Similar prior cases (other patients)": per match its rank, the embedding
+  distance that ranks it, the joint Hamming distance of its codes (the coarse
+  search), the code layer that drove the match, the matched nodule's size,
   size class and texture, the matched study's UID and date and the patient
   label the caller's privacy policy allows. No image or series references
-  cross patients: only UIDREF, DATE, TEXT, NUM and CODE items.
+  cross patients: only UIDREF, DATE, TEXT, NUM and CODE items (the one image
+  the SR references is a slice of its own CT series).
 - "Same patient: earlier measurements": the same lesion in the patient's
   earlier studies, with its diameter and the growth in mm and %.
 
@@ -60,6 +67,7 @@ SAME_PATIENT = _private("SAME-PATIENT-PRIORS", "Same patient: earlier measuremen
 PRIOR = _private("PRIOR-MEASUREMENT", "Earlier measurement")
 RANK = _private("RANK", "Rank")
 JOINT_DISTANCE = _private("JOINT-HAMMING", "Joint Hamming distance")
+RANKING_DISTANCE = _private("EMBEDDING-DISTANCE", "Embedding distance (ranks the cases)")
 CODE_LAYER = _private("CODE-LAYER", "Code layer that drove the match")
 SIZE_CLASS = _private("SIZE-CLASS", "Nodule size class")
 TEXTURE = _private("NODULE-TEXTURE", "Nodule texture")
@@ -152,6 +160,8 @@ class SimilarCase:
     study_date: str | None
     patient_label: str
     """Identity or de-identified case id, as the privacy policy allows."""
+    embedding_distance: float | None = None
+    """Distance of the float embeddings: the one that ranks the cases."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,11 @@ def _similar_container(cases: Sequence[SimilarCase]) -> hd.sr.ContainerContentIt
                 SIMILAR_CASE,
                 [
                     _num(RANK, case.rank, UNITLESS),
+                    *(
+                        [_num(RANKING_DISTANCE, case.embedding_distance, UNITLESS)]
+                        if case.embedding_distance is not None
+                        else []
+                    ),
                     _num(JOINT_DISTANCE, case.distance, BITS),
                     hd.sr.CodeContentItem(
                         name=CODE_LAYER,
@@ -248,6 +263,76 @@ def _priors_container(priors: Sequence[PriorMeasurement]) -> hd.sr.ContainerCont
     return _container(SAME_PATIENT, items)
 
 
+def _centre_region(
+    evidence: Sequence[Dataset], centre_xyz: tuple[float, float, float], diameter_mm: float
+) -> hd.sr.ImageRegion | None:
+    """A CIRCLE of the nodule's diameter on the CT slice nearest its centre, or None.
+
+    None when no slice has usable geometry, the nearest one is farther from
+    the centre than its thickness, or the centre falls outside the image.
+    Graphic data are (column, row) with the top left corner of the image at
+    0\\0, so pixel ``i`` is centred at ``i + 0.5`` (PS3.3 C.18.6.1.1).
+    """
+    centre = np.asarray(centre_xyz, dtype=np.float64)
+    nearest: tuple[float, Dataset, float, float, float] | None = None
+    for ds in evidence:
+        try:
+            origin = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+            orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+            row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        along_row, along_column = orientation[:3], orientation[3:]
+        offset = centre - origin
+        distance = abs(float(offset @ np.cross(along_row, along_column)))
+        if nearest is None or distance < nearest[0]:
+            column = float(offset @ along_row) / column_spacing
+            row = float(offset @ along_column) / row_spacing
+            nearest = (distance, ds, column, row, column_spacing)
+    if nearest is None:
+        return None
+    distance, ds, column, row, column_spacing = nearest
+    thickness = float(ds.get("SliceThickness") or 0.0) or column_spacing
+    inside = 0 <= column < int(ds.Columns) and 0 <= row < int(ds.Rows)
+    if distance > thickness or not inside:
+        return None
+    x, y = column + 0.5, row + 0.5
+    radius = max(diameter_mm / 2 / column_spacing, 1.0)
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
+        graphic_data=np.array([[x, y], [x + radius, y]], dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(ds.SOPClassUID),
+            referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+        ),
+    )
+
+
+def _tracking(finding: NoduleFinding) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
+
+
+def _sites(finding: NoduleFinding) -> list[hd.sr.FindingSite]:
+    return [
+        hd.sr.FindingSite(
+            anatomic_location=codes.SCT.Lung, laterality=LATERALITY[finding.laterality]
+        )
+    ]
+
+
+def _planar_group(
+    finding: NoduleFinding, region: hd.sr.ImageRegion, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: the nodule's region on its centre slice, tracked as the volumetric group."""
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(finding),
+        referenced_region=region,
+        finding_type=codes.SCT.Nodule,
+        finding_sites=_sites(finding),
+        algorithm_id=algorithm,
+    )
+
+
 def _group(
     finding: NoduleFinding,
     frame_of_reference_uid: str,
@@ -263,16 +348,10 @@ def _group(
         source_series=hd.sr.SourceSeriesForSegmentation(series_instance_uid),
     )
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=finding.tracking_uid, identifier=finding.tracking_id
-        ),
+        tracking_identifier=_tracking(finding),
         referenced_volume_surface=surface,
         finding_type=codes.SCT.Nodule,
-        finding_sites=[
-            hd.sr.FindingSite(
-                anatomic_location=codes.SCT.Lung, laterality=LATERALITY[finding.laterality]
-            )
-        ],
+        finding_sites=_sites(finding),
         algorithm_id=algorithm,
         measurements=[
             hd.sr.Measurement(
@@ -383,7 +462,11 @@ def build_similarity_sr(
             model_name=model.version,
         ),
     )
-    groups = []
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
     for finding in findings:
         series_instance_uid = finding.series_instance_uid or only_series
         if series_instance_uid not in frames:
@@ -398,6 +481,10 @@ def build_similarity_sr(
                 priors.get(finding.tracking_uid, ()),
             )
         )
+        of_series = [ds for ds in evidence if str(ds.SeriesInstanceUID) == series_instance_uid]
+        region = _centre_region(of_series, finding.center_xyz, finding.diameter_mm)
+        if region is not None:
+            groups.append(_planar_group(finding, region, algorithm))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CT_CHEST,

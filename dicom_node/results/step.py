@@ -159,6 +159,8 @@ class ResultsStep:
                 )
             return image
 
+        if job.claim is not None:
+            self.catalog.workflow.ensure_held(job.claim)  # taken over: leave it to the new holder
         made, current = self._publish(study_uid, uid, digest, ResultKind.SIMILARITY_SR, sr)
         if rows:
             kept, was = self._publish(study_uid, uid, digest, ResultKind.KEY_IMAGES, montage)
@@ -216,6 +218,8 @@ class ResultsStep:
         )
         if not self.catalog.workflow.send_results(series_uid):
             return f"{what}, not sent (reindex without --send-results)"
+        if not self.catalog.backfill.may_send_results(series_uid):
+            return f"{what}, not sent (backfilled without --send-results)"
         # Unchanged results are queued too: only destinations that never had
         # them (added since, or a restart between keeping and queueing) get them.
         queued = sum(self.outbox.enqueue(result) for result in [*made, *current])
@@ -226,6 +230,7 @@ class ResultsStep:
             SimilarCase(
                 rank=m.rank,
                 distance=m.distance,
+                embedding_distance=m.embedding_distance,
                 driving_layer=m.driving_layer,
                 diameter_mm=m.nodule.diameter_mm,
                 size_class=m.nodule.size_class,
@@ -332,19 +337,27 @@ def _priors(case: NoduleCases) -> Sequence[PriorMeasurement]:
 
 
 def _montage_row(case: NoduleCases, number: int) -> MontageRow:
+    """Captions: the rank beside the distance that ranks (the float embedding's)."""
     nodule = case.nodule
     return MontageRow(
-        label=f"Nodule {number}: {nodule.diameter_mm:.1f} mm {nodule.texture}",
+        label=f"Nodule {number}\n{nodule.diameter_mm:.1f} mm {nodule.texture}",
         query=_thumbnail(nodule),
         matches=[
             (
-                f"#{m.rank} h={m.distance:.0f} {m.nodule.diameter_mm:.1f} mm "
-                f"{m.nodule.study_date or ''}",
+                f"#{m.rank} d={m.embedding_distance:.3g}\n{m.nodule.diameter_mm:.1f} mm "
+                f"{_date(m.nodule.study_date)}",
                 _thumbnail(m.nodule),
             )
             for m in case.similar
         ],
     )
+
+
+def _date(study_date: str | None) -> str:
+    """``YYYY-MM-DD`` of a DICOM date, as a reader reads it ("" when absent)."""
+    if not study_date or len(study_date) != 8 or not study_date.isdigit():
+        return study_date or ""
+    return f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:]}"
 
 
 def _device_uid(version: str) -> str:

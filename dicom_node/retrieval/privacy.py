@@ -8,6 +8,11 @@ similarity AE's C-FIND answers (if the calling AE may), and in
 patient's name and ID, and an opaque UID instead of the other patient's
 real Study Instance UID: nothing in the answer leads back to the patient,
 and the opaque UID is known to no archive.
+
+Both are keyed hashes. The key is one for every machine of the catalog
+(:func:`privacy_key`, kept in the catalog's ``secrets``): the SR a
+``dicom-node worker`` writes and the similarity AE of the receiving node
+give the same case ids.
 """
 
 from __future__ import annotations
@@ -20,8 +25,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_node.settings import AccessSettings, Permission
+from storage.catalog import Catalog
 
-__all__ = ["PatientLabel", "PrivacyPolicy"]
+__all__ = ["KEY_NAME", "PatientLabel", "PrivacyPolicy", "privacy_key"]
+
+KEY_NAME = "privacy-key"
+"""The name of the key in the catalog's secrets."""
+
+
+def privacy_key(catalog: Catalog, *, legacy_file: Path | None = None) -> bytes:
+    """The key of case ids and opaque UIDs: the same for every machine of the catalog.
+
+    Parameters
+    ----------
+    catalog : Catalog
+    legacy_file : pathlib.Path, optional
+        ``data_dir/privacy.key`` of a node older than the shared key: its key
+        is proposed first, so that node keeps its case ids.
+
+    Returns
+    -------
+    bytes
+        The first key any process proposed; concurrent first callers agree.
+    """
+    if legacy_file is not None and legacy_file.exists():
+        proposal = legacy_file.read_bytes()
+    else:
+        proposal = os.urandom(32)
+    return catalog.secrets.agree(KEY_NAME, proposal)
 
 
 @dataclass(frozen=True)
@@ -39,22 +70,16 @@ class PrivacyPolicy:
     ----------
     access : AccessSettings
         AE titles with the ``identities`` permission see identities.
-    key_file : pathlib.Path
-        A random key made at first start (kept in the data directory), so
-        pseudonyms are stable for this node and not reversible by guessing IDs.
-    create_key : bool
-        Make the key when it is missing (the node does; read-only commands
-        do not, and raise FileNotFoundError instead).
+    key : bytes
+        A random key (:func:`privacy_key`), so pseudonyms are stable for the
+        catalog and not reversible by guessing IDs.
     """
 
-    def __init__(self, access: AccessSettings, key_file: Path, *, create_key: bool = True) -> None:
+    def __init__(self, access: AccessSettings, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the privacy key must be at least 16 bytes")
         self.access = access
-        if create_key and not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(os.urandom(32))
-        self._key = key_file.read_bytes()
+        self._key = key
 
     def may_see_identity(self, ae_title: str | None) -> bool:
         """True if ``ae_title`` may see other patients' names, IDs and study UIDs."""

@@ -12,9 +12,7 @@ across them and its growth.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -23,55 +21,9 @@ from ai.hashing.distance import joint_distance
 from storage.catalog import Catalog, NoduleRecord
 from storage.index import HashIndex
 
-__all__ = ["Match", "OwnPrior", "Retriever", "SimilarStudy", "add_records", "build_index"]
+__all__ = ["Match", "OwnPrior", "Retriever", "SimilarStudy"]
 
 logger = logging.getLogger(__name__)
-
-
-def build_index(catalog: Catalog, model_version: str, **index_kwargs: Any) -> HashIndex:
-    """An index of every stored nodule of ``model_version`` (rebuilt at start).
-
-    Parameters
-    ----------
-    catalog : Catalog
-    model_version : str
-    index_kwargs
-        Passed to :class:`HashIndex` (``n_bits``, ``embedding_dim``, ``backend`` ...).
-        ``n_bits`` and ``embedding_dim`` are read from the stored codes when absent.
-    """
-    index: HashIndex | None = None
-    for batch in catalog.nodules.iter_codes(model_version):
-        if index is None:
-            kwargs = {
-                "n_bits": 8 * batch.codes.shape[1] // len(LAYERS),
-                "embedding_dim": batch.embeddings.shape[1],
-                **index_kwargs,
-            }
-            index = HashIndex(**kwargs)
-        index.add(
-            batch.ids,
-            batch.codes,
-            labels=batch.labels,
-            embeddings=batch.embeddings if index.embedding_dim else None,
-        )
-    if index is None:
-        index = HashIndex(**index_kwargs)
-    logger.info("hash index for model %s: %d nodules", model_version, index.ntotal)
-    return index
-
-
-def add_records(index: HashIndex, records: Sequence[NoduleRecord]) -> None:
-    """Add stored nodules (ids, codes, embeddings, predicted classes) to an index."""
-    if not records:
-        return
-    index.add(
-        np.array([r.id for r in records], np.int64),
-        np.stack([r.code_row() for r in records]),
-        labels=np.array([r.predicted_size_class for r in records], np.uint8),
-        embeddings=(
-            np.stack([r.embedding_vector() for r in records]) if index.embedding_dim else None
-        ),
-    )
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ MOVED_KEYS = {
     "privacy.identities_visible_to",
     "privacy.identities_visible_to": "grant the 'identities' permission in "
     "[access.ae_titles] instead",
+    "retrieve.allowed_ae_titles": "grant the 'retrieve' permission (with 'identities') in "
+    "[access.ae_titles] instead; retrieve.move_destinations stays where C-MOVE may send",
 }
 
 

@@ -24,10 +24,12 @@ from dicom_node.settings.checks import validate_ae_title
 
 __all__ = [
     "Destination",
+    "IndexSettings",
     "LoggingSettings",
     "NetworkSettings",
     "OutboxSettings",
     "QualificationSettings",
+    "RetrieveSettings",
     "SecuritySettings",
     "SeriesSettings",
     "Settings",
@@ -109,6 +111,9 @@ class StorageSettings:
 
     catalog_url: str = ""
     """SQLAlchemy URL; empty = SQLite file ``catalog.sqlite3`` in ``data_dir``."""
+    instances_dir: str = ""
+    """Where instance files live; empty = ``data_dir/instances``. Scaled out, a
+    shared (network) path that every receiving node and worker mounts."""
     min_free_mb: int = 1024
     """Refuse instances (0xA700) when free disk space would fall under this."""
     fsync: bool = True
@@ -151,12 +156,21 @@ class WorkerSettings:
     indexed or reported (``dicom-node evaluate detection`` shows the FROC)."""
     model_dir: str = ""
     """Folder written by ``dicom-node train`` (weights + model card); empty = the shipped model."""
+    lease_seconds: float = 60.0
+    """A claimed job stays a worker's this long without renewal (renewed every
+    third of it); a worker that dies loses its jobs to others after this time."""
+    poll_seconds: float = 2.0
+    """With nothing due, a worker looks at the catalog again after this many seconds."""
+    read_ahead: bool = True
+    """Claim and read the next series while computing the current one."""
 
     def __post_init__(self) -> None:
         _require(
             self.threads >= 0,
             "worker.threads must not be negative (0 = no processing in this process)",
         )
+        _require(self.lease_seconds >= 3, "worker.lease_seconds must be at least 3")
+        _require(self.poll_seconds > 0, "worker.poll_seconds must be positive")
         _require(
             self.device in {"auto", "cpu", "cuda"},
             f"worker.device: {self.device!r} is not auto, cpu or cuda",
@@ -219,6 +233,21 @@ class SimilaritySettings:
             self.studies_per_folder >= 1 and self.matches_per_nodule >= 1,
             "similarity: studies_per_folder and matches_per_nodule must be at least 1",
         )
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """``[index]``: the in-memory similarity index, kept current from the catalog."""
+
+    poll_seconds: float = 1.0
+    """How often the index takes in the nodules other workers stored (and removed)."""
+    snapshot_minutes: float = 10.0
+    """While nodules change, the index is saved this often (and at stop) in
+    ``data_dir/index``; a start reads that snapshot and only the rows after it."""
+
+    def __post_init__(self) -> None:
+        _require(self.poll_seconds > 0, "index.poll_seconds must be positive")
+        _require(self.snapshot_minutes > 0, "index.snapshot_minutes must be positive")
 
 
 @dataclass(frozen=True)
@@ -297,6 +326,31 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class RetrieveSettings:
+    """``[retrieve]``: where C-MOVE may send what the node holds.
+
+    Who may C-MOVE and C-GET is the ``retrieve`` permission of ``[access]``
+    (closed until granted: retrieval hands out whole studies, identities
+    included).
+    """
+
+    move_destinations: tuple[Destination, ...] = ()
+    """Where C-MOVE may send, as ``AE@host:port``; a Move Destination not listed
+    is refused (0xA801): the address never comes from the request."""
+
+    def __post_init__(self) -> None:
+        _require(
+            all(isinstance(d, Destination) for d in self.move_destinations),
+            "retrieve.move_destinations: give Destination values (Destination.parse)",
+        )
+        titles = [d.ae_title for d in self.move_destinations]
+        _require(
+            len(set(titles)) == len(titles),
+            "retrieve.move_destinations: an AE title is listed twice",
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node is configured with, created once and passed down."""
 
@@ -317,7 +371,9 @@ class Settings:
     qualification: QualificationSettings = field(default_factory=QualificationSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
 
     def __post_init__(self) -> None:
         validate_ae_title(self.ae_title, "ae_title")
@@ -354,7 +410,14 @@ class Settings:
     @property
     def instances_dir(self) -> Path:
         """Where instance files (received and generated) live."""
+        if self.storage.instances_dir:
+            return Path(self.storage.instances_dir)
         return self.data_dir / "instances"
+
+    @property
+    def index_dir(self) -> Path:
+        """Where the similarity index's snapshots live."""
+        return self.data_dir / "index"
 
     @property
     def catalog_url(self) -> str:
@@ -366,11 +429,11 @@ class Settings:
     def describe(self) -> dict[str, Any]:
         """The effective configuration for the start-up log, secrets masked."""
         result: dict[str, Any] = _to_dict(self)
-        url = result["storage"]["catalog_url"]
-        if "@" in url and ":" in url.split("@")[0]:
-            scheme, rest = url.split("://", 1)
-            user = rest.split(":", 1)[0]
-            result["storage"]["catalog_url"] = f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
+        scheme, _, rest = result["storage"]["catalog_url"].partition("://")
+        credentials, at, host = rest.rpartition("@")
+        if at and ":" in credentials:  # user:password@host; a URL without password stays
+            user = credentials.split(":", 1)[0]
+            result["storage"]["catalog_url"] = f"{scheme}://{user}:***@{host}"
         return result
 
 

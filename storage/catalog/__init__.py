@@ -9,10 +9,15 @@ Split by reason to change, one module each:
 ``engine``      the database: engine, transactions, dialect details
 ``records``     the typed, frozen records going in and out
 ``intake``      received instances and their study and series rows; generated results
-``workflow``    series states (the truth about work) and processing jobs
+``workflow``    series states (the truth about work) and processing jobs,
+                claimed by workers under leases
 ``find``        Study Root C-FIND matching and its keys
-``nodules``     nodules and their hash codes per model version
+``nodules``     nodules and their hash codes per model version, and the
+                cursor an in-memory index follows them with
 ``deliveries``  outbox rows
+``backfill``    backfill checkpoints and the series a backfill brought in
+``retrieve``    the stored files a C-MOVE or C-GET asks for
+``secrets``     values every machine of the catalog shares (the privacy key)
 ==============  ==========================================================
 
 :class:`Catalog` opens one database and exposes each part as an attribute
@@ -24,32 +29,51 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
+from storage.catalog.backfill import BackfillCatalog, BackfilledSeries
 from storage.catalog.deliveries import DeliveryCatalog
 from storage.catalog.engine import Database
 from storage.catalog.find import Condition, FindCatalog, Level
 from storage.catalog.intake import IntakeCatalog
-from storage.catalog.nodules import NoduleCatalog
+from storage.catalog.nodules import IndexCursor, NoduleCatalog
 from storage.catalog.records import (
+    Claim,
     CodeBatch,
     Delivery,
+    Finished,
     GeneratedResult,
     InstanceRecord,
     JobRecord,
     NewNodule,
     NoduleRecord,
     SeriesSummary,
+    StepKey,
     StudyRecord,
 )
-from storage.catalog.schema import DeliveryState, JobState, ResultKind, SeriesState, metadata
+from storage.catalog.retrieve import RetrieveCatalog, StoredFile
+from storage.catalog.schema import (
+    BackfillStudyState,
+    DeliveryState,
+    JobState,
+    ResultKind,
+    SeriesState,
+    metadata,
+)
+from storage.catalog.secrets import SecretCatalog
 from storage.catalog.workflow import WorkflowCatalog
 
 __all__ = [
+    "BackfillCatalog",
+    "BackfillStudyState",
+    "BackfilledSeries",
     "Catalog",
+    "Claim",
     "CodeBatch",
     "Condition",
     "Delivery",
     "DeliveryState",
+    "Finished",
     "GeneratedResult",
+    "IndexCursor",
     "InstanceRecord",
     "JobRecord",
     "JobState",
@@ -57,8 +81,11 @@ __all__ = [
     "NewNodule",
     "NoduleRecord",
     "ResultKind",
+    "RetrieveCatalog",
     "SeriesState",
     "SeriesSummary",
+    "StepKey",
+    "StoredFile",
     "StudyRecord",
     "metadata",
 ]
@@ -83,6 +110,9 @@ class Catalog:
     find : FindCatalog
     nodules : NoduleCatalog
     deliveries : DeliveryCatalog
+    backfill : BackfillCatalog
+    retrieve : RetrieveCatalog
+    secrets : SecretCatalog
     """
 
     def __init__(self, url: str, *, create: bool = True) -> None:
@@ -93,6 +123,9 @@ class Catalog:
         self.find = FindCatalog(self.database)
         self.nodules = NoduleCatalog(self.database)
         self.deliveries = DeliveryCatalog(self.database)
+        self.backfill = BackfillCatalog(self.database)
+        self.retrieve = RetrieveCatalog(self.database)
+        self.secrets = SecretCatalog(self.database)
 
     @property
     def engine(self) -> Engine:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -50,7 +51,11 @@ def _require_existing(url: str) -> None:
 
 
 def _missing_columns(engine: Engine) -> list[str]:
-    """``table.column`` of our schema that the database's existing tables lack."""
+    """``table.column`` of our schema that the database's existing tables lack.
+
+    On SQLite, a table declared ``sqlite_autoincrement`` but made without it
+    counts as missing its key (its ids could be reused).
+    """
     inspector = sa.inspect(engine)
     tables = set(inspector.get_table_names())
     missing = []
@@ -60,6 +65,17 @@ def _missing_columns(engine: Engine) -> list[str]:
             continue
         present = {column["name"] for column in inspector.get_columns(table.name)}
         missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            for table in metadata.sorted_tables:
+                if not table.kwargs.get("sqlite_autoincrement"):
+                    continue
+                sql = connection.execute(
+                    sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :n"),
+                    {"n": table.name},
+                ).scalar()
+                if sql is not None and "AUTOINCREMENT" not in sql.upper():
+                    missing.append(f"{table.name} ids that are never reused")
     return missing
 
 
@@ -112,6 +128,24 @@ class Database:
                 yield connection
         except SQLAlchemyError as exc:
             raise CatalogError(f"catalog statement failed: {exc.__class__.__name__}") from exc
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return str(self.engine.dialect.name)
+
+    def serialize(self, connection: Connection, name: str) -> None:
+        """Hold the catalog-wide lock ``name`` until the transaction ends.
+
+        Transactions taking the same lock commit one after another, so rows
+        they insert commit in the order of their ids (a follower reading
+        "ids after the last one seen" misses none). PostgreSQL: a
+        transaction-level advisory lock; SQLite serializes every writer
+        already.
+        """
+        if self.dialect == "postgresql":
+            key = zlib.crc32(f"dicom-node:{name}".encode())
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     def insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT (it has ``on_conflict_do_nothing``)."""

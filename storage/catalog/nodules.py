@@ -1,4 +1,13 @@
-"""Nodules and their hash codes, per series and model version."""
+"""Nodules and their hash codes, per series and model version.
+
+Nodule ids only grow, and every deleted nodule row leaves a row in
+``nodule_removals`` (whose ``seq`` only grows too): an in-memory index that
+remembers the last id and the last removal it has seen (its *cursor*) is
+brought up to date by the rows after them (:meth:`NoduleCatalog.iter_codes`
+with ``after_id``, :meth:`NoduleCatalog.removed_after`). Writers take the
+catalog's ``nodules`` lock, so rows commit in the order of their ids and a
+follower never skips one that commits late.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +21,22 @@ import sqlalchemy as sa
 
 from ai.hashing.codes import LAYERS
 from storage.catalog.engine import Database
-from storage.catalog.records import CodeBatch, NewNodule, NoduleRecord
-from storage.catalog.schema import nodules, series, studies
+from storage.catalog.leases import check_held
+from storage.catalog.records import Claim, CodeBatch, NewNodule, NoduleRecord
+from storage.catalog.schema import nodule_removals, nodules, series, studies
 
-__all__ = ["NoduleCatalog"]
+__all__ = ["IndexCursor", "NoduleCatalog"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexCursor:
+    """How far an index has followed the catalog's nodule rows."""
+
+    last_nodule_id: int = -1
+    """The highest nodule id it has seen (rows with larger ids are new)."""
+    last_removal: int = 0
+    """The last ``nodule_removals.seq`` it has applied."""
+
 
 #: NewNodule fields stored as columns of the same name (center_xyz is three columns).
 _PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(NewNodule) if f.name != "center_xyz")
@@ -75,12 +96,25 @@ class NoduleCatalog:
         model_version: str,
         found: Sequence[NewNodule],
         *,
+        claim: Claim | None = None,
         now: float | None = None,
     ) -> list[NoduleRecord]:
         """Store a series' nodules for one model version, replacing earlier ones.
 
         Idempotent per (series, model version): a rerun after a crash or a
-        re-index writes the same rows again in one transaction.
+        re-index writes the same rows again in one transaction, and records
+        the ids it removed.
+
+        Parameters
+        ----------
+        claim : Claim, optional
+            The job computing them: nothing is written unless its worker
+            still holds it (:func:`storage.catalog.workflow.check_held`).
+
+        Raises
+        ------
+        LeaseLost
+            The job was taken over by another worker; nothing was written.
 
         Returns
         -------
@@ -91,16 +125,26 @@ class NoduleCatalog:
         """
         now = time.time() if now is None else now
         with self._db.begin() as connection:
+            self._db.serialize(connection, "nodules")
+            if claim is not None:
+                check_held(connection, claim)
             study = connection.execute(
                 sa.select(series.c.study_instance_uid, *_STUDY_COLUMNS)
                 .join(studies, studies.c.study_instance_uid == series.c.study_instance_uid)
                 .where(series.c.series_instance_uid == series_instance_uid)
             ).one()
-            connection.execute(
-                nodules.delete()
-                .where(nodules.c.series_instance_uid == series_instance_uid)
-                .where(nodules.c.model_version == model_version)
+            earlier = (nodules.c.series_instance_uid == series_instance_uid) & (
+                nodules.c.model_version == model_version
             )
+            connection.execute(
+                nodule_removals.insert().from_select(
+                    ["nodule_id", "model_version", "removed_at"],
+                    sa.select(nodules.c.id, nodules.c.model_version, sa.literal(now))
+                    .where(earlier)
+                    .order_by(nodules.c.id),
+                )
+            )
+            connection.execute(nodules.delete().where(earlier))
             stored = []
             for nodule in found:
                 new_id = connection.execute(
@@ -140,9 +184,24 @@ class NoduleCatalog:
             ).all()
         return [int(r[0]) for r in rows]
 
-    def iter_codes(self, model_version: str, *, batch: int = 50_000) -> Iterator[CodeBatch]:
-        """Batches of codes, embeddings and labels of a model version, by id (index rebuild)."""
-        last = -1
+    def iter_codes(
+        self,
+        model_version: str,
+        *,
+        after_id: int = -1,
+        up_to_id: int | None = None,
+        batch: int = 50_000,
+    ) -> Iterator[CodeBatch]:
+        """Batches of codes, embeddings and labels of a model version, by id.
+
+        Parameters
+        ----------
+        after_id : int
+            Only nodules with a larger id (an index's cursor); -1 for all.
+        up_to_id : int, optional
+            Only nodules with this id or a smaller one.
+        """
+        last = after_id
         columns = (
             nodules.c.id,
             *(nodules.c[layer] for layer in LAYERS),
@@ -155,6 +214,7 @@ class NoduleCatalog:
                     sa.select(*columns)
                     .where(nodules.c.model_version == model_version)
                     .where(nodules.c.id > last)
+                    .where(sa.true() if up_to_id is None else nodules.c.id <= up_to_id)
                     .order_by(nodules.c.id)
                     .limit(batch)
                 ).all()
@@ -174,6 +234,45 @@ class NoduleCatalog:
                 labels=np.array([r.predicted_size_class for r in rows], np.uint8),
             )
             last = int(rows[-1].id)
+
+    def removed_after(self, model_version: str, after: int) -> tuple[list[int], int]:
+        """Ids of ``model_version``'s nodules removed after removal ``after``, and the last seq.
+
+        Returns
+        -------
+        (list of int, int)
+            The removed ids in order, and the ``seq`` of the last removal of
+            any version (``after`` when there was none).
+        """
+        with self._db.begin() as connection:
+            rows = connection.execute(
+                sa.select(
+                    nodule_removals.c.seq,
+                    nodule_removals.c.nodule_id,
+                    nodule_removals.c.model_version,
+                )
+                .where(nodule_removals.c.seq > after)
+                .order_by(nodule_removals.c.seq)
+            ).all()
+        ids = [int(r.nodule_id) for r in rows if r.model_version == model_version]
+        return ids, int(rows[-1].seq) if rows else after
+
+    def cursor(self) -> IndexCursor:
+        """The catalog's newest nodule id and removal now.
+
+        Every row up to them has committed (writers commit in id order), so
+        an index holding every row of its version up to this cursor needs
+        only the rows after it.
+        """
+        with self._db.begin() as connection:
+            last_id = connection.execute(sa.select(sa.func.max(nodules.c.id))).scalar()
+            last_removal = connection.execute(
+                sa.select(sa.func.max(nodule_removals.c.seq))
+            ).scalar()
+        return IndexCursor(
+            -1 if last_id is None else int(last_id),
+            0 if last_removal is None else int(last_removal),
+        )
 
     def model_versions(self) -> list[str]:
         """Model versions with stored nodules."""

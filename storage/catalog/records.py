@@ -10,6 +10,7 @@ the natural type of a C-FIND identifier; see :mod:`storage.catalog.find`.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
@@ -18,8 +19,10 @@ from ai.hashing.codes import LAYERS
 from storage.catalog.schema import DeliveryState, JobState, ResultKind, SeriesState
 
 __all__ = [
+    "Claim",
     "CodeBatch",
     "Delivery",
+    "Finished",
     "GeneratedResult",
     "InstanceRecord",
     "JobRecord",
@@ -27,6 +30,7 @@ __all__ = [
     "NoduleRecord",
     "STUDY_FIELDS",
     "SeriesSummary",
+    "StepKey",
     "StudyRecord",
 ]
 
@@ -129,11 +133,48 @@ class JobRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    lease_expires_at: float | None = None
+    """While running: when the holder's lease runs out unless it renews it."""
 
     @property
     def finished(self) -> bool:
         """True when the step ran to an outcome or failed."""
         return self.state in (JobState.DONE, JobState.FAILED)
+
+
+@dataclass(frozen=True)
+class StepKey:
+    """What the catalog needs to know of a processing step to find its due jobs."""
+
+    name: str
+    version: str
+    requires: SeriesState
+    """The series state the step starts from."""
+
+
+class Finished(Enum):
+    """What :meth:`WorkflowCatalog.finish` did."""
+
+    MOVED = "moved"
+    """The job finished and the series moved to the step's outcome."""
+    REOPENED = "reopened"
+    """The job finished; the series had left ``processing`` (a late instance reopened it)."""
+    LOST = "lost"
+    """Nothing: the job was no longer the claimant's (its lease ran out and it was taken over)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker holds: one step to run on one series, under a renewed lease."""
+
+    series_instance_uid: str
+    step: str
+    version: str
+    worker: str
+    """The holder (``host:pid:token:thread``); every write of the job checks it."""
+    attempts: int
+    """Claims of this job so far, this one included; more than one means that
+    earlier holders stopped without finishing (killed, lost)."""
 
 
 @dataclass(frozen=True)

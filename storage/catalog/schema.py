@@ -6,21 +6,27 @@ Column lengths follow the DICOM value representations (PS3.5 6.2).
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 import sqlalchemy as sa
 
 __all__ = [
+    "BackfillStudyState",
     "DeliveryState",
     "JobState",
     "ResultKind",
     "SeriesState",
+    "backfill_series",
+    "backfill_studies",
+    "backfill_windows",
     "deliveries",
     "instances",
     "jobs",
     "metadata",
+    "nodule_removals",
     "nodules",
     "results",
+    "secrets",
     "series",
     "studies",
 ]
@@ -80,6 +86,15 @@ class DeliveryState(str, Enum):
     """A newer revision of the object was made before this one was delivered; not sent."""
 
 
+class BackfillStudyState(StrEnum):
+    """Where one study of a backfill stands (``dicom-node backfill``)."""
+
+    DONE = "done"
+    """Every CT instance of the study is in the catalog (fetched now or known before)."""
+    FAILED = "failed"
+    """Some instances could not be fetched or stored; ``detail`` says why; retried next run."""
+
+
 metadata = sa.MetaData()
 
 UID = sa.String(64)
@@ -125,6 +140,8 @@ series = sa.Table(
     # False after `dicom-node reindex` without --send-results: the results made
     # by that run are kept, not sent. A new instance sets it again.
     sa.Column("send_results", sa.Boolean, nullable=False, default=True),
+    # The oldest series waiting in a state: what a worker claims next.
+    sa.Index("ix_series_state_changed", "state", "state_changed_at"),
 )
 
 instances = sa.Table(
@@ -147,10 +164,11 @@ instances = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),
 )
 
-# One row per (series, step, version). The embedded runner claims and
-# finishes them in-process; ``worker`` and ``lease_expires_at`` are what a
-# multi-process worker needs to claim pending jobs (``FOR UPDATE SKIP
-# LOCKED``) and to take over those whose lease ran out.
+# One row per (series, step, version). Workers (threads of the node, or
+# ``dicom-node worker`` processes on other machines) claim due jobs with
+# ``FOR UPDATE SKIP LOCKED``; ``worker`` names the holder and
+# ``lease_expires_at`` is renewed while it works, so a job whose holder died
+# is taken over once its lease has run out (``WorkflowCatalog.claim_next``).
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -209,15 +227,19 @@ results = sa.Table(
     ),
 )
 
+
+def _growing_key(name: str) -> sa.Column[int]:
+    """A 64-bit key that only grows (with ``sqlite_autoincrement``: never reused)."""
+    return sa.Column(
+        name, sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+        autoincrement=True,
+    )  # fmt: skip
+
+
 nodules = sa.Table(
     "nodules",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _growing_key("id"),
     sa.Column(
         "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), nullable=False
     ),
@@ -254,6 +276,33 @@ nodules = sa.Table(
     # (one version) and, without statistics, SQLite may choose it for
     # "nodules of this study" and scan a million rows (300 ms instead of 1).
     sa.Index("ix_nodules_study_version", "study_instance_uid", "model_version"),
+    # Ids are never reused (SQLite would otherwise hand out a deleted largest
+    # id again): an index follows the rows after the last id it has seen.
+    sqlite_autoincrement=True,
+)
+
+# One row per nodule row deleted (a series processed again replaces its
+# nodules): with the nodule ids, which only grow, the cursor an index follows
+# (snapshot + the rows after it). Writers of nodules take the catalog's
+# nodule lock, so both sequences commit in order (``NoduleCatalog``).
+nodule_removals = sa.Table(
+    "nodule_removals",
+    metadata,
+    _growing_key("seq"),
+    sa.Column("nodule_id", sa.BigInteger, nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("removed_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Values every machine sharing the catalog must agree on, made once by the
+# first process that needs one (the privacy key that makes case ids).
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 deliveries = sa.Table(
@@ -272,4 +321,43 @@ deliveries = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("done_at", sa.Float),
     sa.UniqueConstraint("destination", "sop_instance_uid", name="uq_outbox_destination_instance"),
+)
+
+# Backfill checkpoints (``dicom-node backfill``). A *window* is one query of
+# the source archive (a StudyDate, ``YYYYMMDD``); it is done when every study
+# it found is done. ``source`` names the archive (Orthanc URL or PACS AE@host:port).
+backfill_windows = sa.Table(
+    "backfill_windows",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("window", sa.String(32), primary_key=True),
+    sa.Column("studies", sa.Integer, nullable=False),
+    sa.Column("done_at", sa.Float, nullable=False),
+)
+
+backfill_studies = sa.Table(
+    "backfill_studies",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("study_instance_uid", UID, primary_key=True),
+    sa.Column("study_date", sa.String(8)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("instances_fetched", sa.Integer, nullable=False),
+    sa.Column("bytes_fetched", sa.BigInteger, nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Series that came from a backfill: whether their results may be sent to the
+# outbox destinations, and whether their pixel data is dropped once indexed.
+backfill_series = sa.Table(
+    "backfill_series",
+    metadata,
+    sa.Column("series_instance_uid", UID, primary_key=True),
+    sa.Column("study_instance_uid", UID, nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("send_results", sa.Boolean, nullable=False),
+    sa.Column("index_only", sa.Boolean, nullable=False),
+    sa.Column("pixel_data_released_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
 )

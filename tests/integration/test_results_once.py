@@ -91,7 +91,7 @@ def test_reprocessed_study_leaves_one_current_sr_and_montage_at_the_pacs(
         def reindex(*flags: str) -> float:
             since = time.time()
             assert main(["reindex", "--data-dir", str(settings.data_dir), *flags]) == 0
-            node.queue_pending()  # a running node would within 30 s
+            node.workers.wake()  # running workers would within worker.poll_seconds
             return since
 
         a = send(cohort[0])

@@ -11,7 +11,7 @@ import pytest
 from dicom_node.net.similarity import PRIVATE_CREATOR, folder_id
 from dicom_node.retrieval.similar import SimilarityIndex
 from tests.factories import near_code, new_nodule, write_ct_series
-from tests.peers import dcmtk, run_peer
+from tests.peers import dcmtk, run_peer, wait_until
 
 pytestmark = pytest.mark.integration
 VERSION = "test-model-1"
@@ -80,6 +80,8 @@ def archive(tmp_path, make_settings, start_node):
                 )
             ],
         )
+    # Stored as a worker would: the node's index takes them in at its next poll.
+    wait_until(lambda: node.similarity_index.index.ntotal == len(plan), what="index follows")
     yield node, studies
     catalog.close()
 

@@ -141,7 +141,7 @@ def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_p
     # yet catalogued when the node was killed was adopted (or removed) at start.
     visible = {p.relative_to(instances_dir).as_posix() for p in instances_dir.rglob("*.dcm")}
     assert visible == set(stored.values()), "orphan files or catalog rows without files"
-    assert not list((instances_dir / ".tmp").iterdir()), "partial files were not cleaned at start"
+    assert not list((instances_dir / ".tmp").rglob("*.part")), "partial files left at start"
     assert node.runtime()["recovery"]["series_scanned"] == 1  # it looked (the node was killed)
     # One instance at most was in flight: not written, written but not catalogued
     # (adopted at start), or catalogued but its response never sent.

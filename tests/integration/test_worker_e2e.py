@@ -184,8 +184,11 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     # Reprocessing the same series (same model version) replaces, never duplicates, its nodules.
     before = node.similarity_index.index.ntotal
     uid = indexed[0].series_instance_uid
-    node.catalog.workflow.transition(uid, SeriesState.COMPLETE)
-    node.queue.submit(uid)
+    moved = node.catalog.workflow.requeue(  # what dicom-node reindex does
+        [uid], [SeriesState.REPORTED], send_results=False, reason="queued again by the test"
+    )
+    assert moved == 1
+    node.workers.wake()
     wait_until(
         lambda: node.catalog.workflow.series_state(uid)[0] is SeriesState.REPORTED,
         timeout=180,

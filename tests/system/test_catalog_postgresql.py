@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from storage.catalog import (
     Catalog,
     DeliveryState,
+    Finished,
     JobState,
     SeriesState,
+    StepKey,
 )
 from tests.factories import generated_result, instance_record, near_code, new_nodule
 
@@ -52,21 +54,19 @@ def test_intake_workflow_find_nodules_results_and_deliveries(catalog) -> None:
     assert workflow.transition(
         "1.2.3", SeriesState.COMPLETE, from_states=[SeriesState.RECEIVING], idle_before=102.0
     )
+    analysis = StepKey("analysis", "v1", SeriesState.COMPLETE)
     for attempt in (1, 2):
-        assert workflow.claim(
-            "1.2.3", "analysis", "v1", from_state=SeriesState.COMPLETE, worker="w", lease_seconds=9
-        )
+        claim = workflow.claim("1.2.3", analysis, worker="w", lease_seconds=9)
+        assert claim is not None and claim.attempts == attempt
         job = workflow.job("1.2.3", "analysis", "v1")
         assert job is not None and job.state is JobState.RUNNING and job.attempts == attempt
         assert workflow.finish(
-            "1.2.3",
-            "analysis",
-            "v1",
+            claim,
             JobState.DONE,
             outcome=SeriesState.COMPLETE if attempt == 1 else SeriesState.INDEXED,
             detail=None,
             series_reason="done",
-        )
+        ) == (Finished.MOVED, None)
     workflow.queue_job("1.2.3", "results", "v1")
     assert [j.step for j in workflow.jobs_in_states([JobState.PENDING])] == ["results"]
 

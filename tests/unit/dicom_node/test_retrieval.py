@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_node.retrieval.search import Retriever, build_index
-from dicom_node.retrieval.similar import rank_studies, similar_cases
+from dicom_node.retrieval.search import Retriever
+from dicom_node.retrieval.similar import SimilarityIndex, rank_studies, similar_cases
 from storage.catalog import InstanceRecord
 from tests.factories import near_code, new_nodule
 
@@ -76,7 +76,7 @@ def _big_query(catalog):
 
 def test_similar_cases_exclude_the_query_patient_and_share_the_class(archive) -> None:
     catalog = archive
-    index = build_index(catalog, VERSION)
+    index = SimilarityIndex(catalog, VERSION).index
     assert index.ntotal == 8 and index.n_bits == 64 and index.embedding_dim == 16
     retriever = Retriever(catalog, index, VERSION)
     query = _big_query(catalog)
@@ -114,23 +114,3 @@ def test_replace_nodules_is_idempotent_and_returns_what_it_stored(archive) -> No
     assert [n.id for n in again] != [n.id for n in stored]
     assert all(n.patient_id == "P2" and n.study_date == "20210101" for n in again)
 
-
-def test_a_reprocessed_series_stays_in_the_index_when_its_ids_are_reused(archive) -> None:
-    """SQLite gives a re-inserted row the id of the row just deleted: keep it indexed."""
-    from dicom_node.retrieval.similar import SimilarityIndex
-
-    catalog = archive
-    index = SimilarityIndex(catalog, VERSION)
-    before = sorted(index.index.ids.tolist())
-    series = "3.1.9"  # the last series inserted: its new rows take the freed ids
-    old_ids = catalog.nodules.ids_of_series(series, VERSION)
-    again = [
-        new_nodule(n.nodule_index, np.frombuffer(n.shallow + n.middle + n.deep, np.uint8),
-                   np.frombuffer(n.embedding, np.float32), diameter_mm=n.diameter_mm,
-                   size_class=n.size_class)
-        for n in catalog.nodules.of(model_version=VERSION, series_instance_uid=series)
-    ]  # fmt: skip
-    stored = catalog.nodules.replace(series, VERSION, again)
-    assert sorted(n.id for n in stored) == sorted(old_ids)  # the ids came back
-    index.replace_series(old_ids, stored)
-    assert sorted(index.index.ids.tolist()) == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage.catalog import Catalog, JobState, SeriesState
+from storage.catalog import Catalog, Claim, Finished, JobState, SeriesState, StepKey
 from tests.factories import generated_result, instance_record
 
 
@@ -40,48 +40,53 @@ def test_claim_and_finish_move_series_and_job_together(catalog) -> None:
     catalog.intake.record_instance(instance_record("1.2.3.1"), now=100.0)
     catalog.workflow.transition("1.2.3", SeriesState.COMPLETE)
     workflow = catalog.workflow
+    analysis = StepKey("analysis", "v1", SeriesState.COMPLETE)
 
-    def claim(step: str, state: SeriesState) -> bool:
-        return workflow.claim(
-            "1.2.3", step, "v1", from_state=state, worker="w1", lease_seconds=60, now=102.0
-        )
+    def claim(state: SeriesState) -> Claim | None:
+        key = StepKey("analysis", "v1", state)
+        return workflow.claim("1.2.3", key, worker="w1", lease_seconds=60, now=102.0)
 
-    assert not claim("analysis", SeriesState.INDEXED)  # wrong state: nothing changes
+    assert claim(SeriesState.INDEXED) is None  # wrong state: nothing changes
     assert workflow.job("1.2.3", "analysis", "v1") is None
-    assert claim("analysis", SeriesState.COMPLETE)
+    held = claim(SeriesState.COMPLETE)
+    assert held == Claim("1.2.3", "analysis", "v1", "w1", 1)
     assert workflow.series_state("1.2.3") == (SeriesState.PROCESSING, None)
     job = workflow.job("1.2.3", "analysis", "v1")
     assert job is not None and job.state is JobState.RUNNING and job.attempts == 1
+    assert job.lease_expires_at == 162.0
     assert [j.step for j in workflow.jobs_in_states([JobState.RUNNING])] == ["analysis"]
     assert workflow.finish(
-        "1.2.3",
-        "analysis",
-        "v1",
+        held,
         JobState.DONE,
         outcome=SeriesState.INDEXED,
         detail="3 nodules",
         series_reason="3 nodules",
         now=103.0,
-    )
+    ) == (Finished.MOVED, None)
     job = workflow.job("1.2.3", "analysis", "v1")
     assert job is not None and job.finished and job.outcome is SeriesState.INDEXED
     assert workflow.series_state("1.2.3") == (SeriesState.INDEXED, "3 nodules")
     # A second run of the same step and version replaces the job, counting attempts.
     workflow.transition("1.2.3", SeriesState.COMPLETE)
-    assert claim("analysis", SeriesState.COMPLETE)
+    held = claim(SeriesState.COMPLETE)
     job = workflow.job("1.2.3", "analysis", "v1")
-    assert job is not None and job.attempts == 2 and not job.finished
+    assert held is not None and job is not None and job.attempts == 2 and not job.finished
+    # Another worker cannot finish it: nothing changes.
+    stranger = Claim("1.2.3", "analysis", "v1", "w2", 2)
+    assert workflow.finish(
+        stranger, JobState.DONE, outcome=SeriesState.INDEXED, detail=None, series_reason=None
+    ) == (Finished.LOST, None)
+    assert workflow.series_state("1.2.3")[0] is SeriesState.PROCESSING
     # A late instance reopened the series meanwhile: finishing does not move it.
     catalog.intake.record_instance(instance_record("1.2.3.2", number=2), now=104.0)
-    assert not workflow.finish(
-        "1.2.3",
-        "analysis",
-        "v1",
+    assert workflow.finish(
+        held,
         JobState.DONE,
         outcome=SeriesState.INDEXED,
         detail=None,
         series_reason=None,
-    )
+        then=analysis,
+    ) == (Finished.REOPENED, None)
     assert workflow.series_state("1.2.3")[0] is SeriesState.RECEIVING
 
 
