@@ -2,9 +2,11 @@
 
 One similar-case SR and one key-image montage exist per study and model
 version. Their UIDs are not random: they are UUID-derived ``2.25.`` UIDs
-(PS3.5 B.2) of a hash of their inputs, so the same study, model version,
-kind and revision always give the same UID, in any process and after any
-restart. Consequences:
+(PS3.5 B.2) of name-based (SHA-1, version 5) UUIDs of their inputs, so the
+same study, model version, kind and revision always give the same UID, in
+any process and after any restart. (pydicom's ``generate_uid(prefix=None,
+entropy_srcs=...)`` would not do: without a prefix it ignores the entropy
+and returns a random UUID.) Consequences:
 
 - a results step interrupted and run again makes the same objects, not new
   ones; the outbox's row per (destination, SOP Instance UID) keeps delivery
@@ -15,23 +17,23 @@ restart. Consequences:
 
 from __future__ import annotations
 
-from pydicom.uid import generate_uid
+import uuid
 
 from storage.catalog import ResultKind
 
 __all__ = ["result_series_uid", "result_sop_instance_uid"]
 
-_ROOT = "dicom-node result"
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-node:result")
+
+
+def _derived_uid(*parts: str) -> str:
+    """``2.25.`` and the integer of the version-5 UUID of ``parts``."""
+    return f"2.25.{uuid.uuid5(_NAMESPACE, chr(0).join(parts)).int}"
 
 
 def result_series_uid(study_instance_uid: str, model_version: str, kind: ResultKind) -> str:
     """The series of every revision of one kind of result of a study and model version."""
-    return str(
-        generate_uid(
-            prefix=None,
-            entropy_srcs=[_ROOT, "series", study_instance_uid, model_version, kind.value],
-        )
-    )
+    return _derived_uid("series", study_instance_uid, model_version, kind.value)
 
 
 def result_sop_instance_uid(
@@ -40,16 +42,4 @@ def result_sop_instance_uid(
     """The SOP Instance UID of one revision (1, 2, ...) of a result."""
     if revision < 1:
         raise ValueError(f"revisions start at 1, got {revision}")
-    return str(
-        generate_uid(
-            prefix=None,
-            entropy_srcs=[
-                _ROOT,
-                "instance",
-                study_instance_uid,
-                model_version,
-                kind.value,
-                str(revision),
-            ],
-        )
-    )
+    return _derived_uid("instance", study_instance_uid, model_version, kind.value, str(revision))
