@@ -378,4 +378,3 @@ class Node:
         if self.lock is not None:
             self.lock.release()
         logger.info("stopped")
-

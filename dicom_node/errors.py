@@ -71,6 +71,8 @@ class NotAuthorized(NodeError):
 
 class ListenError(NodeError, OSError):
     """An AE cannot bind its address and port; the message names the AE and the port."""
+
+
 class ArchiveError(NodeError):
     """The archive a backfill reads (Orthanc, a PACS) cannot be reached or refuses."""
 

@@ -36,9 +36,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, network: bool = F
         net.add_argument("--ae-title", help="our AE title (default DICOM_NODE)")
 
 
-def settings_from_args(
-    args: argparse.Namespace, *, check_paths: bool = False
-) -> Settings | None:
+def settings_from_args(args: argparse.Namespace, *, check_paths: bool = False) -> Settings | None:
     """Load settings from the parsed flags; print the error and return None if invalid.
 
     Only ``serve`` passes ``check_paths``: it creates the data directory.

@@ -12,7 +12,7 @@ from ai.hashing.codes import LAYERS
 from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
 
 if TYPE_CHECKING:
-    from dicom_node.retrieval.privacy import PrivacyPolicy, privacy_key
+    from dicom_node.retrieval.privacy import PrivacyPolicy
     from dicom_node.retrieval.similar import NoduleCases
     from storage.catalog import NoduleRecord
 

@@ -95,9 +95,7 @@ def handle_store(event: Event, ingest: Ingest, access: AccessSettings) -> Datase
 
 
 @find_guard
-def handle_find(
-    event: Event, catalog: Catalog, access: AccessSettings
-) -> Iterator[FindResponse]:
+def handle_find(event: Event, catalog: Catalog, access: AccessSettings) -> Iterator[FindResponse]:
     """Handle a Study Root C-FIND request over the catalog.
 
     Parameters
@@ -139,9 +137,7 @@ def handle_find(
 
 
 @find_guard
-def handle_find_similar(
-    event: Event, service: SimilarityService
-) -> Iterator[FindResponse]:
+def handle_find_similar(event: Event, service: SimilarityService) -> Iterator[FindResponse]:
     """Handle a C-FIND on the similarity AE: the similar-case folder of an index study.
 
     Parameters

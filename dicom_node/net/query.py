@@ -153,9 +153,7 @@ def parse_identifier(identifier: Dataset) -> StudyQuery:
         level = Level(raw_level)
     except ValueError as exc:
         shown = raw_level if raw_level in {"PATIENT", "FRAME"} else f"{len(raw_level)} characters"
-        raise InvalidQuery(
-            f"QueryRetrieveLevel ({shown}) is not STUDY, SERIES or IMAGE"
-        ) from exc
+        raise InvalidQuery(f"QueryRetrieveLevel ({shown}) is not STUDY, SERIES or IMAGE") from exc
     allowed = {k for lvl in _levels_up_to(level) for k in KEYS[lvl]}
     matches: list[Match] = []
     return_keys: list[str] = []

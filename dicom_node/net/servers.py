@@ -70,9 +70,7 @@ class DicomServers:
         """
         settings = self.settings
         access = settings.access
-        retrieve = RetrieveService(
-            self._catalog, settings.instances_dir, settings.retrieve, access
-        )
+        retrieve = RetrieveService(self._catalog, settings.instances_dir, settings.retrieve, access)
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, handle_store, [self._ingest, access]),
             (evt.EVT_C_FIND, handle_find, [self._catalog, access]),

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import (
+    IndexNotReady,
     InvalidDataset,
     InvalidQuery,
     MissingUID,
@@ -160,8 +161,6 @@ def find_failure_for(exc: BaseException) -> Status:
     """The C-FIND failure status for an exception raised while answering."""
     if isinstance(exc, NotAuthorized):
         return Status.NOT_AUTHORIZED
-    from dicom_node.errors import IndexNotReady, InvalidQuery
-
     if isinstance(exc, InvalidQuery):
         return Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     if isinstance(exc, IndexNotReady):

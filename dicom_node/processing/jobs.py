@@ -286,6 +286,7 @@ class JobRunner:
                 if uid not in due:
                     due.append(uid)
         return due
+
     def _earlier_reasons(self, series_instance_uid: str, position: int) -> list[str]:
         """The reason the step before ``position`` gave, when a run starts past the first step."""
         if position == 0:

@@ -36,9 +36,9 @@ from pydicom.uid import generate_uid
 
 from dicom_node.intake.ingest import Ingest
 from dicom_node.model import LoadedModel
-from dicom_node.results.identity import result_series_uid, result_sop_instance_uid
 from dicom_node.processing.jobs import Outcome, SeriesJob
 from dicom_node.processing.reading import read_headers
+from dicom_node.results.identity import result_series_uid, result_sop_instance_uid
 from dicom_node.results.montage import MontageRow, build_key_image_montage
 from dicom_node.results.outbox import Outbox
 from dicom_node.results.sr import (

@@ -15,8 +15,8 @@ from dicom_node.settings.access import AccessRule, AccessSettings, Permission
 from dicom_node.settings.loading import check_files, load_settings, settings_from_table
 from dicom_node.settings.sections import (
     Destination,
-    LoggingSettings,
     IndexSettings,
+    LoggingSettings,
     NetworkSettings,
     OutboxSettings,
     QualificationSettings,

@@ -132,9 +132,7 @@ def _access_rules(value: Any, where: str, *, from_env: bool) -> tuple[AccessRule
     return tuple(AccessRule.parse(title, row, where) for title, row in value.items())
 
 
-def _typed_table(
-    cls: type, values: Mapping[str, Any], where: str, section: str = ""
-) -> Table:
+def _typed_table(cls: type, values: Mapping[str, Any], where: str, section: str = "") -> Table:
     """Check the keys of a TOML-like table and convert its values to the field types."""
     hints = _hints(cls)
     table: Table = {}

@@ -108,7 +108,11 @@ class DeliveryCatalog:
                 connection.execute(
                     deliveries.update()
                     .where(deliveries.c.sop_instance_uid == sop_instance_uid)
-                    .where(deliveries.c.state.in_([DeliveryState.PENDING.value, DeliveryState.FAILED.value]))
+                    .where(
+                        deliveries.c.state.in_(
+                            [DeliveryState.PENDING.value, DeliveryState.FAILED.value]
+                        )
+                    )
                     .values(
                         state=DeliveryState.SUPERSEDED.value,
                         last_error=f"superseded by {by_sop_instance_uid}",

@@ -115,9 +115,7 @@ def test_resent_identical_instance_succeeds_without_rewrite(
 def test_only_listed_calling_aes_associate_when_unlisted_is_empty(
     make_settings, start_node
 ) -> None:
-    node = start_node(
-        make_settings(access={"unlisted": [], "ae_titles": {"PACS": ["store"]}})
-    )
+    node = start_node(make_settings(access={"unlisted": [], "ae_titles": {"PACS": ["store"]}}))
     refused = run_peer(
         [dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
     )

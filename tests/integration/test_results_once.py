@@ -82,9 +82,7 @@ def test_reprocessed_study_leaves_one_current_sr_and_montage_at_the_pacs(
                     job = workflow.job(uid, "results", node.steps[-1].version)
                     if job is None or job.finished_at is None or job.finished_at < since:
                         return False
-                return all(
-                    d.state is not DeliveryState.PENDING for d in deliveries.in_states()
-                )
+                return all(d.state is not DeliveryState.PENDING for d in deliveries.in_states())
 
             wait_until(done, timeout=240, what="results step run and deliveries settled")
 

@@ -222,9 +222,7 @@ def _values(ds: pydicom.Dataset) -> list[str]:
     return values
 
 
-def test_no_sequence_of_queries_leads_an_ae_without_identities_to_them(
-    archive, tmp_path
-) -> None:
+def test_no_sequence_of_queries_leads_an_ae_without_identities_to_them(archive, tmp_path) -> None:
     """VIEWER may use the similarity AE but not see identities: try every road to them."""
     node, studies = archive
     secrets = _secrets(studies)

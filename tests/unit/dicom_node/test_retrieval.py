@@ -113,4 +113,3 @@ def test_replace_nodules_is_idempotent_and_returns_what_it_stored(archive) -> No
     assert catalog.nodules.of(model_version=VERSION, series_instance_uid="2.1.9") == again
     assert [n.id for n in again] != [n.id for n in stored]
     assert all(n.patient_id == "P2" and n.study_date == "20210101" for n in again)
-
