@@ -91,35 +91,23 @@ class WorkflowCatalog:
     def send_results(self, series_instance_uid: str) -> bool:
         """False when the series was queued again by ``reindex`` without ``--send-results``
         and no instance arrived since: its results are kept, not sent."""
+        query = sa.select(series.c.send_results).where(
+            series.c.series_instance_uid == series_instance_uid
+        )
         with self._db.begin() as connection:
-            row = connection.execute(
-                sa.select(series.c.send_results).where(
-                    series.c.series_instance_uid == series_instance_uid
-                )
-            ).first()
+            row = connection.execute(query).first()
         return True if row is None else bool(row[0])
 
     def requeue(
-        self,
-        series_instance_uids: Sequence[str],
-        from_states: Sequence[SeriesState],
-        *,
-        send_results: bool,
-        reason: str,
-        now: float | None = None,
-    ) -> int:
-        """Put processed series back to ``complete`` (their jobs forgotten) to run again.
-
-        Returns
-        -------
-        int
-            How many series moved.
-        """
+        self, uids: Sequence[str], from_states: Sequence[SeriesState], *, send_results: bool,
+        reason: str, now: float | None = None,
+    ) -> int:  # fmt: skip
+        """Put series back to ``complete`` (their jobs forgotten) to run again; return how many."""
         now = time.time() if now is None else now
         moved = 0
         with self._db.begin() as connection:
-            for start in range(0, len(series_instance_uids), 500):
-                chunk = list(series_instance_uids[start : start + 500])
+            for start in range(0, len(uids), 500):
+                chunk = list(uids[start : start + 500])
                 connection.execute(jobs.delete().where(jobs.c.series_instance_uid.in_(chunk)))
                 moved += connection.execute(
                     series.update()
@@ -152,13 +140,9 @@ class WorkflowCatalog:
         the step ran; after a restart it must run again, not be skipped).
         """
         finished = [JobState.DONE.value, JobState.FAILED.value]
+        of_step = (jobs.c.step == step) & (jobs.c.version == version)
         joined = series.outerjoin(
-            jobs,
-            sa.and_(
-                jobs.c.series_instance_uid == series.c.series_instance_uid,
-                jobs.c.step == step,
-                jobs.c.version == version,
-            ),
+            jobs, (jobs.c.series_instance_uid == series.c.series_instance_uid) & of_step
         )
         query = (
             sa.select(series.c.series_instance_uid)
