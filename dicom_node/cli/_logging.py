@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+import re
 import sys
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -13,6 +14,27 @@ from dicom_node.settings import Settings
 
 #: One format for stderr and the log file.
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class WithholdPeerValues(logging.Filter):
+    """Withhold the values pynetdicom quotes from what a peer sent.
+
+    pynetdicom warns about a non-conformant element of a request with its
+    value (``Non-conformant 'Affected SOP Instance UID' value '…'``); a peer
+    can put anything there, a patient's name included. The element's name
+    stays, the value goes. Set on the handlers, so it sees every pynetdicom
+    module's records.
+    """
+
+    _VALUE = re.compile(r"(value\s*)'[^']*'")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pynetdicom"):
+            message = record.getMessage()
+            withheld = self._VALUE.sub(r"\1(withheld)", message)
+            if withheld != message:
+                record.msg, record.args = withheld, None
+        return True
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -27,6 +49,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(WithholdPeerValues())
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
     for name in ("dicom_node", "ai", "storage"):
@@ -57,4 +80,5 @@ def add_log_file(path: Path, *, max_bytes: int, backups: int) -> None:
     handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
     os.chmod(path, 0o640)
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(WithholdPeerValues())
     root.addHandler(handler)

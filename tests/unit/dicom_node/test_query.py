@@ -82,3 +82,27 @@ def test_refusals_never_quote_what_the_peer_sent(keys) -> None:
     with pytest.raises(InvalidQuery) as raised:
         parse_identifier(_identifier(**keys))
     assert "Canary" not in str(raised.value) and "1950" not in str(raised.value)
+
+
+def test_values_pynetdicom_quotes_from_a_request_are_withheld_in_the_logs(tmp_path) -> None:
+    """A peer's non-conformant UID may hold a name: the log keeps the element, not the value."""
+    import logging
+
+    from dicom_node.cli._logging import add_log_file
+
+    path = tmp_path / "node.log"
+    add_log_file(path, max_bytes=2**20, backups=1)
+    try:
+        logging.getLogger("pynetdicom.utils").warning(
+            "Non-conformant 'Affected SOP Instance UID' value '1.2.DOE^JANE'"
+        )
+        logging.getLogger("dicom_node.test").warning("value '1.2.3' of our own stays")
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "baseFilename", "") == str(path)]:
+            root.removeHandler(handler)
+            handler.close()
+    text = path.read_text()
+    assert "DOE" not in text
+    assert "Non-conformant 'Affected SOP Instance UID' value (withheld)" in text
+    assert "value '1.2.3' of our own stays" in text
