@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,10 +80,6 @@ CANARIES = ("CANARYZEBRA", "QUOKKA", CANARY_ID)
 #: The AE the rows query with; granted what the row needs through the environment.
 FINDER = "FINDER"
 BROWSER = "BROWSER"
-
-# The sender must send mutated files byte for byte, not decode and re-encode them.
-_config.STORE_SEND_CHUNKED_DATASET = True
-warnings.simplefilter("ignore")
 
 
 @dataclass
@@ -113,15 +110,16 @@ class NodeProcess:
             "DICOM_NODE_ACCESS_AE_TITLES": access,
         }
         self.popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
-        log = (self.logs / f"{self.data_dir.name}-{self.starts}.out").open("wb")
+        self._log = (self.logs / f"{self.data_dir.name}-{self.starts}.out").open("wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "dicom_node", "serve", "--no-worker", "--data-dir",
              str(self.data_dir), "--port", str(self.port), "--host", "127.0.0.1"],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
         )  # fmt: skip
         wait_for_port(self.similarity_port, process=self.popen, timeout=300)
         deadline = time.monotonic() + 120  # node.json is written once the node serves
@@ -138,11 +136,19 @@ class NodeProcess:
         assert self.popen is not None
         self.popen.send_signal(signal.SIGKILL)
         self.popen.wait()
+        self._close_log()
 
     def stop(self) -> int:
         assert self.popen is not None
         self.popen.send_signal(signal.SIGTERM)
-        return self.popen.wait(300)
+        code = self.popen.wait(300)
+        self._close_log()
+        return code
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def rss_mib(self) -> float:
         assert self.popen is not None
@@ -339,31 +345,62 @@ def row_duplicates(
     )
 
 
-def _mutants(base: bytes, offset: int, count: int, seed: int) -> list[tuple[str, bytes]]:
-    """Byte-level mutants of an encoded file: the file meta (up to ``offset``) kept."""
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+              b"UT", b"UV"}  # fmt: skip
+
+
+def _element_starts(body: bytes) -> list[tuple[int, bool]]:
+    """Offsets of the top-level elements of an Explicit VR Little Endian body up to the
+    pixel data, each with whether its length is 32-bit."""
+    starts, pos = [], 0
+    while pos + 8 <= len(body):
+        if body[pos : pos + 4] == b"\xe0\x7f\x10\x00":  # (7FE0,0010) Pixel Data
+            break
+        long_form = body[pos + 4 : pos + 6] in _LONG_VRS
+        if long_form:
+            (length,) = struct.unpack("<I", body[pos + 8 : pos + 12])
+            size = 12 + length
+        else:
+            (length,) = struct.unpack("<H", body[pos + 6 : pos + 8])
+            size = 8 + length
+        if length == 0xFFFFFFFF:
+            break  # undefined length: the walk ends here
+        starts.append((pos, long_form))
+        pos += size
+    return starts
+
+
+def _mutants(
+    base: bytes, offset: int, count: int, seed: int, first: int = 0
+) -> list[tuple[str, bytes]]:
+    """Byte-level mutants of an encoded file: the file meta (up to ``offset``) kept, the
+    header elements (not the pixel data) attacked; kinds in turn from the ``first``."""
     rng = random.Random(seed)
     body = base[offset:]
+    elements = _element_starts(body)
+    header_end = elements[-1][0] if elements else len(body)
     out = []
     kinds = ("truncate", "length", "uid", "vr", "garbage")
-    for i in range(count):
+    for i in range(first, first + count):
         kind = kinds[i % len(kinds)]
         data = bytearray(body)
+        at, long_form = rng.choice(elements)
         if kind == "truncate":
             data = data[: rng.randrange(1, len(data))]
-        elif kind == "length":  # an element's 16- or 32-bit length made a lie
-            at = rng.randrange(0, len(data) - 8, 2)
-            data[at + 6 : at + 8] = struct.pack("<H", rng.choice([0xFFFF, 0xFFFE, 1, 3]))
+        elif kind == "length":  # an element's length made a lie
+            if long_form:
+                data[at + 8 : at + 12] = struct.pack("<I", rng.choice([0xFFFFFFF0, 0x7FFFFFFF, 3]))
+            else:
+                data[at + 6 : at + 8] = struct.pack("<H", rng.choice([0xFFFF, 0xFFFE, 1, 3]))
         elif kind == "uid":  # letters inside the UIDs
             for _ in range(3):
-                at = data.find(b"1.2.", rng.randrange(0, len(data)))
-                if at >= 0:
-                    data[at : at + 4] = b"A.B."
+                found = data.find(b"1.2.", rng.randrange(0, header_end))
+                if 0 <= found < header_end:
+                    data[found : found + 4] = b"A.B."
         elif kind == "vr":  # a VR replaced by one that is not a VR
-            at = rng.randrange(0, min(len(data), 2000) - 6, 2)
-            data[at + 4 : at + 6] = rng.choice([b"ZZ", b"\x00\x00", b"SQ", b"OB"])
-        else:
-            at = rng.randrange(0, len(data))
-            data[at : at + 64] = bytes(rng.randrange(256) for _ in range(64))
+            data[at + 4 : at + 6] = rng.choice([b"ZZ", b"\x00\x00", b"SQ", b"\xff\xff"])
+        else:  # garbage over an element's header and value
+            data[at : at + 16] = bytes(rng.randrange(256) for _ in range(16))
         out.append((kind, base[:offset] + bytes(data)))
     return out
 
@@ -378,20 +415,26 @@ def row_mutants(work: Path, logs: Path, count: int) -> Result:
     folder.mkdir()
     seeds = _series(5, 5, seed=3)
     files: list[tuple[str, Path]] = []
-    for n, ds in enumerate(seeds):
-        path = folder / f"seed{n}.dcm"
+    for m in range(count):
+        # A SOP Instance UID of its own: a mutant is judged for itself, never as a
+        # resend of an instance already stored (0xB006).
+        ds = seeds[m % len(seeds)]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = folder / "seed.dcm"
         dcmwrite(path, ds, enforce_file_format=True)
         _, offset = split_dataset(path)
-        for m, (kind, data) in enumerate(_mutants(path.read_bytes(), offset, count // 5, n)):
-            mutant = folder / f"m{n}-{m}-{kind}.dcm"
-            mutant.write_bytes(data)
-            files.append((kind, mutant))
+        ((kind, data),) = _mutants(path.read_bytes(), offset, 1, seed=m, first=m // len(seeds))
+        mutant = folder / f"m{m}-{kind}.dcm"
+        mutant.write_bytes(data)
+        files.append((kind, mutant))
     statuses: dict[str, int] = {}
     no_answer = 0
+    # Send the mutated files byte for byte, not decoded and encoded again.
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
     successes: set[str] = set()
     with running(node):
         assoc = None
-        for _kind, path in files:
+        for kind, path in files:
             if assoc is None or not assoc.is_established:
                 assoc = _associate(node.port)
             try:
@@ -403,7 +446,7 @@ def row_mutants(work: Path, logs: Path, count: int) -> Result:
                 no_answer += 1
                 continue
             code = int(status.Status)
-            key = f"0x{code:04X}"
+            key = f"{kind} 0x{code:04X}"
             statuses[key] = statuses.get(key, 0) + 1
             if code in (0x0000, 0xB000, 0xB006, 0xB007):
                 from pydicom import dcmread
@@ -415,6 +458,7 @@ def row_mutants(work: Path, logs: Path, count: int) -> Result:
         if assoc is not None and assoc.is_established:
             assoc.release()
         alive = node.alive()
+    _config.STORE_SEND_CHUNKED_DATASET = chunked
     stored, _ = _instance_files(node.data_dir)
     kept_for_failures = max(0, len(stored) - len(successes))
     ok = alive and no_answer == 0 and kept_for_failures == 0
@@ -636,7 +680,8 @@ def row_canary(work: Path, logs: Path) -> Result:
     )
 
 
-def _canaries_in_logs(work: Path, logs: Path) -> dict[str, int]:
+def canaries_in_logs(work: Path, logs: Path) -> dict[str, int]:
+    """Occurrences of the canary names and IDs in every log of the rows, by file."""
     found: dict[str, int] = {}
     candidates = list(logs.glob("*")) + list(work.glob("*/logs/*"))
     for path in candidates:
@@ -666,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
     args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")  # pydicom's about the invalid values sent on purpose
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
     size = {row: sizes[1 if args.full else 0] for row, sizes in SIZES.items()}
@@ -696,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - a row that breaks is a failed row
                 results.append(Result(name, f"ERROR {exc.__class__.__name__}: {exc}", False))
         if "canary" in wanted:
-            found = _canaries_in_logs(work, logs)
+            found = canaries_in_logs(work, logs)
             canary = next(r for r in results if r.row == "canary")
             canary.figure += f"; canaries in logs: {sum(found.values())} {found or ''}"
             canary.passed = canary.passed and not found

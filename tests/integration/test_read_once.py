@@ -132,6 +132,7 @@ def test_a_processed_series_is_read_headers_once_and_pixel_data_once(
         assert counts and max(counts) == 2, counts
     finally:
         node.catalog.close()
+        node.lock.release()
 
 
 def _measurement_groups(document: pydicom.Dataset) -> list[pydicom.Dataset]:

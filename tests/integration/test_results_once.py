@@ -41,6 +41,7 @@ def _received(folder: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.iterdir())]
 
 
+@pytest.mark.timeout(900)  # five processing rounds of two phantom studies, on a loaded machine
 def test_reprocessed_study_leaves_one_current_sr_and_montage_at_the_pacs(
     tmp_path, cohort, tiny_model_dir, make_settings, start_node, capsys
 ) -> None:
