@@ -272,6 +272,8 @@ class Node:
             ``dicom-node worker``: only the workers and the index run; no
             association is accepted, no series completed, nothing sent.
         """
+        if self.lock is None and not only_workers:
+            raise RuntimeError("a node without the data directory's lock may only run workers")
         settings = self.settings
         logger.info(
             "dicom-node %s starting%s: %s",
@@ -286,8 +288,6 @@ class Node:
                 poll_seconds=settings.index.poll_seconds,
                 snapshot_seconds=settings.index.snapshot_minutes * 60.0,
             )
-        if self.lock is None and not only_workers:
-            raise RuntimeError("a node without the data directory's lock may only run workers")
         if only_workers:
             self.runner.recover()
             self.workers.start()

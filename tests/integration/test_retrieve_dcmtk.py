@@ -138,7 +138,7 @@ def test_getscu_retrieves_a_listed_similar_study_for_an_allowed_ae_only(
     assert len(browsed) == 2 and not set(browsed) & set(listed)
     for study, out in ((browsed[0], "opaque"), (listed[0], "real")):
         denied = _getscu(node, "BROWSER", study, tmp_path / out)
-        assert denied.returncode != 0 and "Calling AE Title Not Recognized" in denied.stderr
+        assert denied.returncode != 0 and "Association Rejected" in denied.stderr
         assert list((tmp_path / out).iterdir()) == []
 
 
