@@ -65,3 +65,13 @@ def make_pki(directory: Path, clients: tuple[str, ...] = ("client",)) -> dict[st
             )
         write(stem, key, builder.sign(ca_key, hashes.SHA256()))
     return {p.stem + "_" + p.suffix[1:]: p for p in directory.iterdir()}
+
+
+def tls_security(pki: dict[str, Path]) -> dict[str, str]:
+    """The ``[security]`` settings of a node serving DICOM TLS with ``pki``'s server
+    certificate and requiring client certificates of its CA."""
+    return {
+        "tls_certificate": str(pki["server_crt"]),
+        "tls_private_key": str(pki["server_key"]),
+        "tls_ca_certificates": str(pki["ca_crt"]),
+    }

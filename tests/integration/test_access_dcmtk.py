@@ -14,7 +14,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.factories import write_ct_series
 from tests.peers import dcmtk, run_peer
-from tests.pki import make_pki
+from tests.pki import make_pki, tls_security
 
 pytestmark = pytest.mark.integration
 
@@ -85,11 +85,7 @@ def test_tls_client_certificate_is_bound_to_its_ae_title(
     pki = make_pki(tmp_path, clients=("pacs", "viewer"))
     node = start_node(
         make_settings(
-            security={
-                "tls_certificate": str(pki["server_crt"]),
-                "tls_private_key": str(pki["server_key"]),
-                "tls_ca_certificates": str(pki["ca_crt"]),
-            },
+            security=tls_security(pki),
             access={
                 "ae_titles": {
                     "PACS": {"permissions": ["store"], "tls_subjects": ["CN=pacs"]},

@@ -9,7 +9,6 @@ montage are current.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +18,13 @@ import pytest
 from ai.phantom import TEST_GEOMETRY, write_cohort
 from dicom_node.cli import main
 from storage.catalog import DeliveryState, SeriesState
-from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port, wait_until
+from tests.peers import (
+    dcmtk,
+    free_port,
+    run_peer,
+    start_storescp,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +52,7 @@ def test_reprocessed_study_leaves_one_current_sr_and_montage_at_the_pacs(
 ) -> None:
     port = free_port()
     pacs_dir = tmp_path / "pacs"
-    pacs_dir.mkdir()
-    pacs = subprocess.Popen(
-        # -uf: a unique file per received object, so a resend would show as a second file
-        [dcmtk("storescp"), "-uf", "-od", str(pacs_dir), "-aet", "PACS", str(port)],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, process=pacs)
+    pacs = start_storescp(port, pacs_dir, unique_files=True)  # a resend: a second file
     try:
         settings = make_settings(
             worker={"model_dir": str(tiny_model_dir)},

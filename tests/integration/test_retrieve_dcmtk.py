@@ -18,7 +18,7 @@ import pytest
 from dicom_node.retrieval.similar import SimilarityIndex
 from storage.catalog import Catalog
 from tests.factories import near_code, new_nodule, receive_files, write_ct_series
-from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port
+from tests.peers import dcmtk, free_port, run_peer, start_storescp
 
 pytestmark = pytest.mark.integration
 VERSION = "test-model-1"
@@ -146,15 +146,8 @@ def test_movescu_sends_to_the_configured_destination_only(node_with_priors, tmp_
     node, studies, viewer_port = node_with_priors
     study = _similar_studies(node, tmp_path)[0]
     inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    viewer = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "VIEWER", "-od", str(inbox), str(viewer_port)],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    viewer = start_storescp(viewer_port, inbox, ae_title="VIEWER")
     try:
-        wait_for_port(viewer_port, process=viewer)
         moved = _movescu(node, "VIEWER", "VIEWER", study)
         assert moved.returncode == 0, moved.stderr
         assert len(list(inbox.iterdir())) == SLICES

@@ -12,22 +12,14 @@ import pytest
 from storage.catalog import Catalog, SeriesState
 from tests.factories import dataset_bytes, write_ct_series
 from tests.peers import PEER_ENV, dcmtk, run_peer, wait_until
-from tests.pki import make_pki
+from tests.pki import make_pki, tls_security
 
 pytestmark = pytest.mark.integration
 
 
 def test_tls_association_with_client_certificate(tmp_path, make_settings, start_node) -> None:
     pki = make_pki(tmp_path)
-    node = start_node(
-        make_settings(
-            security={
-                "tls_certificate": str(pki["server_crt"]),
-                "tls_private_key": str(pki["server_key"]),
-                "tls_ca_certificates": str(pki["ca_crt"]),
-            }
-        )
-    )
+    node = start_node(make_settings(security=tls_security(pki)))
     tls = ["+tls", str(pki["client_key"]), str(pki["client_crt"]), "+cf", str(pki["ca_crt"])]
     echo = run_peer(
         [dcmtk("echoscu"), "-v", *tls, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]

@@ -9,7 +9,6 @@ shipped model in tests/integration/test_retrieval_quality.py.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pydicom
 import pytest
@@ -18,7 +17,13 @@ from ai.phantom import TEST_GEOMETRY, write_cohort
 from dicom_node.cli import main
 from storage.catalog import DeliveryState, SeriesState
 from tests.factories import write_ct_series
-from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port, wait_until
+from tests.peers import (
+    dcmtk,
+    free_port,
+    run_peer,
+    start_storescp,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +44,7 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
 ) -> None:
     pacs_port = free_port()
     received = tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        [dcmtk("storescp"), "-od", str(received), "-aet", "PACS", str(pacs_port)],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(pacs_port, process=pacs)
+    pacs = start_storescp(pacs_port, received)
     try:
         settings = make_settings(
             worker={"model_dir": str(tiny_model_dir)},
