@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO))
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pynetdicom import AE, _config  # noqa: E402
+from pynetdicom.association import Association  # noqa: E402
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # noqa: E402
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
@@ -190,7 +191,9 @@ def _series(count: int, per_series: int, seed: int) -> list[Dataset]:
     return datasets
 
 
-def _associate(port: int, calling: str = "PACS", contexts: tuple[str, ...] = (CTImageStorage,)):
+def _associate(
+    port: int, calling: str = "PACS", contexts: tuple[str, ...] = (CTImageStorage,)
+) -> Association:
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for context in contexts:
@@ -604,7 +607,7 @@ def row_unknown_ae(work: Path, logs: Path) -> Result:
         main_status, _ = _find(node.port, "DICOM_NODE", "STRANGER", {**keys, "PatientID": "*"})
         sim_status, _ = _find(node.similarity_port, "DICOM_NODE_SIM", "STRANGER", keys)
         deadline = time.monotonic() + 120
-        browse_status, answers = "", []
+        browse_status, answers = "", list[Dataset]()
         while time.monotonic() < deadline and not answers:
             browse_status, answers = _find(node.similarity_port, "DICOM_NODE_SIM", BROWSER, keys)
             if not answers:
