@@ -219,7 +219,7 @@ class ResultsStep:
         if not self.catalog.workflow.send_results(series_uid):
             return f"{what}, not sent (reindex without --send-results)"
         if not self.catalog.backfill.may_send_results(series_uid):
-            return f"{what}, not sent (backfilled without --send-results)"
+            return f"{what}, not sent (backfilled)"
         # Unchanged results are queued too: only destinations that never had
         # them (added since, or a restart between keeping and queueing) get them.
         queued = sum(self.outbox.enqueue(result) for result in [*made, *current])
