@@ -153,7 +153,7 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     )
     assert main(["status", "--data-dir", str(settings.data_dir)]) == 0
     table = capsys.readouterr().out
-    assert table.count("result  similar-case SR of series #") == 4
+    assert table.count("result  similar-case SR (series #") == 4
     assert "skipped" in table and "modality SR" not in table
     study = indexed[0].study_instance_uid
     png = tmp_path / "gallery.png"
