@@ -18,13 +18,7 @@ import pytest
 from ai.phantom import TEST_GEOMETRY, write_cohort
 from dicom_node.cli import main
 from storage.catalog import DeliveryState, SeriesState
-from tests.peers import (
-    dcmtk,
-    free_port,
-    run_peer,
-    start_storescp,
-    wait_until,
-)
+from tests.peers import dcmtk, free_port, run_peer, start_storescp, wait_until
 
 pytestmark = pytest.mark.integration
 
