@@ -331,3 +331,23 @@ def lidc_nodules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
     return target / "lidc-nodules"
+
+
+@pytest.fixture(scope="session")
+def lidc_0001_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real LIDC-IDRI-0001 series folder (slices + XML), extracted once (skips without it)."""
+    import tarfile
+
+    archive = shared_archive("LIDC-IDRI-0001.tar.gz")
+    target = tmp_path_factory.mktemp("lidc-0001")
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return next(target.rglob("*.xml")).parent
+
+
+@pytest.fixture(scope="session")
+def lidc_0001_volume(lidc_0001_dir: Path) -> Any:
+    """LIDC-IDRI-0001 as the node reads it (1 mm grid)."""
+    from ai.volume import load_series
+
+    return load_series(sorted(lidc_0001_dir.glob("*.dcm")))
