@@ -44,7 +44,15 @@ from scipy import ndimage
 from ai.errors import NotALungCT
 from ai.types import Volume
 
-__all__ = ["LungMask", "segment_lungs", "close_mask", "dilate_mask", "erode_mask", "lung_bbox"]
+__all__ = [
+    "LungMask",
+    "segment_lungs",
+    "close_mask",
+    "dilate_mask",
+    "erode_mask",
+    "fill_lung",
+    "lung_bbox",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +209,35 @@ def _fill_holes(
         small[plane_labels[0, 0]] = False
         out[z] |= small[plane_labels][1:-1, 1:-1]
     return out
+
+
+def fill_lung(
+    lung: torch.Tensor,
+    spacing: tuple[float, float, float],
+    *,
+    closing_mm: float = 6.0,
+    max_hole_mm2: float = 400.0,
+) -> npt.NDArray[np.bool_]:
+    """Bring vessels and juxtapleural nodules into one lung's air mask.
+
+    Parameters
+    ----------
+    lung : torch.Tensor
+        ``(z, y, x)`` bool, the lung's air voxels (any device).
+    spacing : tuple of float
+        ``(z, y, x)`` voxel size in mm.
+    closing_mm : float
+        Radius of the closing (:func:`close_mask`).
+    max_hole_mm2 : float
+        Largest in-plane hole filled slice by slice (3-D holes are always filled).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(z, y, x)`` bool, a superset of ``lung``.
+    """
+    closed = close_mask(lung, closing_mm, spacing).cpu().numpy()
+    return _fill_holes(closed, spacing, max_hole_mm2)
 
 
 def lung_bbox(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, slice, slice]:
@@ -486,8 +523,7 @@ def segment_lungs(
     labels_box = np.zeros(seeds.shape, dtype=np.uint8)
     for value in (RIGHT_LUNG, LEFT_LUNG):
         one = torch.from_numpy(seeds == value).to(device)
-        closed = close_mask(one, closing_mm, volume.spacing).cpu().numpy()
-        filled = _fill_holes(closed, volume.spacing, max_hole_mm2)
+        filled = fill_lung(one, volume.spacing, closing_mm=closing_mm, max_hole_mm2=max_hole_mm2)
         labels_box[filled & (labels_box == 0)] = value
     labels = np.zeros(volume.shape, dtype=np.uint8)
     labels[box] = labels_box

@@ -25,6 +25,7 @@ with the vessel it touches and with the pleura it sits on. We do better:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -34,7 +35,15 @@ import torch
 import torch.nn.functional as F
 
 from ai.lungs import LungMask, close_mask, lung_bbox
-from ai.measure import SPHERE_RESPONSE, NoduleCandidate, Seed, Texture, measure_seed
+from ai.measure import (
+    DEFAULT_SEGMENTATION,
+    SPHERE_RESPONSE,
+    NoduleCandidate,
+    Seed,
+    SegmentationParams,
+    Texture,
+    measure_seed,
+)
 from ai.types import Volume
 
 __all__ = ["NoduleCandidate", "SPHERE_RESPONSE", "Texture", "find_nodules", "blobness"]
@@ -219,7 +228,7 @@ def find_nodules(
     *,
     device: str | torch.device = "cpu",
     min_diameter_mm: float = 3.0,
-    max_diameter_mm: float = 30.0,
+    max_diameter_mm: float = 40.0,
     detect_spacing_mm: float = 1.4,
     search_closing_mm: float = 15.0,
     saturation_hu: float = -450.0,
@@ -227,6 +236,7 @@ def find_nodules(
     max_seeds: int = 400,
     min_confidence: float = 0.01,
     background_hu: float | None = None,
+    segmentation: SegmentationParams = DEFAULT_SEGMENTATION,
 ) -> list[NoduleCandidate]:
     """Find nodule candidates inside the lungs.
 
@@ -239,7 +249,8 @@ def find_nodules(
     device : str or torch.device
         Where the blob filter runs.
     min_diameter_mm, max_diameter_mm : float
-        Size range searched (3-30 mm, the LUNA16 range).
+        Size range searched (3-40 mm: the LUNA16 range of 3-30 mm and the larger
+        masses the LIDC readers marked).
     detect_spacing_mm : float
         The blob filter runs on the volume pooled by whole factors towards
         this voxel size (never finer than the volume).
@@ -256,6 +267,8 @@ def find_nodules(
     background_hu : float, optional
         HU of normal lung parenchyma; default the median HU inside the lungs
         (give it when the volume holds little lung, e.g. a crop around a nodule).
+    segmentation : ai.measure.SegmentationParams
+        Tunables of the per-candidate segmentation.
 
     Returns
     -------
@@ -314,7 +327,7 @@ def find_nodules(
             labels,
             volume,
             background,
-            max_diameter_mm,
+            segmentation,
         )
         if cand is None or cand.confidence < min_confidence:
             continue
@@ -339,17 +352,9 @@ def _shift(
     zyx = np.asarray(cand.center_zyx) + start
     xyz = volume.voxel_to_world(zyx)
     bbox = tuple((a + int(o), b + int(o)) for (a, b), o in zip(cand.bbox, start, strict=True))
-    return NoduleCandidate(
+    return dataclasses.replace(
+        cand,
         center_zyx=(float(zyx[0]), float(zyx[1]), float(zyx[2])),
         center_xyz=(float(xyz[0]), float(xyz[1]), float(xyz[2])),
-        diameter_mm=cand.diameter_mm,
-        long_axis_mm=cand.long_axis_mm,
-        volume_mm3=cand.volume_mm3,
-        mean_hu=cand.mean_hu,
-        peak_hu=cand.peak_hu,
-        texture=cand.texture,
         bbox=bbox,  # type: ignore[arg-type]
-        confidence=cand.confidence,
-        laterality=cand.laterality,
-        elongation=cand.elongation,
     )

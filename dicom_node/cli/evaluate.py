@@ -241,7 +241,12 @@ def run_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+from dicom_node.cli._evaluate_measurement import add_measurement  # noqa: E402 - after its helpers
 from dicom_node.cli._evaluate_retrieval import add_retrieval  # noqa: E402 - after its helpers
 
 #: One adder per nested evaluation (see the module docstring).
-EVALUATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (add_detection, add_retrieval)
+EVALUATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    add_detection,
+    add_retrieval,
+    add_measurement,
+)
