@@ -44,6 +44,7 @@ from ai.types import Volume
 from ai.volume import resample, resample_like
 
 __all__ = [
+    "CropContext",
     "CropMeasurement",
     "MeasurementReport",
     "MeasurementRow",
@@ -83,20 +84,39 @@ class CropMeasurement:
     solid_share: float | None = None
 
 
+@dataclass(frozen=True)
+class CropContext:
+    """A nodule crop made into a small lung volume (:func:`crop_in_context`)."""
+
+    volume: Volume
+    """Padded (and resampled) HU volume."""
+    lungs: LungMask
+    """Label 1 for the lung around the nodule."""
+    background_hu: float
+    """Median HU of the crop's parenchyma."""
+    data_box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    """Half-open ``(z, y, x)`` voxel bounds of the crop's own data in ``volume``."""
+    reference: npt.NDArray[np.bool_] | None
+    """The readers' mask on ``volume``'s grid, when one was given."""
+
+
 def crop_in_context(
     volume: Volume,
+    reference: npt.NDArray[np.bool_] | None = None,
     *,
     pad_mm: float = 10.0,
     spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0),
     air_threshold_hu: float = -400.0,
     seed: int = 0,
-) -> tuple[Volume, LungMask, float]:
+) -> CropContext:
     """A nodule crop as a small lung volume the detector can run on.
 
     Parameters
     ----------
     volume : Volume
         ``(z, y, x)`` HU crop (native grid).
+    reference : numpy.ndarray, optional
+        The readers' mask on the crop's grid, brought onto the new grid.
     pad_mm : float
         Parenchyma added above and below the crop, mm.
     spacing : tuple of float or None
@@ -108,12 +128,7 @@ def crop_in_context(
 
     Returns
     -------
-    volume : Volume
-        Padded (and resampled) HU volume.
-    lungs : LungMask
-        Label 1 for the lung around the nodule (one lung).
-    background_hu : float
-        Median HU of the crop's parenchyma.
+    CropContext
     """
     hu = np.asarray(volume.array, dtype=np.float32)
     parenchyma = hu[hu < -600.0]
@@ -138,7 +153,24 @@ def crop_in_context(
     lung = fill_lung(torch.from_numpy(air), context.spacing)
     labels = lung.astype(np.uint8)
     mask = LungMask(labels=labels, airway=np.zeros_like(lung), spacing=context.spacing)
-    return context, mask, background
+    corners = np.array(
+        [volume.voxel_to_world((z, y, x)) for z in (-0.5, volume.shape[0] - 0.5)
+         for y in (-0.5, volume.shape[1] - 0.5) for x in (-0.5, volume.shape[2] - 0.5)]
+    )
+    inside = context.world_to_voxel(corners)
+    low = np.clip(np.ceil(inside.min(axis=0) - 1e-6), 0, None).astype(int)
+    high = np.minimum(np.floor(inside.max(axis=0) + 1e-6).astype(int) + 1, context.shape)
+    box = ((int(low[0]), int(high[0])), (int(low[1]), int(high[1])), (int(low[2]), int(high[2])))
+    on_grid = None
+    if reference is not None:
+        ref_volume = Volume(
+            array=reference.astype(np.uint8),
+            spacing=volume.spacing,
+            origin=volume.origin,
+            direction=volume.direction,
+        )
+        on_grid = np.asarray(resample_like(ref_volume, context).array) > 0
+    return CropContext(context, mask, background, box, on_grid)
 
 
 def _inside(candidate: NoduleCandidate, reference: npt.NDArray[np.bool_]) -> bool:
@@ -174,23 +206,19 @@ def measure_crop(
     """
     volume, reference = load_crop(nodule)
     ref = shape_measures(reference, volume.spacing)
-    context, lungs, background = crop_in_context(volume, spacing=spacing)
-    ref_volume = Volume(
-        array=reference.astype(np.uint8),
-        spacing=volume.spacing,
-        origin=volume.origin,
-        direction=volume.direction,
+    crop = crop_in_context(volume, reference, spacing=spacing)
+    ref_on_grid = (
+        crop.reference if crop.reference is not None else np.zeros(crop.volume.shape, np.bool_)
     )
-    ref_on_grid = np.asarray(resample_like(ref_volume, context).array) > 0
     # a reference too thin to survive nearest-neighbour resampling: accept its centroid's voxel
     if not ref_on_grid.any():
-        centre = np.rint(context.world_to_voxel(nodule.center_xyz)).astype(int)
-        ref_on_grid[tuple(np.clip(centre, 0, np.asarray(context.shape) - 1))] = True
+        centre = np.rint(crop.volume.world_to_voxel(nodule.center_xyz)).astype(int)
+        ref_on_grid[tuple(np.clip(centre, 0, np.asarray(crop.volume.shape) - 1))] = True
     candidates = find_nodules(
-        context,
-        lungs,
+        crop.volume,
+        crop.lungs,
         device=device,
-        background_hu=background,
+        background_hu=crop.background_hu,
         min_confidence=0.0,
         segmentation=segmentation,
     )

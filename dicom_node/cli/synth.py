@@ -86,6 +86,11 @@ def add_subparser(subparsers: Any) -> None:
     output.add_argument(
         "--workers", type=int, default=1, help="processes writing patients in parallel"
     )
+    output.add_argument(
+        "--no-follow-up-motion",
+        action="store_true",
+        help="follow-ups only shifted on the table, not rotated (default: both)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -126,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         orientation=args.orientation,
         noise_hu=args.noise,
         workers=args.workers,
+        follow_up_motion=not args.no_follow_up_motion,
     )
     elapsed = time.perf_counter() - started
     print(f"{'patients':>9} {'studies':>8} {'nodules':>8} {'files':>7} {'seconds':>8}")
