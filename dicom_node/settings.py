@@ -114,9 +114,12 @@ class WorkerSettings:
     """Worker threads processing completed series in the node process."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    min_nodule_confidence: float = 0.15
-    """Operating point of the detector: candidates under this confidence are not
-    indexed or reported (``dicom-node evaluate detection`` shows the FROC)."""
+    min_nodule_probability: float = 0.5
+    """Operating point: candidates whose probability of being a nodule (the false-positive
+    reduction network, ``ai.fpr``) is under this are not indexed or reported. Chosen for
+    about 1 false positive per scan (``dicom-node evaluate detection``, model card)."""
+    min_nodule_diameter_mm: float = 4.0
+    """Smallest equivalent diameter reported, mm (Lung-RADS counts from 4 mm; LUNA16 3 mm)."""
     model_dir: str = ""
     """Folder written by ``dicom-node train`` (weights + model card); empty = the shipped model."""
 
@@ -518,8 +521,10 @@ def validate(settings: Settings, *, check_paths: bool = True) -> None:
         raise SettingsError(
             "worker.threads must not be negative (0 = no processing in this process)"
         )
-    if not 0.0 <= settings.worker.min_nodule_confidence <= 1.0:
-        raise SettingsError("worker.min_nodule_confidence must be within 0..1")
+    if not 0.0 <= settings.worker.min_nodule_probability <= 1.0:
+        raise SettingsError("worker.min_nodule_probability must be within 0..1")
+    if not 0.0 <= settings.worker.min_nodule_diameter_mm <= 30.0:
+        raise SettingsError("worker.min_nodule_diameter_mm must be within 0..30")
     if settings.worker.device not in {"auto", "cpu", "cuda"}:
         raise SettingsError(f"worker.device: {settings.worker.device!r} is not auto, cpu or cuda")
     sim = settings.similarity

@@ -101,7 +101,8 @@ class AIProcessor:
                 self.model.net,
                 device=self.device,
                 model_version=self.version,
-                min_confidence=self.settings.worker.min_nodule_confidence,
+                min_probability=self.settings.worker.min_nodule_probability,
+                min_diameter_mm=self.settings.worker.min_nodule_diameter_mm,
             )
         except AIError as exc:
             return Outcome(SeriesState.SKIPPED, f"{exc.__class__.__name__}: {exc}")
@@ -151,7 +152,10 @@ class AIProcessor:
                     "peak_hu": float(nodule.peak_hu),
                     "texture": str(nodule.texture),
                     "laterality": str(nodule.laterality),
-                    "confidence": float(nodule.confidence),
+                    # the false-positive reduction network's probability of a nodule
+                    "confidence": float(
+                        nodule.probability if nodule.probability is not None else nodule.confidence
+                    ),
                     "size_class": size_class(float(nodule.diameter_mm)),
                     "predicted_size_class": int(codes.size_class[i]),
                     "predicted_texture": TEXTURES[int(codes.texture[i])],

@@ -36,7 +36,7 @@ from ai.fpr.patches import FEATURES, TRAIN_PATCH_SHAPE, candidate_features, cand
 from ai.lungs import LungMask, segment_lungs
 from ai.measure import NoduleCandidate
 from ai.nodules import find_nodules
-from ai.readers.lidc import LidcScan, read_lidc_scan
+from ai.readers.lidc import luna16_marks, read_lidc_scan
 from ai.readers.lidc_crops import CropNodule, load_crop
 from ai.types import Volume
 from ai.volume import resample
@@ -49,7 +49,6 @@ __all__ = [
     "crop_samples",
     "label_candidates",
     "lidc_scan_samples",
-    "lidc_truths",
     "phantom_samples",
     "volume_samples",
 ]
@@ -317,7 +316,7 @@ def lidc_scan_samples(
     """
     scan = read_lidc_scan(series_dir)
     volume = resample(scan.volume, NODE_SPACING)
-    truths, exclusions = lidc_truths(scan)
+    truths, exclusions = luna16_marks(scan)
     samples, candidates = volume_samples(
         volume,
         truths,
@@ -328,22 +327,6 @@ def lidc_scan_samples(
         device=device,
     )
     return samples, candidates, volume
-
-
-def lidc_truths(scan: LidcScan) -> tuple[list[Mark], list[Mark]]:
-    """LUNA16's rule on a LIDC-IDRI scan: (nodules, other marks).
-
-    Nodules are the consensus lesions of 3 mm or more marked by at least 3
-    readers; every other mark (smaller, or fewer readers) is an exclusion.
-    """
-    truths, exclusions = [], []
-    for nodule in scan.nodules:
-        entry = (nodule.center_xyz, max(nodule.diameter_mm, 3.0))
-        if not nodule.small and nodule.diameter_mm >= 3.0 and len(nodule.readers) >= 3:
-            truths.append(entry)
-        else:
-            exclusions.append(entry)
-    return truths, exclusions
 
 
 def phantom_samples(
