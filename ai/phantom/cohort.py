@@ -133,7 +133,7 @@ def _write_study(
 
 
 def _write_patient(
-    args: tuple[Path, int, int, int, int, ScanGeometry, float, str, str, float, bool],
+    args: tuple[Path, int, int, int, int, ScanGeometry, float, str, str, float, bool, str],
 ) -> list[dict[str, Any]]:
     (
         out_dir,
@@ -147,9 +147,15 @@ def _write_patient(
         orientation,
         noise,
         motion,
+        family,
     ) = args
     plan = plan_patient(
-        seed, patient_index, n_tracks=n_tracks, n_studies=n_studies, anatomy_scale=scale
+        seed,
+        patient_index,
+        n_tracks=n_tracks,
+        n_studies=n_studies,
+        anatomy_scale=scale,
+        family=family,
     )
     records = []
     for study_index in range(n_studies):
@@ -183,6 +189,7 @@ def write_cohort(
     noise_hu: float = 20.0,
     workers: int = 1,
     follow_up_motion: bool = True,
+    family: str = "a",
 ) -> CohortSummary:
     """Synthesize and write a cohort of patients, each with a prior and follow-up studies.
 
@@ -215,6 +222,10 @@ def write_cohort(
         shifted (:func:`ai.phantom.render.study_rotation_deg`); their truth is
         in their own world coordinates. ``truth.json`` records each study's
         ``rotation_deg``.
+    family : {"a", "b"}, optional
+        Phantom family (``ai.phantom.render.FAMILIES``): ``"b"`` has other
+        vessels, real LIDC nodule shapes and another scanner
+        (:mod:`ai.phantom.family_b`); evaluate on the family you did not tune on.
 
     Returns
     -------
@@ -242,6 +253,7 @@ def write_cohort(
             orientation,
             noise_hu,
             follow_up_motion,
+            family,
         )
         for p in range(patients)
     ]
@@ -274,6 +286,7 @@ def write_cohort(
         "orientation": orientation,
         "noise_hu": noise_hu,
         "follow_up_motion": follow_up_motion,
+        "family": family,
         "lung_labels": {"0": "outside", "1": "right lung", "2": "left lung"},
     }
     truth.write_text(
