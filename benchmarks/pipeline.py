@@ -1,21 +1,25 @@
 """Completion → indexed: seconds for one 512×512×300 phantom series through the node's worker.
 
-The series is written as DICOM and stored in a node's instance store and
-catalog first (not timed); then the timed part is exactly what the worker
-does when the series completes: read the files, qualify, load the HU volume,
-lungs, nodules, ROIs, codes, catalog rows, index. Uses the shipped hashing
-model when there is one, else an untrained one of the default size (same
-cost).
+The series is written as DICOM (or taken from ``--dicom DIR``, e.g. the real
+LIDC-IDRI-0001 scan) and stored in a node's instance store and catalog first
+(not timed); then the timed part is exactly what the worker does when the
+series completes: read the files, qualify, load the HU volume, lungs,
+candidates, false-positive reduction, ROIs, codes, the registration image,
+catalog rows, index. Uses the shipped hashing model when there is one, else
+an untrained one of the default size (same cost). The machine's load average
+is printed with the figures (shared machines).
 
 Usage::
 
     python -m benchmarks.pipeline [--matrix 512] [--slices 300] [--device auto]
+    python -m benchmarks.pipeline --dicom ../shared/data/LIDC-IDRI-0001/...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=101)
+    parser.add_argument("--dicom", type=Path, help="a folder holding one DICOM series to use instead")
     args = parser.parse_args(argv)
 
     import dataclasses
@@ -64,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         geometry = ScanGeometry(
             matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices
         )
-        write_cohort(
-            root / "cohort", patients=1, seed=args.seed, studies_per_patient=1, geometry=geometry
-        )
-        files = sorted((root / "cohort" / "dicom").rglob("*.dcm"))
+        if args.dicom is not None:
+            files = sorted(p for p in args.dicom.rglob("*.dcm") if p.is_file())
+        else:
+            write_cohort(
+                root / "cohort", patients=1, seed=args.seed, studies_per_patient=1, geometry=geometry
+            )
+            files = sorted((root / "cohort" / "dicom").rglob("*.dcm"))
+        load_before = os.getloadavg()
         settings = load_settings(environ={}, overrides={"data_dir": root / "node"})
         settings = dataclasses.replace(
             settings,
@@ -126,19 +135,25 @@ def main(argv: list[str] | None = None) -> int:
             pacs.terminate()
             pacs.wait()
         steps = processor.last_timings
+        load_after = os.getloadavg()
+        rows = ds.Rows if args.dicom is not None else args.matrix
         catalog.close()
         acknowledged = sum(state is DeliveryState.DONE for _, state, _ in results)
     print(
-        f"\ncompletion -> indexed, {len(files)} slices {args.matrix}x{args.matrix}, device {device}, "
+        f"\ncompletion -> indexed, {len(files)} slices {rows}x{rows}, device {device}, "
         f"torch threads {torch.get_num_threads()}, model {model.version}\n"
+        f"load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} "
+        f"on {os.cpu_count()} CPUs\n"
     )
     print(f"{'step':<34} {'seconds':>8}")
     labels = {
         "read": "read DICOM, HU volume at 1 mm",
         "lungs": "lungs",
-        "nodules": "nodules",
+        "nodules": "nodule candidates",
+        "fpr": "false-positive reduction",
         "rois": "ROIs",
         "codes": "hash codes (encoding)",
+        "registration": "registration image",
         "store": "catalog rows + index",
     }
     for name, label in labels.items():
@@ -159,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "indexed_s": round(indexed, 2),
                 "delivery_s": round(delivery_s, 3),
+                "load_average": [round(load_before[0], 2), round(load_after[0], 2)],
                 **{k: round(v, 2) for k, v in steps.items()},
             }
         )

@@ -57,8 +57,10 @@ logger = logging.getLogger(__name__)
 
 #: Candidates this far (mm) beyond a crop's nodule radius are too close to call either way.
 AMBIGUOUS_MM = 4.0
-#: Candidates inside one crop's nodule kept as nodule samples (the most confident).
-MAX_POSITIVES_PER_CROP = 3
+#: Candidates inside one crop's nodule kept as nodule samples (the most confident): the node
+#: reports one detection per nodule, and the other pieces of a large nodule, inside it but
+#: leaking, look like the attached-vessel candidates the network must learn to reject.
+MAX_POSITIVES_PER_CROP = 1
 #: Negatives of a real scan lie this far (mm) beyond every reader's mark.
 READER_MARK_MM = 10.0
 Mark = tuple[tuple[float, float, float], float]
@@ -284,7 +286,7 @@ def crop_samples(crop: CropNodule, *, device: str | torch.device = "cpu") -> Sam
     for cand in candidates:  # most confident first
         zyx = np.clip(np.rint(cand.center_zyx).astype(int), 0, np.asarray(ref.shape) - 1)
         if grown[tuple(zyx)]:
-            # parts of one large nodule: the few most confident stand for it
+            # the other parts of a large nodule are left out
             labels.append(1 if inside < MAX_POSITIVES_PER_CROP else -1)
             inside += 1
         elif np.linalg.norm(np.asarray(cand.center_xyz) - centre) > radius + AMBIGUOUS_MM:
@@ -333,16 +335,17 @@ def phantom_samples(
     seed: int,
     patients: int,
     *,
+    family: str = "a",
     studies: int = 1,
     max_negatives: int = 30,
     device: str | torch.device = "cpu",
 ) -> SampleSet:
-    """Samples of phantom studies (family A), rendered at 0.7 x 0.7 x 1.25 mm and read on 1 mm."""
+    """Samples of phantom studies, rendered at 0.7 x 0.7 x 1.25 mm and read on 1 mm."""
     from ai.phantom import DEFAULT_GEOMETRY, plan_patient, render_study
 
     parts = []
     for p in range(patients):
-        plan = plan_patient(seed, p, n_studies=studies)
+        plan = plan_patient(seed, p, n_studies=studies, family=family)
         for s in range(studies):
             study = render_study(plan, s, DEFAULT_GEOMETRY)
             volume = resample(study.volume, NODE_SPACING)
@@ -350,8 +353,8 @@ def phantom_samples(
             samples, _ = volume_samples(
                 volume,
                 truths,
-                source="phantom",
-                patient=f"phantom-{seed}-{p}",
+                source=f"phantom-{family}",
+                patient=f"phantom-{family}-{seed}-{p}",
                 max_negatives=max_negatives,
                 seed=seed * 1000 + p * 10 + s,
                 device=device,

@@ -1,7 +1,7 @@
 """Training loop of the false-positive reduction network (arrays in, a network out).
 
-Weighted binary cross-entropy (positives weighted by the class ratio, at most
-:data:`MAX_POS_WEIGHT`), Adam with cosine decay, and augmentations that keep
+Binary cross-entropy (positives weighted by ``FprTrainConfig.pos_weight``),
+AdamW with a one-cycle schedule, and augmentations that keep
 a candidate a candidate: random crops of :data:`~ai.fpr.patches.PATCH_SHAPE`
 out of :data:`~ai.fpr.patches.TRAIN_PATCH_SHAPE` (shifts of up to 2.5 mm),
 flips on every axis, in-plane transposes, and -- for half the samples -- an
@@ -36,8 +36,6 @@ __all__ = ["FprTrainConfig", "FprTrainResult", "predict", "roc_auc", "train_fpr"
 
 logger = logging.getLogger(__name__)
 
-#: Largest weight of a positive sample relative to a negative one.
-MAX_POS_WEIGHT = 8.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,9 @@ class FprTrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True
+    pos_weight: float = 1.0
+    """Weight of a nodule sample's loss against another candidate's (1: probabilities
+    calibrated to the training mix; more makes the network more liberal)."""
     model: FprConfig = field(default_factory=FprConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,7 +192,7 @@ def train_fpr(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.lr, total_steps=max(steps, 1), pct_start=0.15
     )
-    pos_weight = torch.tensor(min(MAX_POS_WEIGHT, n_neg / n_pos), device=dev)
+    pos_weight = torch.tensor(config.pos_weight, device=dev)
     history: list[dict[str, float]] = []
     logger.info(
         "FPR training: %d nodules, %d others, pos_weight %.2f", n_pos, n_neg, float(pos_weight)
@@ -217,7 +218,7 @@ def train_fpr(
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             schedule.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
             count += len(index)
         row = {"epoch": float(epoch), "loss": total / max(count, 1)}
         if held_out is not None and len(held_out):

@@ -62,6 +62,12 @@ def add_subparser(subparsers: Any) -> None:
     )
     data.add_argument("--phantom-seed", type=int, default=5000, help="phantom cohort seed (5000)")
     data.add_argument(
+        "--phantom-family",
+        choices=("a", "b"),
+        action="append",
+        help="phantom families (repeatable; default a); evaluate on a seed never trained on",
+    )
+    data.add_argument(
         "--exclude-patient", action="append", default=[], metavar="ID", help="drop a crop patient"
     )
     data.add_argument(
@@ -147,8 +153,17 @@ def _held_out_figures(samples: Any, scores: Any, threshold: float) -> dict[str, 
                     "kept_at_operating_point": int((scores[keep] >= threshold).sum()),
                 }
             )
+    curve = [
+        {
+            "threshold": t,
+            "nodules_kept": float((scores[positive] >= t).mean()) if positive.any() else None,
+            "others_kept": float((scores[~positive] >= t).mean()) if (~positive).any() else None,
+        }
+        for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+    ]
     return {
         "roc_auc": roc_auc(samples.label, scores),
+        "curve": curve,
         "nodules": int(positive.sum()),
         "others": int((~positive).sum()),
         "nodules_kept_at_operating_point": int((scores[positive] >= threshold).sum()),
@@ -176,7 +191,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"- Crop patients left out: {', '.join(data['excluded_patients']) or 'none'};"
         f" crop folds held out: {data['holdout_folds'] or 'none'}.",
         f"- Whole LIDC-IDRI scans: {', '.join(data['lidc_scans']) or 'none'}.",
-        f"- Phantom (family A) studies: {data['phantom_patients']} of seed {data['phantom_seed']}.",
+        f"- Phantom studies: {data['phantom_patients']} of seed {data['phantom_seed']} per family"
+        f" ({', '.join(data.get('phantom_families', ['a']))}).",
         "",
         "| source | nodules | others | patients |",
         "| --- | --- | --- | --- |",
@@ -248,13 +264,16 @@ def run(args: argparse.Namespace) -> int:
             parts.append(
                 _cached(args.cache, name, lambda d=series_dir: lidc_scan_samples(str(d))[0])
             )
-        if args.phantom_patients:
-            name = f"phantom-{args.phantom_seed}-{args.phantom_patients}"
+        for family in args.phantom_family or ["a"] if args.phantom_patients else []:
+            prefix = "phantom" if family == "a" else f"phantom-{family}"
+            name = f"{prefix}-{args.phantom_seed}-{args.phantom_patients}"
             parts.append(
                 _cached(
                     args.cache,
                     name,
-                    lambda: phantom_samples(args.phantom_seed, args.phantom_patients),
+                    lambda f=family: phantom_samples(
+                        args.phantom_seed, args.phantom_patients, family=f
+                    ),
                 )
             )
     except AIError as exc:
@@ -294,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
             "lidc_scans": [d.name for d in args.lidc],
             "phantom_patients": args.phantom_patients,
             "phantom_seed": args.phantom_seed,
+            "phantom_families": args.phantom_family or ["a"],
         },
         "history": result.history,
     }

@@ -100,3 +100,28 @@ def test_figures_are_pngs() -> None:
     assert tile.image.shape == (20, 20) and tile.image[10, 10] > 0.5 and tile.image[0, 0] < 0.2
     assert montage_png([tile, Tile(tile.image, "miss", 3.0, "y"), Tile(tile.image, "fp", 3.0, "z")]).startswith(PNG)
     assert montage_png([]).startswith(PNG)
+
+
+def test_operating_point_counts_false_positives_reports_and_ignores_irrelevant_marks() -> None:
+    import dataclasses
+
+    from ai.evaluation.detection import operating_point
+
+    first = _scan("a", [(0.0, 10.0), (100.0, 4.0)], [(1.0, 0.9, 9.0), (50.0, 0.8, 5.0), (100.0, 0.3, 4.0)])
+    # the detection at x = 200 hits a reader's mark that is no LUNA16 nodule: neither true nor false
+    second = dataclasses.replace(
+        _scan("b", [(0.0, 6.0)], [(200.0, 0.95, 6.0), (300.0, 0.7, 6.0)]),
+        ignored=(Truth((200.0, 0.0, 0.0), 8.0),),
+    )
+    point = operating_point([first, second], 0.5)
+    assert point.false_positives == (1, 1)
+    assert point.reported == (2, 2)
+    assert point.fps_per_scan == 1.0
+    assert point.sensitivity == pytest.approx(1 / 3)  # found only the 10 mm one
+    assert point.sensitivity_5mm == pytest.approx(1 / 2) and point.missed_5mm == 1
+    report = evaluate_detection([first, second], threshold=0.5)
+    assert report.operating_point == point
+    assert report.to_dict()["operating_point"]["false_positives"] == (1, 1)
+    # without the ignored mark, the 0.95 detection is the most confident false positive
+    plain = froc([dataclasses.replace(second, ignored=())])
+    assert plain.fps_per_scan[0] == 1.0
