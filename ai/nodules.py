@@ -84,17 +84,29 @@ def _smooth(image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, f
 
 
 def _diff(a: torch.Tensor, axis: int, h: float) -> torch.Tensor:
-    """Central first difference along ``axis`` (edges replicated)."""
-    padded = _pad_edge(a, axis, 1)
+    """Central first difference along ``axis`` (edges replicated), without a padded copy."""
     n = a.shape[axis]
-    return (padded.narrow(axis, 2, n) - padded.narrow(axis, 0, n)) / (2.0 * h)
+    out = torch.empty_like(a)
+    if n < 3:
+        return out.zero_()
+    torch.sub(a.narrow(axis, 2, n - 2), a.narrow(axis, 0, n - 2), out=out.narrow(axis, 1, n - 2))
+    torch.sub(a.narrow(axis, 1, 1), a.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+    torch.sub(a.narrow(axis, n - 1, 1), a.narrow(axis, n - 2, 1), out=out.narrow(axis, n - 1, 1))
+    return out.mul_(1.0 / (2.0 * h))
 
 
 def _diff2(a: torch.Tensor, axis: int, h: float) -> torch.Tensor:
-    """Central second difference along ``axis`` (edges replicated)."""
-    padded = _pad_edge(a, axis, 1)
+    """Central second difference along ``axis`` (edges replicated), without a padded copy."""
     n = a.shape[axis]
-    return (padded.narrow(axis, 2, n) - 2.0 * a + padded.narrow(axis, 0, n)) / (h * h)
+    out = torch.empty_like(a)
+    if n < 3:
+        return out.zero_()
+    inner = out.narrow(axis, 1, n - 2)
+    torch.add(a.narrow(axis, 2, n - 2), a.narrow(axis, 0, n - 2), out=inner)
+    inner.sub_(a.narrow(axis, 1, n - 2), alpha=2.0)
+    torch.sub(a.narrow(axis, 1, 1), a.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+    torch.sub(a.narrow(axis, n - 2, 1), a.narrow(axis, n - 1, 1), out=out.narrow(axis, n - 1, 1))
+    return out.mul_(1.0 / (h * h))
 
 
 def _eigenvalues(

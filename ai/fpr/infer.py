@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from ai.errors import ModelLoadError
 from ai.fpr.model import FprConfig, FprNet
 from ai.fpr.patches import candidate_features, candidate_patches
 from ai.measure import NoduleCandidate
+from ai.modelio import load_state, state_bytes, version_id
 from ai.types import Volume
 
 __all__ = [
@@ -69,24 +69,17 @@ class FprModel:
 
 def weights_to_bytes(net: FprNet) -> bytes:
     """The state dict as safetensors bytes (deterministic for equal weights)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    return bytes(save(state))
+    return state_bytes(net)
 
 
 def weights_version(weights: bytes) -> str:
     """Version id of serialized weights: ``"fpr-"`` + 16 hex digits of their SHA-256."""
-    return "fpr-" + hashlib.sha256(weights).hexdigest()[:16]
+    return version_id(weights, "fpr")
 
 
 def model_from_bytes(weights: bytes, config: FprConfig) -> FprNet:
     """An :class:`FprNet` in eval mode from :func:`weights_to_bytes` output."""
-    from safetensors.torch import load
-
-    net = FprNet(config)
-    net.load_state_dict(load(weights))
-    return net.eval()
+    return load_state(FprNet(config), weights)
 
 
 def config_from_dict(values: dict[str, Any]) -> FprConfig:

@@ -13,7 +13,6 @@ one. On CUDA, mixed precision (bfloat16 autocast) is used unless disabled.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from ai.hashing.metrics import (
     precision_at_k,
 )
 from ai.hashing.model import HashNet, HashNetConfig
+from ai.modelio import load_state, state_bytes, version_id
 
 __all__ = [
     "RoiSet",
@@ -266,24 +266,17 @@ def train(
 
 def weights_to_bytes(model: HashNet) -> bytes:
     """The model's state dict as safetensors bytes (deterministic for equal weights)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return bytes(save(state))
+    return state_bytes(model)
 
 
 def weights_version(weights: bytes) -> str:
     """Version id of serialized weights: ``"hn-"`` + 16 hex digits of their SHA-256."""
-    return "hn-" + hashlib.sha256(weights).hexdigest()[:16]
+    return version_id(weights, "hn")
 
 
 def model_from_bytes(weights: bytes, config: HashNetConfig) -> HashNet:
     """A :class:`HashNet` in eval mode from :func:`weights_to_bytes` output."""
-    from safetensors.torch import load
-
-    model = HashNet(config)
-    model.load_state_dict(load(weights))
-    return model.eval()
+    return load_state(HashNet(config), weights)
 
 
 def evaluate_retrieval(
