@@ -4,7 +4,7 @@ The node registers the current series against priors processed long ago,
 whose pixel data may be gone. So each series leaves a
 :class:`RegistrationImage` when it is processed: the chest around the lungs,
 blurred and resampled to :data:`SPACING_MM`, lung-windowed to ``uint8``, with
-its lung mask, geometry and nothing else (no identifiers); about 100-250 KB
+its lung mask, geometry and nothing else (no identifiers); 140-270 KB
 with :meth:`RegistrationImage.to_bytes`.
 
 :func:`register` aligns two of them with SimpleITK: the lungs' centres of
