@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--device", action="append", help="cpu, cuda (default: cpu, plus cuda when present)")
-    parser.add_argument("--node-grid", action="store_true", help="resample to 1 mm first, as the worker does")
+    parser.add_argument(
+        "--node-grid", action="store_true", help="resample to 1 mm first, as the worker does"
+    )
     args = parser.parse_args(argv)
 
     import os
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1 min) before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print()
     print(
-        f"{'device':8s} {'lungs s':>8s} {'cands s':>8s} {'fpr s':>6s} {'rois s':>7s} {'total s':>8s}"
+        f"{'device':8s} {'lungs s':>8s} {'cands s':>8s} {'fpr s':>6s} {'rois s':>7s}"
+        f" {'total s':>8s}"
         f" {'cands':>6s} {'rois':>14s}"
     )
     for device in devices:
@@ -79,16 +82,22 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             mask, t_lungs = _timed(lambda: segment_lungs(volume, device=device), device)
             nodules, t_nodules = _timed(lambda: find_nodules(volume, mask, device=device), device)
-            scored, t_fpr = _timed(lambda: score_candidates(fpr, volume, nodules, device=device), device)
+            scored, t_fpr = _timed(
+                lambda: score_candidates(fpr, volume, nodules, device=device), device
+            )
             centres = [n.center_xyz for n in scored]
-            rois, t_rois = _timed(lambda: extract_rois(volume, mask, centres, device=device), device)
-            for key, value in (("lungs", t_lungs), ("nodules", t_nodules), ("fpr", t_fpr), ("rois", t_rois)):
+            rois, t_rois = _timed(
+                lambda: extract_rois(volume, mask, centres, device=device), device
+            )
+            times = {"lungs": t_lungs, "nodules": t_nodules, "fpr": t_fpr, "rois": t_rois}
+            for key, value in times.items():
                 rows[key].append(value)
             rows["total"].append(t_lungs + t_nodules + t_fpr + t_rois)
             count, shape = len(nodules), rois.shape
         med = {k: statistics.median(v) for k, v in rows.items()}
         print(
-            f"{device:8s} {med['lungs']:8.2f} {med['nodules']:8.2f} {med['fpr']:6.2f} {med['rois']:7.2f}"
+            f"{device:8s} {med['lungs']:8.2f} {med['nodules']:8.2f} {med['fpr']:6.2f}"
+            f" {med['rois']:7.2f}"
             f" {med['total']:8.2f} {count:6d} {str(shape):>14s}"
         )
     print(f"load average (1 min) after: {os.getloadavg()[0]:.1f}")

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=101)
-    parser.add_argument("--dicom", type=Path, help="a folder holding one DICOM series to use instead")
+    parser.add_argument(
+        "--dicom", type=Path, help="a folder holding one DICOM series to use instead"
+    )
     args = parser.parse_args(argv)
 
     import dataclasses
@@ -73,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             files = sorted(p for p in args.dicom.rglob("*.dcm") if p.is_file())
         else:
             write_cohort(
-                root / "cohort", patients=1, seed=args.seed, studies_per_patient=1, geometry=geometry
+                root / "cohort",
+                patients=1,
+                seed=args.seed,
+                studies_per_patient=1,
+                geometry=geometry,
             )
             files = sorted((root / "cohort" / "dicom").rglob("*.dcm"))
         load_before = os.getloadavg()

@@ -107,7 +107,9 @@ def test_operating_point_counts_false_positives_reports_and_ignores_irrelevant_m
 
     from ai.evaluation.detection import operating_point
 
-    first = _scan("a", [(0.0, 10.0), (100.0, 4.0)], [(1.0, 0.9, 9.0), (50.0, 0.8, 5.0), (100.0, 0.3, 4.0)])
+    first = _scan(
+        "a", [(0.0, 10.0), (100.0, 4.0)], [(1.0, 0.9, 9.0), (50.0, 0.8, 5.0), (100.0, 0.3, 4.0)]
+    )
     # the detection at x = 200 hits a reader's mark that is no LUNA16 nodule: neither true nor false
     second = dataclasses.replace(
         _scan("b", [(0.0, 6.0)], [(200.0, 0.95, 6.0), (300.0, 0.7, 6.0)]),

@@ -34,10 +34,18 @@ def shifted_and_turned(degrees: float, shift: tuple[float, float, float]) -> Reg
 
 def test_registered_nodules_pair_up_with_their_growth_and_the_rest_is_new_or_resolved() -> None:
     registration = shifted_and_turned(5.0, (3.0, -4.0, 30.0))
-    current = [ball((50.0, 20.0, -100.0), 12.0), ball((-60.0, 10.0, -150.0), 6.0), ball((0, 80, -90), 5)]
+    current = [
+        ball((50.0, 20.0, -100.0), 12.0),
+        ball((-60.0, 10.0, -150.0), 6.0),
+        ball((0, 80, -90), 5),
+    ]
     # the prior positions are where the registration sends the current centres
     prior_centres = registration.map_current_to_prior([n.center_xyz for n in current[:2]])
-    prior = [ball(tuple(prior_centres[1]), 6.0), ball(tuple(prior_centres[0]), 10.0), ball((90, 90, 0), 7)]
+    prior = [
+        ball(tuple(prior_centres[1]), 6.0),
+        ball(tuple(prior_centres[0]), 10.0),
+        ball((90, 90, 0), 7),
+    ]
     changes = match_nodules(current, prior, registration, interval_days=365.0)
     matched = {c.current_index: c for c in changes if c.status == "matched"}
     assert set(matched) == {0, 1}

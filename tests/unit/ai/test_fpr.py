@@ -85,7 +85,9 @@ def synthetic_samples(n: int, seed: int) -> SampleSet:
         if label[i]:
             shape = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r**2
         else:
-            shape = np.broadcast_to((y - c[1]) ** 2 + (x - c[2]) ** 2 <= (r / 2) ** 2, image.shape[1:])
+            shape = np.broadcast_to(
+                (y - c[1]) ** 2 + (x - c[2]) ** 2 <= (r / 2) ** 2, image.shape[1:]
+            )
         image[i][shape] = 200
         image[i] = np.clip(image[i] + rng.normal(0, 8, image.shape[1:]), 0, 255).astype(np.uint8)
     return SampleSet(
@@ -132,7 +134,11 @@ def test_sample_sets_concatenate_and_round_trip(tmp_path) -> None:
 def test_model_folder_round_trips_and_refuses_other_weights(tmp_path) -> None:
     net = FprNet(FprConfig(widths=(4, 4, 8))).eval()
     weights = weights_to_bytes(net)
-    card = {"version": weights_version(weights), "config": net.config.to_dict(), "operating_point": 0.4}
+    card = {
+        "version": weights_version(weights),
+        "config": net.config.to_dict(),
+        "operating_point": 0.4,
+    }
     (tmp_path / WEIGHTS_FILE).write_bytes(weights)
     (tmp_path / CARD_FILE).write_text(json.dumps(card))
     model = load_fpr(tmp_path)

@@ -47,7 +47,9 @@ def scans() -> tuple[Scan, Scan]:
 @pytest.fixture(scope="module")
 def registration(scans: tuple[Scan, Scan]) -> Registration:
     prior, current = scans
-    return register(RegistrationImage.from_bytes(current.compact), RegistrationImage.from_bytes(prior.compact))
+    return register(
+        RegistrationImage.from_bytes(current.compact), RegistrationImage.from_bytes(prior.compact)
+    )
 
 
 def test_compact_image_is_small_and_round_trips(scans: tuple[Scan, Scan]) -> None:
@@ -105,6 +107,10 @@ def test_growth_of_every_followed_nodule_is_within_1_mm_and_10_percent(
         true_mm = truth.diameter_mm - old.diameter_mm
         true_pct = 100.0 * (truth.diameter_mm / old.diameter_mm - 1.0)
         assert abs(change.diameter_change_mm - true_mm) <= 1.0, (truth.track_id, change, true_mm)
-        assert abs(change.diameter_change_pct - true_pct) <= 10.0, (truth.track_id, change, true_pct)
+        assert abs(change.diameter_change_pct - true_pct) <= 10.0, (
+            truth.track_id,
+            change,
+            true_pct,
+        )
         checked += 1
     assert checked >= 3
