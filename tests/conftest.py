@@ -321,28 +321,27 @@ def shared_archive(name: str) -> Path:
     return path
 
 
+def _extracted(name: str, factory: pytest.TempPathFactory) -> Path:
+    """``../shared/data/<name>`` extracted into a fresh temporary folder (skips without it)."""
+    import tarfile
+
+    archive = shared_archive(name)
+    target = factory.mktemp(name.split(".")[0])
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
 @pytest.fixture(scope="session")
 def lidc_nodules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real LIDC-IDRI nodule crops, extracted once per session (skips without them)."""
-    import tarfile
-
-    archive = shared_archive("lidc-nodules.tar.gz")
-    target = tmp_path_factory.mktemp("lidc-nodules")
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    return target / "lidc-nodules"
+    return _extracted("lidc-nodules.tar.gz", tmp_path_factory) / "lidc-nodules"
 
 
 @pytest.fixture(scope="session")
 def lidc_0001_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real LIDC-IDRI-0001 series folder (slices + XML), extracted once (skips without it)."""
-    import tarfile
-
-    archive = shared_archive("LIDC-IDRI-0001.tar.gz")
-    target = tmp_path_factory.mktemp("lidc-0001")
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    return next(target.rglob("*.xml")).parent
+    return next(_extracted("LIDC-IDRI-0001.tar.gz", tmp_path_factory).rglob("*.xml")).parent
 
 
 @pytest.fixture(scope="session")

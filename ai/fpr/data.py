@@ -106,15 +106,7 @@ class SampleSet:
 
     def subset(self, keep: npt.NDArray[np.bool_] | npt.NDArray[np.intp]) -> SampleSet:
         """The samples selected by a boolean mask or an index array."""
-        return SampleSet(
-            image=self.image[keep],
-            visible=self.visible[keep],
-            features=self.features[keep],
-            label=self.label[keep],
-            diameter_mm=self.diameter_mm[keep],
-            source=self.source[keep],
-            patient=self.patient[keep],
-        )
+        return SampleSet(**{name: getattr(self, name)[keep] for name in self.__dataclass_fields__})
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         """For ``numpy.savez`` (a cache of extracted samples)."""
