@@ -2,19 +2,23 @@
 
 One definition for every network of the node (hashing, false-positive
 reduction): the state dict as deterministic safetensors bytes, a version id
-made of a prefix and 16 hex digits of their SHA-256, and the way back.
+made of a prefix and 16 hex digits of their SHA-256, and the way back. Bytes
+in, bytes out: the node reads and writes the files (``dicom_node.model``).
+torch and safetensors are imported only to save or load a network, so a node
+that only checks a version never imports them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["load_state", "state_bytes", "version_id"]
 
-M = TypeVar("M", bound=nn.Module)
+M = TypeVar("M", bound="nn.Module")
 
 
 def state_bytes(module: nn.Module) -> bytes:

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ai.fpr.infer import FprModel, score_candidates, shipped_fpr
+from ai.fpr.infer import FprModel, score_candidates
 from ai.hashing.codes import HashCodes
 from ai.hashing.infer import encode
 from ai.hashing.model import HashNet
@@ -70,11 +70,11 @@ def analyse_volume(
     volume: Volume,
     model: HashNet,
     *,
+    fpr: FprModel,
     device: str | torch.device = "cpu",
     model_version: str | None = None,
     batch_size: int = 64,
     min_confidence: float = 0.0,
-    fpr: FprModel | None = None,
     min_probability: float | None = None,
     min_diameter_mm: float = DEFAULT_MIN_DIAMETER_MM,
     with_registration: bool = True,
@@ -94,8 +94,8 @@ def analyse_volume(
         ROIs per forward pass.
     min_confidence : float
         Blob-detector confidence under which candidates are not even scored.
-    fpr : ai.fpr.FprModel, optional
-        False-positive reduction network; default the shipped one.
+    fpr : ai.fpr.FprModel
+        False-positive reduction network (``dicom_node.model.shipped_fpr``: the shipped one).
     min_probability : float, optional
         Operating point: candidates whose probability of being a nodule is
         under it are not reported; default the model card's operating point.
@@ -120,9 +120,8 @@ def analyse_volume(
     ]
     seconds["nodules"] = time.perf_counter() - started
     started = time.perf_counter()
-    reducer = fpr if fpr is not None else shipped_fpr(str(torch.device(device)))
-    threshold = reducer.operating_point if min_probability is None else min_probability
-    candidates = score_candidates(reducer, volume, found, device=device)
+    threshold = fpr.operating_point if min_probability is None else min_probability
+    candidates = score_candidates(fpr, volume, found, device=device)
     nodules = tuple(
         sorted(
             (
@@ -137,7 +136,8 @@ def analyse_volume(
     started = time.perf_counter()
     cfg = model.config
     centres = np.array([n.center_xyz for n in nodules], np.float64).reshape(-1, 3)
-    rois = extract_rois(volume, lung_mask, centres, size=cfg.roi_size)
+    # Every nodule's ROI in one batch, resampled on the device (the GPU when there is one).
+    rois = extract_rois(volume, lung_mask, centres, size=cfg.roi_size, device=device)
     rois = np.ascontiguousarray(rois, np.float32)
     if rois.shape[1] != cfg.in_channels:
         raise ValueError(f"ROIs have {rois.shape[1]} channels; the model expects {cfg.in_channels}")
@@ -173,5 +173,5 @@ def analyse_volume(
         seconds,
         candidates=tuple(candidates),
         registration=compact,
-        fpr_version=reducer.version,
+        fpr_version=fpr.version,
     )

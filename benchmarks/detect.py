@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
 
-    from ai.fpr import score_candidates, shipped_fpr
+    from ai.fpr import score_candidates
     from ai.lungs import segment_lungs
     from ai.nodules import find_nodules
     from ai.phantom import ScanGeometry, synthesize_study
     from ai.roi import extract_rois
+    from dicom_node.model import shipped_fpr
 
     geometry = ScanGeometry(matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices)
     started = time.perf_counter()

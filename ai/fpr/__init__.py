@@ -8,18 +8,18 @@ candidate and gives the probability that it is a nodule:
 - :mod:`ai.fpr.patches`  the network's input: a 3-D patch around each
   candidate, limited to the candidate's own slices, plus its measurements
 - :mod:`ai.fpr.model`    :class:`FprNet`, 3 convolution stages and a small head
-- :mod:`ai.fpr.infer`    :func:`score_candidates`, the shipped weights
+- :mod:`ai.fpr.infer`    :func:`score_candidates`, the model from its bytes and card
 - :mod:`ai.fpr.data`     training samples from real LIDC-IDRI crops and scans
   and from phantoms (training only; serving never imports it)
 - :mod:`ai.fpr.train`    the training loop (training only)
 
 Rule (package ``ai``): arrays in, dataclasses out; the shipped weights are
-package data read by :func:`ai.fpr.infer.load_fpr`.
+package data (``ai/weights/fpr``) that the node reads (``dicom_node.model.load_fpr``).
 """
 
 from __future__ import annotations
 
-from ai.fpr.infer import FprModel, load_fpr, score_candidates, shipped_fpr
+from ai.fpr.infer import FprModel, fpr_from_bytes, score_candidates
 from ai.fpr.model import FprConfig, FprNet
 
-__all__ = ["FprConfig", "FprModel", "FprNet", "load_fpr", "score_candidates", "shipped_fpr"]
+__all__ = ["FprConfig", "FprModel", "FprNet", "fpr_from_bytes", "score_candidates"]

@@ -1,22 +1,17 @@
-"""Scoring candidates with the false-positive reduction network, and its shipped weights.
+"""Scoring candidates with the false-positive reduction network; the model from bytes.
 
-A model folder holds ``model.safetensors`` (the state dict) and
-``model_card.json`` (its ``version``, the :class:`~ai.fpr.model.FprConfig`,
-the operating point and how it was trained). The shipped folder is
-``ai/weights/fpr`` (package data).
+A model is its weights (safetensors bytes, :mod:`ai.modelio`) and its card
+(its ``version``, the :class:`~ai.fpr.model.FprConfig`, the operating point
+and how it was trained); the node reads them from a model folder
+(``dicom_node.model.load_fpr``; the shipped one is ``ai/weights/fpr``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,23 +25,16 @@ from ai.modelio import load_state, state_bytes, version_id
 from ai.types import Volume
 
 __all__ = [
-    "CARD_FILE",
-    "WEIGHTS_FILE",
     "FprModel",
     "config_from_dict",
-    "load_fpr",
+    "fpr_from_bytes",
     "model_from_bytes",
     "score_candidates",
-    "shipped_fpr",
-    "shipped_fpr_dir",
     "weights_to_bytes",
     "weights_version",
 ]
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "model_card.json"
 
 
 @dataclass(frozen=True)
@@ -88,41 +76,21 @@ def config_from_dict(values: dict[str, Any]) -> FprConfig:
     return FprConfig(**fields)
 
 
-def shipped_fpr_dir() -> Path:
-    """Folder of the false-positive reduction model shipped with the package."""
-    return Path(str(resources.files("ai") / "weights" / "fpr"))
-
-
-def load_fpr(folder: str | os.PathLike[str] | None = None) -> FprModel:
-    """Load a model folder (default: the shipped one).
+def fpr_from_bytes(weights: bytes, card: dict[str, Any]) -> FprModel:
+    """The model from its weights and card (the node reads the folder: ``dicom_node.model``).
 
     Raises
     ------
     ai.errors.ModelLoadError
-        Missing or unreadable files, or weights whose hash is not the card's version.
+        Weights whose hash is not the card's version, or that do not fit its config.
     """
-    root = Path(folder) if folder is not None else shipped_fpr_dir()
-    try:
-        card = json.loads((root / CARD_FILE).read_text(encoding="utf-8"))
-        weights = (root / WEIGHTS_FILE).read_bytes()
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read the FPR model in {root}: {exc}") from exc
     if weights_version(weights) != card.get("version"):
-        raise ModelLoadError(f"{root / WEIGHTS_FILE} does not match its card's version")
+        raise ModelLoadError(f"FPR weights do not match their card's version {card.get('version')}")
     try:
         net = model_from_bytes(weights, config_from_dict(card.get("config", {})))
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{root / WEIGHTS_FILE}: {exc}") from exc
-    logger.info("FPR model %s from %s", card["version"], root)
+        raise ModelLoadError(f"FPR weights {card.get('version')}: {exc}") from exc
     return FprModel(net=net, card=card)
-
-
-@functools.lru_cache(maxsize=4)
-def shipped_fpr(device: str = "cpu") -> FprModel:
-    """The shipped model on ``device``, loaded once per process and device (read-only use)."""
-    model = load_fpr()
-    model.net.to(torch.device(device)).eval()
-    return model
 
 
 def score_candidates(

@@ -32,7 +32,7 @@ from ai.hashing.metrics import (
     precision_at_k,
 )
 from ai.hashing.model import HashNet, HashNetConfig
-from ai.modelio import load_state, state_bytes, version_id
+from ai.hashing.serialization import model_from_bytes, weights_to_bytes, weights_version
 
 __all__ = [
     "RoiSet",
@@ -262,21 +262,6 @@ def train(
     bar.close()
     model.eval()
     return TrainResult(model=model, history=tuple(history))
-
-
-def weights_to_bytes(model: HashNet) -> bytes:
-    """The model's state dict as safetensors bytes (deterministic for equal weights)."""
-    return state_bytes(model)
-
-
-def weights_version(weights: bytes) -> str:
-    """Version id of serialized weights: ``"hn-"`` + 16 hex digits of their SHA-256."""
-    return version_id(weights, "hn")
-
-
-def model_from_bytes(weights: bytes, config: HashNetConfig) -> HashNet:
-    """A :class:`HashNet` in eval mode from :func:`weights_to_bytes` output."""
-    return load_state(HashNet(config), weights)
 
 
 def evaluate_retrieval(

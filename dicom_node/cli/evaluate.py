@@ -254,15 +254,16 @@ def run_detection(args: argparse.Namespace) -> int:
     from ai.errors import AIError
     from ai.evaluation.detection import evaluate_detection
     from ai.evaluation.figures import froc_png
-    from ai.fpr import load_fpr
     from ai.readers.luna16 import read_annotations
+    from dicom_node.errors import NodeError
+    from dicom_node.model import load_fpr
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         fpr = load_fpr(args.fpr)
         csv_path = args.annotations or args.dir / "annotations.csv"
         annotations = {} if args.lidc else read_annotations(csv_path)
-    except AIError as exc:
+    except (AIError, NodeError) as exc:
         print(f"dicom-node evaluate detection: {exc}", file=sys.stderr)
         return 1
     threshold = fpr.operating_point if args.min_probability is None else args.min_probability

@@ -18,7 +18,7 @@ Extracted samples are cached in ``--cache`` (one ``.npz`` per source).
 
 Output folder: ``model.safetensors``, ``model_card.json`` (version = hash of
 the weights, configuration, data, history, held-out figures, operating point)
-and ``MODEL_CARD.md``; :func:`ai.fpr.load_fpr` reads it back.
+and ``MODEL_CARD.md``; :func:`dicom_node.model.load_fpr` reads it back.
 """
 
 from __future__ import annotations
@@ -238,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ai.errors import AIError
     from ai.fpr.data import concatenate, lidc_scan_samples, phantom_samples
-    from ai.fpr.infer import CARD_FILE, WEIGHTS_FILE, weights_to_bytes, weights_version
+    from ai.fpr.infer import weights_to_bytes, weights_version
+    from dicom_node.model import CARD_FILE, MODEL_FILE
     from ai.fpr.model import FprConfig
     from ai.fpr.train import FprTrainConfig, predict, train_fpr
     from ai.readers.lidc_crops import patient_folds
@@ -322,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
         card["held_out"] = _held_out_figures(held_out, scores, args.operating_point)
     card["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / WEIGHTS_FILE).write_bytes(weights)
+    (args.out / MODEL_FILE).write_bytes(weights)
     (args.out / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
     (args.out / CARD_MD).write_text(_card_markdown(card), encoding="utf-8")
     print(f"{version}: {len(samples)} samples, {card['seconds']:.0f} s -> {args.out}")

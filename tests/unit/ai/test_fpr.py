@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from ai.errors import ModelLoadError
-from ai.fpr import FprModel, load_fpr, score_candidates, shipped_fpr
+from ai.fpr import FprModel, score_candidates
 from ai.fpr.data import SampleSet, concatenate, label_candidates
-from ai.fpr.infer import CARD_FILE, WEIGHTS_FILE, weights_to_bytes, weights_version
+from ai.fpr.infer import weights_to_bytes, weights_version
 from ai.fpr.model import FprConfig, FprNet
 from ai.fpr.patches import FEATURES, FILL, PATCH_SHAPE, TRAIN_PATCH_SHAPE, candidate_patches
 from ai.fpr.train import FprTrainConfig, predict, roc_auc, train_fpr
 from ai.measure import NoduleCandidate
 from ai.types import Volume
+from dicom_node.errors import NodeError
+from dicom_node.model import CARD_FILE, MODEL_FILE, load_fpr, shipped_fpr
 
 
 def candidate(zyx, bbox, diameter=6.0, confidence=0.5) -> NoduleCandidate:
@@ -139,7 +140,7 @@ def test_model_folder_round_trips_and_refuses_other_weights(tmp_path) -> None:
         "config": net.config.to_dict(),
         "operating_point": 0.4,
     }
-    (tmp_path / WEIGHTS_FILE).write_bytes(weights)
+    (tmp_path / MODEL_FILE).write_bytes(weights)
     (tmp_path / CARD_FILE).write_text(json.dumps(card))
     model = load_fpr(tmp_path)
     assert model.version == card["version"] and model.operating_point == 0.4
@@ -148,9 +149,9 @@ def test_model_folder_round_trips_and_refuses_other_weights(tmp_path) -> None:
     assert scored[0].probability is not None and 0.0 < scored[0].probability < 1.0
     card["version"] = "fpr-0000000000000000"
     (tmp_path / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(NodeError):
         load_fpr(tmp_path)
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(NodeError):
         load_fpr(tmp_path / "missing")
 
 
