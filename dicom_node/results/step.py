@@ -183,6 +183,7 @@ def _finding(nodule: NoduleRecord, number: int, series_instance_uid: str) -> Nod
         mean_hu=nodule.mean_hu,
         texture=nodule.texture,
         laterality=nodule.laterality,
+        probability=nodule.confidence,
     )
 
 
@@ -200,10 +201,14 @@ def _priors(case: NoduleCases) -> Sequence[PriorMeasurement]:
 
 
 def _montage_row(case: NoduleCases, number: int) -> MontageRow:
-    """Captions: the rank beside the distance that ranks (the float embedding's)."""
+    """Captions: the nodule's size, texture and probability; the rank beside the
+    distance that ranks (the float embedding's)."""
     nodule = case.nodule
     return MontageRow(
-        label=f"Nodule {number}\n{nodule.diameter_mm:.1f} mm {nodule.texture}",
+        label=(
+            f"Nodule {number} p={nodule.confidence:.2f}\n"
+            f"{nodule.diameter_mm:.1f} mm {nodule.texture}"
+        ),
         query=_thumbnail(nodule),
         matches=[
             (
