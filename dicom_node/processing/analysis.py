@@ -189,7 +189,13 @@ class AnalysisStep:
             )
         stored = time.perf_counter()
         job.nodules = self.catalog.nodules.replace(
-            uid, self.version, nodules_of(analysis), claim=job.claim
+            uid,
+            self.version,
+            nodules_of(analysis),
+            claim=job.claim,
+            registration_image=(
+                analysis.registration.to_bytes() if analysis.registration is not None else None
+            ),
         )
         self.index.sync()
         job.timings["store"] = time.perf_counter() - stored

@@ -195,6 +195,9 @@ def _priors(case: NoduleCases) -> Sequence[PriorMeasurement]:
             diameter_mm=p.nodule.diameter_mm,
             growth_mm=p.growth_mm,
             growth_percent=p.growth_percent,
+            volume_mm3=p.nodule.volume_mm3,
+            volume_change_percent=p.volume_change_percent,
+            volume_doubling_days=p.volume_doubling_days,
         )
         for p in case.priors
     ]
