@@ -117,12 +117,11 @@ def match_nodules(
         cost = np.where(distance <= gate, distance, 1e6)
         rows, cols = linear_sum_assignment(cost)
         pairs = [
-            (int(r), int(c), float(distance[r, c])) for r, c in zip(rows, cols, strict=True)
+            (int(r), int(c), float(distance[r, c]))
+            for r, c in zip(rows, cols, strict=True)
             if distance[r, c] <= gate[r, c]
         ]
-    changes = [
-        _change(current[i], prior[j], i, j, d, interval_days) for i, j, d in sorted(pairs)
-    ]
+    changes = [_change(current[i], prior[j], i, j, d, interval_days) for i, j, d in sorted(pairs)]
     paired_current = {i for i, _, _ in pairs}
     paired_prior = {j for _, j, _ in pairs}
     changes += [

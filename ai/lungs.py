@@ -142,7 +142,11 @@ def erode_mask(mask: torch.Tensor, iterations: int = 1, *, ball: bool = True) ->
 
 
 def close_mask(
-    mask: torch.Tensor, radius_mm: float, spacing: tuple[float, float, float], *, grid_steps: float = 4.0
+    mask: torch.Tensor,
+    radius_mm: float,
+    spacing: tuple[float, float, float],
+    *,
+    grid_steps: float = 4.0,
 ) -> torch.Tensor:
     """Close a mask with a ball of ``radius_mm``, on a coarse isotropic grid.
 
@@ -198,7 +202,9 @@ def _fill_holes(
     """
     background = np.pad(~mask, 1, constant_values=True)
     labels = cc3d.connected_components(background, connectivity=6)
-    out: npt.NDArray[np.bool_] = mask | ((labels != labels[0, 0, 0]) & (labels > 0))[1:-1, 1:-1, 1:-1]
+    out: npt.NDArray[np.bool_] = (
+        mask | ((labels != labels[0, 0, 0]) & (labels > 0))[1:-1, 1:-1, 1:-1]
+    )
     max_pixels = max_hole_mm2 / (spacing[1] * spacing[2])
     for z in np.flatnonzero(out.any(axis=(1, 2))):
         plane = np.pad(~out[z], 1, constant_values=True)
@@ -248,7 +254,9 @@ def lung_bbox(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, slic
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         idx = np.flatnonzero(mask.any(axis=other))
-        result.append(slice(max(0, int(idx[0]) - margin), min(mask.shape[axis], int(idx[-1]) + 1 + margin)))
+        result.append(
+            slice(max(0, int(idx[0]) - margin), min(mask.shape[axis], int(idx[-1]) + 1 + margin))
+        )
     return (result[0], result[1], result[2])
 
 
@@ -261,7 +269,12 @@ def _internal_air(
     """All air not connected to the in-plane faces, and its large components."""
     labels = cc3d.connected_components(air, connectivity=6)
     faces = np.concatenate(
-        [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+        [
+            labels[:, 0, :].ravel(),
+            labels[:, -1, :].ravel(),
+            labels[:, :, 0].ravel(),
+            labels[:, :, -1].ravel(),
+        ]
     )
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
@@ -321,7 +334,11 @@ def _find_airway(
             result[box] = labels == best
             logger.debug("airway %.1f ml at %.0f HU", sizes[best] * voxel_ml, threshold)
             return result
-        logger.info("airway leaks at %.0f HU (%.0f ml), lowering threshold", threshold, sizes[best] * voxel_ml)
+        logger.info(
+            "airway leaks at %.0f HU (%.0f ml), lowering threshold",
+            threshold,
+            sizes[best] * voxel_ml,
+        )
     return np.zeros_like(air)
 
 
@@ -415,12 +432,14 @@ def _split_at_thinnest_column(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uin
     return seeds
 
 
-def _assign_rest(seeds: npt.NDArray[np.uint8], rest: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+def _assign_rest(
+    seeds: npt.NDArray[np.uint8], rest: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.uint8]:
     """Give each leftover component the label of the nearer lung (by centroid)."""
     centroids = [np.argwhere(seeds == v).mean(axis=0) for v in (1, 2)]
     labels = cc3d.connected_components(rest, connectivity=6)
     out = seeds.copy()
-    for label, points in _components(labels):
+    for _, points in _components(labels):
         c = points.mean(axis=0)
         nearest = 1 + int(np.linalg.norm(c - centroids[1]) < np.linalg.norm(c - centroids[0]))
         out[tuple(points.T)] = nearest
@@ -435,7 +454,8 @@ def _components(labels: npt.NDArray[np.integer]) -> list[tuple[int, npt.NDArray[
     values, starts = np.unique(flat[idx], return_index=True)
     groups = np.split(idx, starts[1:])
     return [
-        (int(v), np.stack(np.unravel_index(g, labels.shape), axis=1)) for v, g in zip(values, groups, strict=True)
+        (int(v), np.stack(np.unravel_index(g, labels.shape), axis=1))
+        for v, g in zip(values, groups, strict=True)
     ]
 
 
@@ -506,8 +526,11 @@ def segment_lungs(
     air = (hu < air_threshold_hu).cpu().numpy()
     all_internal, internal = _internal_air(air, min_component_fraction)
     if not internal.any():
-        raise NotALungCT("no internal air region: not a chest CT or the body is cut by the field of view")
-    # the trachea may be its own (small) component when the bronchi are thin: look in all internal air
+        raise NotALungCT(
+            "no internal air region: not a chest CT or the body is cut by the field of view"
+        )
+    # the trachea may be its own (small) component when the bronchi are thin:
+    # look in all internal air
     airway = _find_airway(hu, all_internal, volume, airway_threshold_hu)
     lungs_np = internal
     if airway.any():

@@ -117,8 +117,6 @@ class NoduleCandidate:
     segmentation: npt.NDArray[np.bool_] | None = field(default=None, repr=False, compare=False)
 
 
-
-
 def _dilate(
     mask: npt.NDArray[np.bool_], radius_mm: float, spacing: tuple[float, float, float]
 ) -> npt.NDArray[np.bool_]:
@@ -342,10 +340,9 @@ def measure_seed(
             wider = _segment(
                 smooth, segment.dist, r, halo, background_hu, spacing, params, refine_level=False
             )
-            core_kept = (
-                wider is not None
-                and np.count_nonzero(wider.seg & segment.seg) >= 0.8 * np.count_nonzero(segment.seg)
-            )
+            core_kept = wider is not None and np.count_nonzero(
+                wider.seg & segment.seg
+            ) >= 0.8 * np.count_nonzero(segment.seg)
             if wider is not None and core_kept and wider.seg.sum() > segment.seg.sum():
                 logger.debug("seed %s: ground-glass halo at %.0f HU", seed.zyx, halo)
                 segment = wider

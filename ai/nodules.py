@@ -65,11 +65,18 @@ def _pad_edge(a: torch.Tensor, axis: int, width: int) -> torch.Tensor:
     n = a.shape[axis]
     shape = list(a.shape)
     shape[axis] = width
-    return torch.cat([a.narrow(axis, 0, 1).expand(shape), a, a.narrow(axis, n - 1, 1).expand(shape)], dim=axis)
+    return torch.cat(
+        [a.narrow(axis, 0, 1).expand(shape), a, a.narrow(axis, n - 1, 1).expand(shape)], dim=axis
+    )
 
 
-def _smooth(image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, float]) -> torch.Tensor:
-    """Separable Gaussian (edges replicated) by shifted adds: faster than conv3d with 1-D kernels on CPU."""
+def _smooth(
+    image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, float]
+) -> torch.Tensor:
+    """Separable Gaussian (edges replicated) by shifted adds.
+
+    Faster than conv3d with 1-D kernels on CPU.
+    """
     out = image
     for axis, s in enumerate(spacing):
         kernel = _gaussian_kernel(sigma_mm / s).tolist()
@@ -188,7 +195,8 @@ def blobness(
     scale = torch.zeros(image.shape, dtype=torch.int64, device=image.device)
     for index, radius in enumerate(radii_mm):
         sigma = radius / math.sqrt(3.0)
-        # coarse-to-fine: large scales run on a pooled grid (sigma >= 2 coarse voxels), then upsampled
+        # coarse-to-fine: large scales run on a pooled grid (sigma >= 2 coarse voxels),
+        # then upsampled
         factors = [max(1, int(sigma / (2.0 * s))) for s in spacing]
         coarse = image
         if any(f > 1 for f in factors):
@@ -207,8 +215,6 @@ def blobness(
         best = torch.where(better, response, best)
         scale = torch.where(better, torch.full_like(scale, index), scale)
     return best, scale
-
-
 
 
 def _merge(candidates: list[NoduleCandidate]) -> list[NoduleCandidate]:
@@ -321,11 +327,7 @@ def find_nodules(
     peak_values = response[peaks]
     order = torch.argsort(peak_values, descending=True)[:max_seeds]
     idx, values = peak_idx[order].cpu().numpy(), peak_values[order].cpu().numpy()
-    scales = (
-        scale[tuple(peak_idx[order].T)].cpu().numpy()
-        if len(idx)
-        else np.zeros(0, int)
-    )
+    scales = scale[tuple(peak_idx[order].T)].cpu().numpy() if len(idx) else np.zeros(0, int)
     offset = np.asarray([(f - 1) / 2.0 for f in factors])
     candidates = []
     for point, value, s in zip(idx, values, scales, strict=True):

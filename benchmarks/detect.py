@@ -35,14 +35,18 @@ def _timed(fn: Callable[[], T], device: str) -> tuple[T, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.detect", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.detect", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--pixel-mm", type=float, default=0.7)
     parser.add_argument("--slice-mm", type=float, default=1.25)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--device", action="append", help="cpu, cuda (default: cpu, plus cuda when present)")
+    parser.add_argument(
+        "--device", action="append", help="cpu, cuda (default: cpu, plus cuda when present)"
+    )
     parser.add_argument(
         "--node-grid", action="store_true", help="resample to 1 mm first, as the worker does"
     )
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from ai.roi import extract_rois
     from dicom_node.model import shipped_fpr
 
-    geometry = ScanGeometry(matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices)
+    geometry = ScanGeometry(
+        matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices
+    )
     started = time.perf_counter()
     study = synthesize_study(seed=args.seed, geometry=geometry)
     volume = study.volume
@@ -65,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from ai.volume import resample
 
         volume = resample(volume, (1.0, 1.0, 1.0))
-    print(f"phantom {volume.shape} spacing {volume.spacing} mm, {len(study.nodules)} nodules "
-          f"(synthesized in {time.perf_counter() - started:.1f} s, not timed)")
+    print(
+        f"phantom {volume.shape} spacing {volume.spacing} mm, {len(study.nodules)} nodules "
+        f"(synthesized in {time.perf_counter() - started:.1f} s, not timed)"
+    )
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; grid {volume.shape}")
     print(f"load average (1 min) before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

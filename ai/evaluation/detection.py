@@ -196,13 +196,18 @@ class DetectionReport:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready summary (curves left out)."""
+
         def froc_dict(f: FrocResult) -> dict[str, object]:
             return {
                 "cpm": f.cpm,
                 "n_truths": f.n_truths,
-                "sensitivity_at_fps_per_scan": {str(r): s for r, s in zip(f.rates, f.at_rates, strict=True)},
+                "sensitivity_at_fps_per_scan": {
+                    str(r): s for r, s in zip(f.rates, f.at_rates, strict=True)
+                },
                 # The probability to set as worker.min_nodule_probability for each FP rate.
-                "confidence_threshold_at_fps_per_scan": {str(r): f.threshold_at(r) for r in f.rates},
+                "confidence_threshold_at_fps_per_scan": {
+                    str(r): f.threshold_at(r) for r in f.rates
+                },
             }
 
         return {
@@ -253,7 +258,9 @@ def _ignored(scan: ScanResult) -> list[bool]:
     return [bool(h) for h in _hit_lists(scan.detections, scan.ignored)]
 
 
-def _scored(scans: Sequence[ScanResult], min_diameter_mm: float) -> tuple[list[float], list[bool], int]:
+def _scored(
+    scans: Sequence[ScanResult], min_diameter_mm: float
+) -> tuple[list[float], list[bool], int]:
     """Per scored candidate: confidence and whether it is a true positive; number of truths."""
     confidences: list[float] = []
     positives: list[bool] = []
@@ -406,8 +413,8 @@ def evaluate_detection(
     """
     froc_all = froc(scans, min_diameter_mm=min_diameter_mm)
     froc_5 = froc(scans, min_diameter_mm=5.0, rates=(*FROC_FP_RATES,))
-    table_threshold = threshold if threshold is not None else froc_all.threshold_at(
-        operating_fps_per_scan
+    table_threshold = (
+        threshold if threshold is not None else froc_all.threshold_at(operating_fps_per_scan)
     )
     rows = size_class_rows(scans, table_threshold)
     errors = []

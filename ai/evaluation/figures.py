@@ -99,8 +99,16 @@ def froc_png(report: DetectionReport, *, title: str = "FROC") -> bytes:
     fig = Figure(figsize=(6.0, 4.5), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     curves: list[tuple[str, FrocResult, str]] = [
-        (f">= 3 mm (n={report.froc_all.n_truths}), CPM {report.froc_all.cpm:.3f}", report.froc_all, "#1f77b4"),
-        (f">= 5 mm (n={report.froc_5mm.n_truths}), CPM {report.froc_5mm.cpm:.3f}", report.froc_5mm, "#ff7f0e"),
+        (
+            f">= 3 mm (n={report.froc_all.n_truths}), CPM {report.froc_all.cpm:.3f}",
+            report.froc_all,
+            "#1f77b4",
+        ),
+        (
+            f">= 5 mm (n={report.froc_5mm.n_truths}), CPM {report.froc_5mm.cpm:.3f}",
+            report.froc_5mm,
+            "#ff7f0e",
+        ),
     ]
     for label, curve, colour in curves:
         fps = np.r_[0.0, curve.fps_per_scan]
@@ -132,7 +140,9 @@ def montage_png(tiles: Sequence[Tile], *, columns: int = 8, title: str = "detect
         ax.imshow(tile.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         c = (tile.image.shape[1] - 1) / 2.0
         if tile.radius_px > 0:
-            ax.add_patch(Circle((c, c), tile.radius_px, fill=False, color=_COLOURS[tile.kind], linewidth=1.2))
+            ax.add_patch(
+                Circle((c, c), tile.radius_px, fill=False, color=_COLOURS[tile.kind], linewidth=1.2)
+            )
         ax.set_title(tile.caption, fontsize=6, color=_COLOURS[tile.kind])
         ax.set_axis_off()
     fig.suptitle(f"{title}: green hit, red miss, amber false positive", fontsize=9)

@@ -154,8 +154,12 @@ def crop_in_context(
     labels = lung.astype(np.uint8)
     mask = LungMask(labels=labels, airway=np.zeros_like(lung), spacing=context.spacing)
     corners = np.array(
-        [volume.voxel_to_world((z, y, x)) for z in (-0.5, volume.shape[0] - 0.5)
-         for y in (-0.5, volume.shape[1] - 0.5) for x in (-0.5, volume.shape[2] - 0.5)]
+        [
+            volume.voxel_to_world((z, y, x))
+            for z in (-0.5, volume.shape[0] - 0.5)
+            for y in (-0.5, volume.shape[1] - 0.5)
+            for x in (-0.5, volume.shape[2] - 0.5)
+        ]
     )
     inside = context.world_to_voxel(corners)
     low = np.clip(np.ceil(inside.min(axis=0) - 1e-6), 0, None).astype(int)
@@ -333,9 +337,7 @@ def summarise_measurements(measurements: Sequence[CropMeasurement]) -> Measureme
     for cls in range(1, len(SIZE_CLASS_LABELS)):
         items = [m for m in measurements if size_class(m.ref_diameter_mm) == cls]
         classes.append(_row(SIZE_CLASS_LABELS[cls], items))
-    textures = tuple(
-        _row(t, [m for m in measurements if m.ref_texture == t]) for t in TEXTURES
-    )
+    textures = tuple(_row(t, [m for m in measurements if m.ref_texture == t]) for t in TEXTURES)
     confusion: dict[str, dict[str, int]] = {t: {u: 0 for u in TEXTURES} for t in TEXTURES}
     for m in measurements:
         if m.found and m.texture is not None:

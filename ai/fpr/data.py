@@ -241,9 +241,7 @@ def volume_samples(
             rng = np.random.default_rng(seed)
             for i in rng.choice(negatives, len(negatives) - max_negatives, replace=False):
                 labels[int(i)] = -1
-    samples = _samples(
-        volume, candidates, labels, source=source, patient=patient, device=device
-    )
+    samples = _samples(volume, candidates, labels, source=source, patient=patient, device=device)
     logger.info(
         "%s %s: %d candidates, %d nodules, %d not",
         source,

@@ -144,8 +144,7 @@ def candidate_patches(
         zz, yy, xx = np.meshgrid(*axes, indexing="ij")
         # grid_sample wants (x, y, z) in [-1, 1] with align_corners=True
         norm = [
-            2.0 * v / max(d - 1.0, 1.0) - 1.0
-            for v, d in zip((xx, yy, zz), dims[::-1], strict=True)
+            2.0 * v / max(d - 1.0, 1.0) - 1.0 for v, d in zip((xx, yy, zz), dims[::-1], strict=True)
         ]
         grids.append(np.stack(norm, axis=-1))
     grid = torch.as_tensor(np.stack(grids).astype(np.float32), device=device)

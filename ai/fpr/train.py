@@ -37,7 +37,6 @@ __all__ = ["FprTrainConfig", "FprTrainResult", "predict", "roc_auc", "train_fpr"
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class FprTrainConfig:
     """How :func:`train_fpr` trains."""

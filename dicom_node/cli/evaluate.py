@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 def add_subparser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``evaluate`` and its nested evaluations."""
-    parser = subparsers.add_parser("evaluate", help="measure lungs/nodules (and more) against ground truth")
+    parser = subparsers.add_parser(
+        "evaluate", help="measure lungs/nodules (and more) against ground truth"
+    )
     evaluations = parser.add_subparsers(title="evaluations", metavar="WHAT")
     for add in EVALUATIONS:
         add(evaluations)
@@ -57,16 +59,32 @@ def add_detection(evaluations: argparse._SubParsersAction[argparse.ArgumentParse
         "detection",
         help="lung Dice, FROC/CPM and size classes on DICOM series with a LUNA16 annotations.csv",
     )
-    parser.add_argument("dir", type=Path, metavar="DIR", help="folder of DICOM series with annotations.csv")
-    parser.add_argument("--out", type=Path, help="where the PNGs and metrics.json go (default DIR/evaluation)")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
-    parser.add_argument("--annotations", type=Path, help="annotations CSV (default DIR/annotations.csv)")
-    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
     parser.add_argument(
-        "--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="resample each series to this spacing (mm)"
+        "dir", type=Path, metavar="DIR", help="folder of DICOM series with annotations.csv"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where the PNGs and metrics.json go (default DIR/evaluation)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the metrics as JSON instead of a table"
+    )
+    parser.add_argument(
+        "--annotations", type=Path, help="annotations CSV (default DIR/annotations.csv)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default cuda when present, else cpu)"
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="resample each series to this spacing (mm)",
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N series")
-    parser.add_argument("--min-diameter", type=float, default=3.0, help="smallest scored nodule, mm (3)")
+    parser.add_argument(
+        "--min-diameter", type=float, default=3.0, help="smallest scored nodule, mm (3)"
+    )
     parser.add_argument("--montage", type=int, default=40, help="most tiles in the montage (40)")
     parser.add_argument(
         "--lidc", action="store_true", help="truth from each series' LIDC-IDRI readers' XML"
@@ -108,7 +126,9 @@ def _series_files(root: Path) -> dict[str, list[Path]]:
         if path.suffix.lower() in {".csv", ".json", ".mha", ".png", ".mhd", ".raw", ".txt", ".md"}:
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"])
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"]
+            )
         except (InvalidDicomError, OSError):
             continue
         uid = str(ds.get("SeriesInstanceUID", ""))
@@ -173,13 +193,20 @@ def _evaluate_series(
     short = uid[-8:]
     for t in truths:
         near = [
-            c for c in candidates if np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2
+            c
+            for c in candidates
+            if np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2
         ]
         best = max((float(c.probability or 0.0) for c in near), default=-1.0)
         tile = tile_from_volume(volume, t.center_xyz, t.diameter_mm, "hit", "")
-        tiles.append(_TileSource(tile.image, t.diameter_mm, best, f"{short} {t.diameter_mm:.1f}mm", True))
+        tiles.append(
+            _TileSource(tile.image, t.diameter_mm, best, f"{short} {t.diameter_mm:.1f}mm", True)
+        )
     hit_any = [
-        any(np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2 for t in truths)
+        any(
+            np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2
+            for t in truths
+        )
         for c in candidates
     ]
     for c, hit in list(zip(candidates, hit_any, strict=True)):
@@ -200,7 +227,10 @@ def _montage(sources: list[_TileSource], threshold: float, limit: int) -> bytes:
     truths = sorted((s for s in sources if s.truth), key=lambda s: s.confidence)
     misses = [s for s in truths if s.confidence < threshold]
     hits = [s for s in truths if s.confidence >= threshold]
-    fps = sorted((s for s in sources if not s.truth and s.confidence >= threshold), key=lambda s: -s.confidence)
+    fps = sorted(
+        (s for s in sources if not s.truth and s.confidence >= threshold),
+        key=lambda s: -s.confidence,
+    )
     share = max(1, limit // 3)
     chosen = misses[:share] + fps[:share]
     chosen += hits[: max(0, limit - len(chosen))]
@@ -213,7 +243,11 @@ def _montage(sources: list[_TileSource], threshold: float, limit: int) -> bytes:
 
 
 def _print_table(report: Any, seconds: list[float]) -> None:
-    dice_text = "n/a" if report.lung_dice_mean is None else f"{report.lung_dice_mean:.4f} (min {report.lung_dice_min:.4f})"
+    dice_text = (
+        "n/a"
+        if report.lung_dice_mean is None
+        else f"{report.lung_dice_mean:.4f} (min {report.lung_dice_min:.4f})"
+    )
     print(f"scans                        {report.n_scans}")
     print(f"lung Dice mean               {dice_text}")
     print(f"seconds per series (median)  {sorted(seconds)[len(seconds) // 2]:.1f}")
@@ -243,8 +277,15 @@ def _print_table(report: Any, seconds: list[float]) -> None:
     print(f"class  diameter  nodules  found  sensitivity  median |error| mm   ({where})")
     for row in report.size_classes:
         sens = "   -" if row.sensitivity is None else f"{row.sensitivity:.3f}"
-        e = "   -" if row.median_abs_diameter_error_mm is None else f"{row.median_abs_diameter_error_mm:.2f}"
-        print(f"{row.size_class:5d}  {row.label:>8s}  {row.n:7d}  {row.found:5d}  {sens:>11s}  {e:>8s}")
+        e = (
+            "   -"
+            if row.median_abs_diameter_error_mm is None
+            else f"{row.median_abs_diameter_error_mm:.2f}"
+        )
+        print(
+            f"{row.size_class:5d}  {row.label:>8s}  {row.n:7d}  {row.found:5d}  "
+            f"{sens:>11s}  {e:>8s}"
+        )
 
 
 def run_detection(args: argparse.Namespace) -> int:
@@ -270,7 +311,9 @@ def run_detection(args: argparse.Namespace) -> int:
     series = _series_files(args.dir)
     uids = sorted(series)[: args.limit] if args.limit else sorted(series)
     if not uids:
-        print(f"dicom-node evaluate detection: no DICOM CT series under {args.dir}", file=sys.stderr)
+        print(
+            f"dicom-node evaluate detection: no DICOM CT series under {args.dir}", file=sys.stderr
+        )
         return 1
     scans, tiles, seconds = [], [], []
     for index, uid in enumerate(uids, start=1):
@@ -287,7 +330,14 @@ def run_detection(args: argparse.Namespace) -> int:
         scans.append(scan)
         tiles.extend(series_tiles)
         seconds.append(elapsed)
-        logger.info("series %d/%d %s: %d detections in %.1f s", index, len(uids), uid, len(scan.detections), elapsed)
+        logger.info(
+            "series %d/%d %s: %d detections in %.1f s",
+            index,
+            len(uids),
+            uid,
+            len(scan.detections),
+            elapsed,
+        )
     if not scans:
         print("dicom-node evaluate detection: no series could be evaluated", file=sys.stderr)
         return 1

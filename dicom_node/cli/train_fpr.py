@@ -239,10 +239,10 @@ def run(args: argparse.Namespace) -> int:
     from ai.errors import AIError
     from ai.fpr.data import concatenate, lidc_scan_samples, phantom_samples
     from ai.fpr.infer import weights_to_bytes, weights_version
-    from dicom_node.model import CARD_FILE, MODEL_FILE
     from ai.fpr.model import FprConfig
     from ai.fpr.train import FprTrainConfig, predict, train_fpr
     from ai.readers.lidc_crops import patient_folds
+    from dicom_node.model import CARD_FILE, MODEL_FILE
 
     torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()

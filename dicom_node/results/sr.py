@@ -390,7 +390,11 @@ def _group(
                 derivation=codes.SCT.Mean,
             ),
             *(
-                [hd.sr.Measurement(name=NODULE_PROBABILITY, value=finding.probability, unit=UNITLESS)]
+                [
+                    hd.sr.Measurement(
+                        name=NODULE_PROBABILITY, value=finding.probability, unit=UNITLESS
+                    )
+                ]
                 if finding.probability is not None
                 else []
             ),

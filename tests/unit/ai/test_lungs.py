@@ -65,7 +65,11 @@ def test_right_left_follow_world_coordinates_not_index_order() -> None:
 
 
 def test_volume_without_lungs_raises() -> None:
-    solid = Volume(array=np.full((10, 20, 20), 40.0, dtype=np.float32), spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0))
+    solid = Volume(
+        array=np.full((10, 20, 20), 40.0, dtype=np.float32),
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0, 0, 0),
+    )
     with pytest.raises(NotALungCT):
         segment_lungs(solid)
 
