@@ -124,7 +124,13 @@ def dataset_bytes(path: Path) -> bytes:
 
 
 def instance_record(
-    sop: str, series: str = "1.2.3", study: str = "1.2", number: int = 1
+    sop: str,
+    series: str = "1.2.3",
+    study: str = "1.2",
+    number: int = 1,
+    *,
+    patient_id: str | None = None,
+    study_date: str = "20260101",
 ) -> InstanceRecord:
     """What the catalog records of a received CT instance (the UIDs given)."""
     return InstanceRecord(
@@ -139,7 +145,8 @@ def instance_record(
         modality="CT",
         instance_number=number,
         patient_name="Doe^Jane",
-        study_date="20260101",
+        patient_id=patient_id,
+        study_date=study_date,
     )
 
 

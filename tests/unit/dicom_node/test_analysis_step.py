@@ -23,8 +23,8 @@ from dicom_node.processing import analysis
 from dicom_node.processing.analysis import AnalysisStep
 from dicom_node.processing.jobs import SeriesJob
 from dicom_node.settings import QualificationSettings, WorkerSettings
-from storage.catalog import InstanceRecord, SeriesState
-from tests.factories import ct_slice
+from storage.catalog import SeriesState
+from tests.factories import ct_slice, instance_record
 
 SERIES = "1.2.3.4"
 COMPACT = RegistrationImage(
@@ -71,20 +71,7 @@ def _analysis(**kwargs: Any) -> SeriesAnalysis:
 def test_settings_reach_the_detector_and_the_catalog_gets_probability_and_image(
     catalog, monkeypatch
 ) -> None:
-    catalog.intake.record_instance(
-        InstanceRecord(
-            "1.2.3",
-            SERIES,
-            SERIES + ".1",
-            "1.2.840.10008.5.1.4.1.1.2",
-            "1.2.840.10008.1.2.1",
-            "x",
-            1,
-            "0" * 64,
-            patient_id="P1",
-            modality="CT",
-        )
-    )
+    catalog.intake.record_instance(instance_record(SERIES + ".1", SERIES, "1.2.3"))
     calls: list[dict[str, Any]] = []
 
     def fake_analyse(volume: Volume, net: Any, **kwargs: Any) -> SeriesAnalysis:

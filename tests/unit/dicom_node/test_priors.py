@@ -15,8 +15,7 @@ from scipy import ndimage
 
 from ai.registration import RegistrationImage
 from dicom_node.retrieval.priors import same_patient_priors
-from storage.catalog import InstanceRecord
-from tests.factories import new_nodule
+from tests.factories import instance_record, new_nodule
 
 VERSION = "test-model-1"
 SHIFT = np.array([6.0, 0.0, 29.0])  # world x, y, z of the same anatomy: prior minus follow-up
@@ -43,19 +42,7 @@ def _image(origin: tuple[float, float, float]) -> bytes:
 
 def _study(catalog, study: str, date: str, nodules, image: bytes | None) -> None:
     catalog.intake.record_instance(
-        InstanceRecord(
-            study,
-            study + ".9",
-            study + ".9.1",
-            "1.2.840.10008.5.1.4.1.1.2",
-            "1.2.840.10008.1.2.1",
-            "x",
-            1,
-            "0" * 64,
-            patient_id="P1",
-            study_date=date,
-            modality="CT",
-        )
+        instance_record(study + ".9.1", study + ".9", study, patient_id="P1", study_date=date)
     )
     rng = np.random.default_rng(0)
     rows = [
