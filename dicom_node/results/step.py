@@ -209,7 +209,7 @@ def _montage_row(case: NoduleCases, number: int) -> MontageRow:
     nodule = case.nodule
     return MontageRow(
         label=(
-            f"Nodule {number} p={nodule.confidence:.2f}\n"
+            f"Nodule {number}, prob. {nodule.confidence:.2f}\n"
             f"{nodule.diameter_mm:.1f} mm {nodule.texture}"
         ),
         query=_thumbnail(nodule),
