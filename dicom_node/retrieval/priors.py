@@ -121,14 +121,19 @@ def _pairs(
 
     current_image = catalog.nodules.registration_image(series_uid)
     prior_image = catalog.nodules.registration_image(prior_series)
-    registered = current_image is not None and prior_image is not None
-    if current_image is not None and prior_image is not None:
-        registration = register(
-            RegistrationImage.from_bytes(current_image), RegistrationImage.from_bytes(prior_image)
-        )
-    else:
+    registration = Registration.identity()
+    registered = False
+    if current_image is None or prior_image is None:
         logger.info("no registration image for one of two series: matching on raw coordinates")
-        registration = Registration.identity()
+    else:
+        try:
+            registration = register(
+                RegistrationImage.from_bytes(current_image),
+                RegistrationImage.from_bytes(prior_image),
+            )
+            registered = True
+        except (RuntimeError, ValueError) as exc:  # SimpleITK gave up, or unreadable bytes
+            logger.warning("registration failed (%s): matching on raw coordinates", exc)
     interval = _days(prior[0].study_date, current[0].study_date)
     changes = match_nodules(
         current,

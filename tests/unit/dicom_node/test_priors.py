@@ -118,3 +118,11 @@ def test_without_images_the_nodules_are_matched_on_raw_coordinates(catalog) -> N
     # The earlier study has no prior of its own: only later studies look back.
     earlier = catalog.nodules.of(model_version=VERSION, study_instance_uid="1.1")
     assert same_patient_priors(catalog, VERSION, earlier) == {}
+
+
+def test_an_unreadable_image_falls_back_to_raw_coordinates(catalog) -> None:
+    _study(catalog, "1.1", "20230101", [(CENTRES[0] + [0, 0, 5], 8.0)], b"not an image")
+    _study(catalog, "1.2", "20240101", [(CENTRES[0], 8.8)], _image((0.0, 0.0, 0.0)))
+    current = catalog.nodules.of(model_version=VERSION, study_instance_uid="1.2")
+    ((prior,),) = same_patient_priors(catalog, VERSION, current).values()
+    assert not prior.registered and prior.growth_mm == pytest.approx(0.8)
