@@ -284,6 +284,17 @@ class JobRunner:
         record = self.catalog.workflow.job(series_instance_uid, before.name, before.version)
         return [record.detail] if record is not None and record.detail else []
 
+    def pending(self) -> list[str]:
+        """Series with a step due: in the step's ``requires`` state, its job unfinished."""
+        due: list[str] = []
+        workflow = self.catalog.workflow
+        for step in self.steps:
+            for uid in workflow.series_in_states([step.requires]):
+                record = workflow.job(uid, step.name, step.version)
+                if (record is None or not record.finished) and uid not in due:
+                    due.append(uid)
+        return due
+
     def recover(self) -> int:
         """End the leases of jobs held by dead processes of this host; put stray series back.
 

@@ -61,6 +61,7 @@ def node_with_priors(tmp_path, make_settings, start_node):
                 )
             ],
         )
+    node.similarity_index.sync()  # rows written here, not by a step: no waiting on the poll
     yield node, studies, viewer_port
     catalog.close()
 
