@@ -9,7 +9,6 @@ shipped model in tests/integration/test_retrieval_quality.py.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pydicom
 import pytest
@@ -19,7 +18,7 @@ from dicom_node.cli import main
 from dicom_node.retrieval.priors import same_patient_priors
 from storage.catalog import DeliveryState, SeriesState
 from tests.factories import write_ct_series
-from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port, wait_until
+from tests.peers import dcmtk, free_port, run_peer, start_storescp, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +39,7 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
 ) -> None:
     pacs_port = free_port()
     received = tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        [dcmtk("storescp"), "-od", str(received), "-aet", "PACS", str(pacs_port)],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(pacs_port, process=pacs)
+    pacs = start_storescp(pacs_port, received)
     try:
         settings = make_settings(
             worker={"model_dir": str(tiny_model_dir)},
@@ -178,7 +170,7 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     )
     assert main(["status", "--data-dir", str(settings.data_dir)]) == 0
     table = capsys.readouterr().out
-    assert table.count("result  similar-case SR of series #") == 4
+    assert table.count("result  similar-case SR (series #") == 4
     assert "skipped" in table and "modality SR" not in table
     study = indexed[0].study_instance_uid
     png = tmp_path / "gallery.png"
@@ -209,8 +201,10 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     # Reprocessing the same series (same model version) replaces, never duplicates, its nodules.
     before = node.similarity_index.index.ntotal
     uid = indexed[0].series_instance_uid
-    node.catalog.workflow.clear_jobs([uid])  # what dicom-node reindex does
-    node.catalog.workflow.transition(uid, SeriesState.COMPLETE)
+    moved = node.catalog.workflow.requeue(  # what dicom-node reindex does
+        [uid], [SeriesState.REPORTED], send_results=False, reason="queued again by the test"
+    )
+    assert moved == 1
     node.workers.wake()
     wait_until(
         lambda: node.catalog.workflow.series_state(uid)[0] is SeriesState.REPORTED,
