@@ -18,6 +18,7 @@
      |    +-- UnevenSpacing        slice spacing that varies and is not a gap
      |    +-- PixelDecodeError     pixel data that cannot be decoded
      +-- ReaderError         a public-data file (LUNA16, LIDC-IDRI) that cannot be read
+     +-- ModelLoadError      model weights or card that cannot be loaded
 
 Bad arguments raise the built-in ``ValueError``/``TypeError`` (as highdicom
 does); these classes are for inputs that are well formed but unusable.
@@ -42,6 +43,7 @@ __all__ = [
     "UnevenSpacing",
     "PixelDecodeError",
     "ReaderError",
+    "ModelLoadError",
 ]
 
 
@@ -107,3 +109,7 @@ class PixelDecodeError(SeriesError):
 
 class ReaderError(AIError):
     """A public-data file (LUNA16 ``.mhd``/``annotations.csv``, LIDC-IDRI XML) cannot be read."""
+
+
+class ModelLoadError(AIError):
+    """Model weights or their card cannot be read, or do not match each other."""

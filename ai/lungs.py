@@ -14,10 +14,11 @@ papers 001 and 004), made robust and run with torch on the GPU when present:
    step by step if that component leaks into the parenchyma. It is removed
    (with a one-voxel rim) from the lungs.
 3. **Left and right**: the two largest remaining components. When the lungs
-   touch (anterior junction) they are eroded until they part and the two
-   cores are grown back inside the mask. The lung whose centroid has the
-   smaller LPS ``x`` is the patient's right lung (label 1); the other is the
-   left lung (label 2).
+   touch (anterior or posterior junction, or joined through an airway that
+   was not found) they are eroded on a 2 mm grid, millimetre by millimetre,
+   until they part; every lung voxel then takes the label of the nearer core.
+   The lung whose centroid has the smaller LPS ``x`` is the patient's right
+   lung (label 1); the other is the left lung (label 2).
 4. **Vessels and juxtapleural nodules kept**: each lung is closed with a ball
    of ``closing_mm`` on a coarse isotropic grid (torch max-pooling) and its
    holes are filled (3-D holes, and small in-plane holes slice by slice).
@@ -38,16 +39,27 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ai.errors import NotALungCT
 from ai.types import Volume
 
-__all__ = ["LungMask", "segment_lungs", "close_mask", "dilate_mask", "erode_mask", "lung_bbox"]
+__all__ = [
+    "LungMask",
+    "segment_lungs",
+    "close_mask",
+    "dilate_mask",
+    "erode_mask",
+    "fill_lung",
+    "lung_bbox",
+]
 
 logger = logging.getLogger(__name__)
 
 RIGHT_LUNG = 1
 LEFT_LUNG = 2
+#: Grid (mm) on which touching lungs are parted.
+PARTING_GRID_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +142,11 @@ def erode_mask(mask: torch.Tensor, iterations: int = 1, *, ball: bool = True) ->
 
 
 def close_mask(
-    mask: torch.Tensor, radius_mm: float, spacing: tuple[float, float, float], *, grid_steps: float = 4.0
+    mask: torch.Tensor,
+    radius_mm: float,
+    spacing: tuple[float, float, float],
+    *,
+    grid_steps: float = 4.0,
 ) -> torch.Tensor:
     """Close a mask with a ball of ``radius_mm``, on a coarse isotropic grid.
 
@@ -186,7 +202,9 @@ def _fill_holes(
     """
     background = np.pad(~mask, 1, constant_values=True)
     labels = cc3d.connected_components(background, connectivity=6)
-    out: npt.NDArray[np.bool_] = mask | ((labels != labels[0, 0, 0]) & (labels > 0))[1:-1, 1:-1, 1:-1]
+    out: npt.NDArray[np.bool_] = (
+        mask | ((labels != labels[0, 0, 0]) & (labels > 0))[1:-1, 1:-1, 1:-1]
+    )
     max_pixels = max_hole_mm2 / (spacing[1] * spacing[2])
     for z in np.flatnonzero(out.any(axis=(1, 2))):
         plane = np.pad(~out[z], 1, constant_values=True)
@@ -199,6 +217,35 @@ def _fill_holes(
     return out
 
 
+def fill_lung(
+    lung: torch.Tensor,
+    spacing: tuple[float, float, float],
+    *,
+    closing_mm: float = 6.0,
+    max_hole_mm2: float = 400.0,
+) -> npt.NDArray[np.bool_]:
+    """Bring vessels and juxtapleural nodules into one lung's air mask.
+
+    Parameters
+    ----------
+    lung : torch.Tensor
+        ``(z, y, x)`` bool, the lung's air voxels (any device).
+    spacing : tuple of float
+        ``(z, y, x)`` voxel size in mm.
+    closing_mm : float
+        Radius of the closing (:func:`close_mask`).
+    max_hole_mm2 : float
+        Largest in-plane hole filled slice by slice (3-D holes are always filled).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(z, y, x)`` bool, a superset of ``lung``.
+    """
+    closed = close_mask(lung, closing_mm, spacing).cpu().numpy()
+    return _fill_holes(closed, spacing, max_hole_mm2)
+
+
 def lung_bbox(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, slice, slice]:
     """Bounding box of a ``(z, y, x)`` mask as slices, grown by ``margin`` voxels."""
     if not mask.any():
@@ -207,7 +254,9 @@ def lung_bbox(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, slic
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         idx = np.flatnonzero(mask.any(axis=other))
-        result.append(slice(max(0, int(idx[0]) - margin), min(mask.shape[axis], int(idx[-1]) + 1 + margin)))
+        result.append(
+            slice(max(0, int(idx[0]) - margin), min(mask.shape[axis], int(idx[-1]) + 1 + margin))
+        )
     return (result[0], result[1], result[2])
 
 
@@ -220,7 +269,12 @@ def _internal_air(
     """All air not connected to the in-plane faces, and its large components."""
     labels = cc3d.connected_components(air, connectivity=6)
     faces = np.concatenate(
-        [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+        [
+            labels[:, 0, :].ravel(),
+            labels[:, -1, :].ravel(),
+            labels[:, :, 0].ravel(),
+            labels[:, :, -1].ravel(),
+        ]
     )
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
@@ -280,12 +334,16 @@ def _find_airway(
             result[box] = labels == best
             logger.debug("airway %.1f ml at %.0f HU", sizes[best] * voxel_ml, threshold)
             return result
-        logger.info("airway leaks at %.0f HU (%.0f ml), lowering threshold", threshold, sizes[best] * voxel_ml)
+        logger.info(
+            "airway leaks at %.0f HU (%.0f ml), lowering threshold",
+            threshold,
+            sizes[best] * voxel_ml,
+        )
     return np.zeros_like(air)
 
 
 def _split_left_right(
-    lungs: torch.Tensor, volume: Volume, max_erosions: int
+    lungs: torch.Tensor, volume: Volume, max_parting_mm: float
 ) -> npt.NDArray[np.uint8]:
     """Label the two lungs 1 (right) / 2 (left) in a bool ``(z, y, x)`` tensor."""
     mask = lungs.cpu().numpy()
@@ -301,54 +359,87 @@ def _split_left_right(
         seeds[labels == order[0]] = 1
         seeds[labels == order[1]] = 2
         rest = mask & (seeds == 0)
+        if rest.any():
+            seeds = _assign_rest(seeds, rest)
     else:
-        seeds, rest = _split_by_erosion(lungs, max_erosions)
-    if rest.any():
-        seeds = _assign_rest(seeds, rest)
+        seeds = _part_by_erosion(lungs, volume.spacing, max_parting_mm)
     return _orient(seeds, volume)
 
 
-def _split_by_erosion(
-    lungs: torch.Tensor, max_erosions: int
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
-    eroded = lungs
-    full = int(lungs.sum())
-    for step in range(1, max_erosions + 1):
-        eroded = erode_mask(eroded, 1, ball=False)
-        core = eroded.cpu().numpy()
-        labels = cc3d.connected_components(core, connectivity=6)
+def _part_by_erosion(
+    lungs: torch.Tensor, spacing: tuple[float, float, float], max_parting_mm: float
+) -> npt.NDArray[np.uint8]:
+    """Part touching lungs: erode on a coarse grid until two cores appear, share the rest.
+
+    The lungs are pooled to a grid of about :data:`PARTING_GRID_MM`, eroded
+    there (alternating cube and cross, so the element grows like a ball) until
+    the two largest components each hold 5 % of the lungs, and every lung
+    voxel takes the label of the nearer core (Euclidean distance on the coarse
+    grid). Working in millimetres, not voxels, parts a wide anterior junction
+    or lungs joined through the trachea on thin and thick slices alike.
+    """
+    factors = [max(1, int(round(PARTING_GRID_MM / s))) for s in spacing]
+    pad = [(f - n % f) % f for n, f in zip(lungs.shape, factors, strict=True)]
+    pooled = F.avg_pool3d(
+        F.pad(_as_5d(lungs), (0, pad[2], 0, pad[1], 0, pad[0])), factors, factors
+    )[0, 0]
+    coarse = pooled >= 0.5
+    grid = [s * f for s, f in zip(spacing, factors, strict=True)]
+    full = max(1, int(coarse.sum()))
+    eroded = coarse
+    depth_mm = 0.0
+    step = 0
+    cores: npt.NDArray[np.uint8] | None = None
+    while depth_mm < max_parting_mm and bool(eroded.any()):
+        eroded = erode_mask(eroded, 1, ball=step % 2 == 0)
+        step += 1
+        depth_mm += min(grid)
+        labels = cc3d.connected_components(eroded.cpu().numpy(), connectivity=6)
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         order = np.argsort(sizes)[::-1]
         if len(order) > 2 and sizes[order[1]] >= 0.05 * full:
-            logger.debug("lungs parted after %d erosions", step)
-            seeds_t = torch.zeros(lungs.shape, dtype=torch.uint8, device=lungs.device)
-            for value, label in ((1, order[0]), (2, order[1])):
-                seeds_t[torch.from_numpy(labels == label).to(lungs.device)] = value
-            for _ in range(step + 1):
-                grown = seeds_t.clone()
-                for value in (1, 2):
-                    ring = dilate_mask(seeds_t == value, 1, ball=False) & lungs & (grown == 0)
-                    grown[ring] = value
-                seeds_t = grown
-            seeds = seeds_t.cpu().numpy()
-            return seeds, lungs.cpu().numpy() & (seeds == 0)
-    logger.warning("lungs could not be parted; splitting at the midline")
+            logger.debug("lungs parted %.1f mm deep", depth_mm)
+            cores = np.zeros(labels.shape, dtype=np.uint8)
+            cores[labels == order[0]] = 1
+            cores[labels == order[1]] = 2
+            break
     mask = lungs.cpu().numpy()
-    xs = np.flatnonzero(mask.any(axis=(0, 1)))
-    mid = (xs[0] + xs[-1]) // 2
+    if cores is None:
+        return _split_at_thinnest_column(mask)
+    _, nearest = ndimage.distance_transform_edt(cores == 0, sampling=grid, return_indices=True)
+    coarse_labels = cores[tuple(nearest)]
+    fine = coarse_labels
+    for axis, f in enumerate(factors):
+        fine = np.repeat(fine, f, axis=axis)
+    fine = fine[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
+    result: npt.NDArray[np.uint8] = np.where(mask, fine, 0).astype(np.uint8)
+    return result
+
+
+def _split_at_thinnest_column(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """Last resort: cut at the column (x) of least lung in the middle third."""
+    profile = mask.sum(axis=(0, 1))
+    xs = np.flatnonzero(profile)
+    lo, hi = xs[0], xs[-1]
+    third = max(1, (hi - lo) // 3)
+    middle = np.arange(lo + third, hi - third + 1)
+    cut = int(middle[np.argmin(profile[middle])]) if middle.size else (lo + hi) // 2
+    logger.warning("lungs could not be parted by erosion; splitting at the thinnest column")
     seeds = np.zeros(mask.shape, dtype=np.uint8)
-    seeds[:, :, :mid][mask[:, :, :mid]] = 1
-    seeds[:, :, mid:][mask[:, :, mid:]] = 2
-    return seeds, np.zeros_like(mask)
+    seeds[:, :, :cut][mask[:, :, :cut]] = 1
+    seeds[:, :, cut:][mask[:, :, cut:]] = 2
+    return seeds
 
 
-def _assign_rest(seeds: npt.NDArray[np.uint8], rest: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+def _assign_rest(
+    seeds: npt.NDArray[np.uint8], rest: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.uint8]:
     """Give each leftover component the label of the nearer lung (by centroid)."""
     centroids = [np.argwhere(seeds == v).mean(axis=0) for v in (1, 2)]
     labels = cc3d.connected_components(rest, connectivity=6)
     out = seeds.copy()
-    for label, points in _components(labels):
+    for _, points in _components(labels):
         c = points.mean(axis=0)
         nearest = 1 + int(np.linalg.norm(c - centroids[1]) < np.linalg.norm(c - centroids[0]))
         out[tuple(points.T)] = nearest
@@ -363,7 +454,8 @@ def _components(labels: npt.NDArray[np.integer]) -> list[tuple[int, npt.NDArray[
     values, starts = np.unique(flat[idx], return_index=True)
     groups = np.split(idx, starts[1:])
     return [
-        (int(v), np.stack(np.unravel_index(g, labels.shape), axis=1)) for v, g in zip(values, groups, strict=True)
+        (int(v), np.stack(np.unravel_index(g, labels.shape), axis=1))
+        for v, g in zip(values, groups, strict=True)
     ]
 
 
@@ -387,9 +479,10 @@ def segment_lungs(
     device: str | torch.device = "cpu",
     air_threshold_hu: float = -400.0,
     airway_threshold_hu: float = -950.0,
+    airway_rim_mm: float = 2.0,
     closing_mm: float = 6.0,
     min_component_fraction: float = 0.05,
-    max_erosions: int = 12,
+    max_parting_mm: float = 30.0,
     max_hole_mm2: float = 400.0,
 ) -> LungMask:
     """Segment and label the lungs of a chest CT volume.
@@ -404,14 +497,17 @@ def segment_lungs(
         Voxels below this are air or lung parenchyma.
     airway_threshold_hu : float
         Starting threshold for the airway region (lowered if it leaks).
+    airway_rim_mm : float
+        The airway grown by this much (its wall's partial-volume voxels) is
+        taken out of the lungs.
     closing_mm : float
         Radius of the closing that brings vessels and juxtapleural nodules
         into each lung.
     min_component_fraction : float
         Internal-air components smaller than this fraction of the largest are
         dropped.
-    max_erosions : int
-        Most erosions tried to part touching lungs.
+    max_parting_mm : float
+        Deepest erosion (mm) tried to part touching lungs.
     max_hole_mm2 : float
         Largest in-plane hole filled slice by slice (3-D holes are always filled).
 
@@ -430,22 +526,27 @@ def segment_lungs(
     air = (hu < air_threshold_hu).cpu().numpy()
     all_internal, internal = _internal_air(air, min_component_fraction)
     if not internal.any():
-        raise NotALungCT("no internal air region: not a chest CT or the body is cut by the field of view")
-    # the trachea may be its own (small) component when the bronchi are thin: look in all internal air
+        raise NotALungCT(
+            "no internal air region: not a chest CT or the body is cut by the field of view"
+        )
+    # the trachea may be its own (small) component when the bronchi are thin:
+    # look in all internal air
     airway = _find_airway(hu, all_internal, volume, airway_threshold_hu)
+    lungs_np = internal
     if airway.any():
-        rim = dilate_mask(torch.from_numpy(airway).to(device), 1, ball=False).cpu().numpy()
-        lungs_np = internal & ~rim
-    else:
-        lungs_np = internal
+        # the wall's partial-volume voxels (between the airway and air thresholds) go with it
+        steps = max(1, int(round(airway_rim_mm / min(volume.spacing))))
+        near = lung_bbox(airway, margin=steps)
+        rim = dilate_mask(torch.from_numpy(airway[near]).to(device), steps).cpu().numpy()
+        lungs_np = internal.copy()
+        lungs_np[near] &= ~rim
     box = lung_bbox(lungs_np, margin=2)
     lungs = torch.from_numpy(np.ascontiguousarray(lungs_np[box])).to(device)
-    seeds = _split_left_right(lungs, volume, max_erosions)
+    seeds = _split_left_right(lungs, volume, max_parting_mm)
     labels_box = np.zeros(seeds.shape, dtype=np.uint8)
     for value in (RIGHT_LUNG, LEFT_LUNG):
         one = torch.from_numpy(seeds == value).to(device)
-        closed = close_mask(one, closing_mm, volume.spacing).cpu().numpy()
-        filled = _fill_holes(closed, volume.spacing, max_hole_mm2)
+        filled = fill_lung(one, volume.spacing, closing_mm=closing_mm, max_hole_mm2=max_hole_mm2)
         labels_box[filled & (labels_box == 0)] = value
     labels = np.zeros(volume.shape, dtype=np.uint8)
     labels[box] = labels_box

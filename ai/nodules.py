@@ -16,90 +16,39 @@ with the vessel it touches and with the pleura it sits on. We do better:
    three are negative: high for spheres, near zero for tubes (vessels) and
    plates (fissures, pleura). Local maxima of the maximum over scales are the
    candidates; the winning scale estimates the radius.
-4. **Measurement** on the native grid around each candidate: a threshold
-   half-way between the background and the nodule's own outer density,
-   an opening with a ball of about a third of the radius that cuts attached
-   vessels, and the component at the centre. From it come the centroid,
-   equivalent and long-axis diameters, volume, mean and peak HU, texture
-   (share of solid voxels), bounding box and elongation.
-5. **Confidence** combines the normalised blob response with the shape
-   (elongation, compactness); overlapping candidates are merged.
+4. **Measurement** on the native grid around each candidate
+   (:func:`ai.measure.measure_seed`): the nodule's own threshold, an opening
+   that cuts attached vessels, the component at the centre; centroid,
+   diameters, volume, HU, texture, bounding box, elongation and a confidence
+   from the blob response and the shape. Overlapping candidates are merged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 from ai.lungs import LungMask, close_mask, lung_bbox
+from ai.measure import (
+    DEFAULT_SEGMENTATION,
+    SPHERE_RESPONSE,
+    NoduleCandidate,
+    Seed,
+    SegmentationParams,
+    Texture,
+    measure_seed,
+)
 from ai.types import Volume
 
-__all__ = ["NoduleCandidate", "Texture", "find_nodules", "blobness"]
+__all__ = ["NoduleCandidate", "SPHERE_RESPONSE", "Texture", "find_nodules", "blobness"]
 
 logger = logging.getLogger(__name__)
-
-Texture = Literal["solid", "part-solid", "ground-glass"]
-
-#: Dot-filter response of a unit-contrast ball at its own scale (measured once, see tests).
-SPHERE_RESPONSE = 0.30
-#: HU above which a voxel counts as solid.
-SOLID_HU = -300.0
-
-
-@dataclass(frozen=True)
-class NoduleCandidate:
-    """One nodule candidate.
-
-    Parameters
-    ----------
-    center_zyx : tuple of float
-        Centroid in (fractional) voxel indices ``(z, y, x)`` of the volume.
-    center_xyz : tuple of float
-        Centroid in world LPS mm ``(x, y, z)``.
-    diameter_mm : float
-        Equivalent-sphere diameter ``(6 V / pi) ** (1/3)`` in mm.
-    long_axis_mm : float
-        Largest extent (maximum Feret diameter) in mm.
-    volume_mm3 : float
-        Segmented volume in mm³.
-    mean_hu, peak_hu : float
-        Mean HU of the segmented voxels, and the maximum of the 3x3x3 mean.
-    texture : {"solid", "part-solid", "ground-glass"}
-        From the share of segmented voxels above -300 HU.
-    bbox : tuple of tuple of int
-        ``((z0, z1), (y0, y1), (x0, x1))`` half-open voxel bounds.
-    confidence : float
-        ``0..1``; higher is more nodule-like. Used to rank (FROC).
-    laterality : {"right", "left"}
-        Patient's lung the candidate lies in.
-    elongation : float
-        Square root of the ratio of the largest to the smallest principal
-        variance of the voxel coordinates in mm (1 for a ball).
-    """
-
-    center_zyx: tuple[float, float, float]
-    center_xyz: tuple[float, float, float]
-    diameter_mm: float
-    long_axis_mm: float
-    volume_mm3: float
-    mean_hu: float
-    peak_hu: float
-    texture: Texture
-    bbox: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-    confidence: float
-    laterality: Literal["right", "left"]
-    elongation: float
-
 
 # --------------------------------------------------------------------------- blobness
 
@@ -116,11 +65,18 @@ def _pad_edge(a: torch.Tensor, axis: int, width: int) -> torch.Tensor:
     n = a.shape[axis]
     shape = list(a.shape)
     shape[axis] = width
-    return torch.cat([a.narrow(axis, 0, 1).expand(shape), a, a.narrow(axis, n - 1, 1).expand(shape)], dim=axis)
+    return torch.cat(
+        [a.narrow(axis, 0, 1).expand(shape), a, a.narrow(axis, n - 1, 1).expand(shape)], dim=axis
+    )
 
 
-def _smooth(image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, float]) -> torch.Tensor:
-    """Separable Gaussian (edges replicated) by shifted adds: faster than conv3d with 1-D kernels on CPU."""
+def _smooth(
+    image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, float]
+) -> torch.Tensor:
+    """Separable Gaussian (edges replicated) by shifted adds.
+
+    Faster than conv3d with 1-D kernels on CPU.
+    """
     out = image
     for axis, s in enumerate(spacing):
         kernel = _gaussian_kernel(sigma_mm / s).tolist()
@@ -135,17 +91,29 @@ def _smooth(image: torch.Tensor, sigma_mm: float, spacing: tuple[float, float, f
 
 
 def _diff(a: torch.Tensor, axis: int, h: float) -> torch.Tensor:
-    """Central first difference along ``axis`` (edges replicated)."""
-    padded = _pad_edge(a, axis, 1)
+    """Central first difference along ``axis`` (edges replicated), without a padded copy."""
     n = a.shape[axis]
-    return (padded.narrow(axis, 2, n) - padded.narrow(axis, 0, n)) / (2.0 * h)
+    out = torch.empty_like(a)
+    if n < 3:
+        return out.zero_()
+    torch.sub(a.narrow(axis, 2, n - 2), a.narrow(axis, 0, n - 2), out=out.narrow(axis, 1, n - 2))
+    torch.sub(a.narrow(axis, 1, 1), a.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+    torch.sub(a.narrow(axis, n - 1, 1), a.narrow(axis, n - 2, 1), out=out.narrow(axis, n - 1, 1))
+    return out.mul_(1.0 / (2.0 * h))
 
 
 def _diff2(a: torch.Tensor, axis: int, h: float) -> torch.Tensor:
-    """Central second difference along ``axis`` (edges replicated)."""
-    padded = _pad_edge(a, axis, 1)
+    """Central second difference along ``axis`` (edges replicated), without a padded copy."""
     n = a.shape[axis]
-    return (padded.narrow(axis, 2, n) - 2.0 * a + padded.narrow(axis, 0, n)) / (h * h)
+    out = torch.empty_like(a)
+    if n < 3:
+        return out.zero_()
+    inner = out.narrow(axis, 1, n - 2)
+    torch.add(a.narrow(axis, 2, n - 2), a.narrow(axis, 0, n - 2), out=inner)
+    inner.sub_(a.narrow(axis, 1, n - 2), alpha=2.0)
+    torch.sub(a.narrow(axis, 1, 1), a.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+    torch.sub(a.narrow(axis, n - 2, 1), a.narrow(axis, n - 1, 1), out=out.narrow(axis, n - 1, 1))
+    return out.mul_(1.0 / (h * h))
 
 
 def _eigenvalues(
@@ -227,7 +195,8 @@ def blobness(
     scale = torch.zeros(image.shape, dtype=torch.int64, device=image.device)
     for index, radius in enumerate(radii_mm):
         sigma = radius / math.sqrt(3.0)
-        # coarse-to-fine: large scales run on a pooled grid (sigma >= 2 coarse voxels), then upsampled
+        # coarse-to-fine: large scales run on a pooled grid (sigma >= 2 coarse voxels),
+        # then upsampled
         factors = [max(1, int(sigma / (2.0 * s))) for s in spacing]
         coarse = image
         if any(f > 1 for f in factors):
@@ -246,179 +215,6 @@ def blobness(
         best = torch.where(better, response, best)
         scale = torch.where(better, torch.full_like(scale, index), scale)
     return best, scale
-
-
-# --------------------------------------------------------------------------- measurement
-
-
-def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> npt.NDArray[np.bool_]:
-    half = [max(0, int(math.floor(radius_mm / s))) for s in spacing]
-    grids = np.meshgrid(
-        *[np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=True)], indexing="ij"
-    )
-    result: npt.NDArray[np.bool_] = sum(g**2 for g in grids) <= radius_mm**2 + 1e-6
-    return result
-
-
-@dataclass(frozen=True)
-class _Seed:
-    zyx: tuple[int, int, int]
-    radius_mm: float
-    response: float
-
-
-def _distance(
-    shape: tuple[int, ...], centre: tuple[int, ...], spacing: tuple[float, float, float]
-) -> npt.NDArray[np.float64]:
-    grids = np.meshgrid(
-        *[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing, strict=True)],
-        indexing="ij",
-        sparse=True,
-    )
-    result: npt.NDArray[np.float64] = np.sqrt(sum(g**2 for g in grids))
-    return result
-
-
-def _measure(
-    seed: _Seed,
-    hu: npt.NDArray[np.float32],
-    region: npt.NDArray[np.bool_],
-    labels: npt.NDArray[np.uint8],
-    volume: Volume,
-    background_hu: float,
-    max_diameter_mm: float,
-) -> NoduleCandidate | None:
-    """Segment and measure the blob at ``seed`` (crop coordinates); ``None`` if there is none."""
-    spacing = volume.spacing
-    r = seed.radius_mm
-    half = [int(math.ceil((2.0 * r + 4.0) / s)) for s in spacing]
-    lo = [max(0, c - h) for c, h in zip(seed.zyx, half, strict=True)]
-    hi = [min(n, c + h + 1) for c, h, n in zip(seed.zyx, half, hu.shape, strict=True)]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    dist = _distance(hu[box].shape, tuple(c - a for c, a in zip(seed.zyx, lo, strict=True)), spacing)
-    # the search region (lungs closed wide) only near the seed; farther out, the lungs themselves,
-    # so that chest wall the wide closing took in does not join a juxtapleural nodule's segment
-    allowed = (labels[box] > 0) | (region[box] & (dist <= 1.2 * r + max(spacing)))
-    local = np.where(allowed, hu[box], background_hu).astype(np.float32)
-    smooth = ndimage.gaussian_filter(local, sigma=[0.6 / s for s in spacing], truncate=2.5)
-    shell = (dist >= 0.35 * r) & (dist <= 0.75 * r)
-    core = dist <= max(0.5 * r, min(spacing))
-    level = float(np.median(smooth[shell])) if shell.any() else float(np.median(smooth[core]))
-    if level < -700:
-        level = float(np.percentile(smooth[core], 75))
-    if level - background_hu < 120.0:
-        logger.debug("seed %s: too faint (level %.0f HU)", seed.zyx, level)
-        return None
-    binary = smooth > 0.5 * (background_hu + level)
-    if level < SOLID_HU:
-        # sub-solid: leave out what is much denser (vessels); enclosed solid cores are refilled below
-        binary &= smooth < level + (level - background_hu)
-        binary = ndimage.binary_fill_holes(binary)  # a part-solid nodule's core is enclosed by its halo
-    inner = ndimage.distance_transform_edt(binary, sampling=spacing)
-    # re-centre on the thickest point near the seed (coarse-scale seeds are a few mm off)
-    reach = dist <= max(r, max(spacing))
-    thickness = float(inner[reach].max(initial=0.0))
-    if thickness < 0.5 * max(spacing):
-        logger.debug("seed %s: nothing there", seed.zyx)
-        return None
-    peak = np.unravel_index(int(np.argmax(np.where(reach, inner, -1.0))), inner.shape)
-    dist = _distance(local.shape, tuple(int(v) for v in peak), spacing)
-    # second pass: the nodule's own density from a shell scaled to its thickness
-    shell = (dist >= 0.4 * thickness) & (dist <= 0.8 * thickness) & binary
-    if np.count_nonzero(shell) >= 4:
-        level = float(np.median(smooth[shell]))
-        binary = smooth > 0.5 * (background_hu + level)
-        if level < SOLID_HU:
-            binary &= smooth < level + (level - background_hu)
-            binary = ndimage.binary_fill_holes(binary)
-    opening = max(0.72 * thickness, 0.5 * max(spacing))
-    opened = ndimage.binary_opening(binary, structure=_ball(opening, spacing))
-    comp, _ = ndimage.label(opened)
-    near = comp[dist <= max(0.6 * thickness, max(spacing))]
-    near = near[near > 0]
-    if near.size == 0:
-        logger.debug("seed %s: nothing left after opening %.1f mm", seed.zyx, opening)
-        return None
-    seg = comp == np.bincount(near).argmax()
-    seg = binary & ndimage.binary_dilation(seg, structure=_ball(opening, spacing))
-    seg_lab, _ = ndimage.label(seg)
-    seg = seg_lab == np.bincount(seg_lab[seg_lab > 0]).argmax()
-    # what reaches beyond the blob's own ball is an attached vessel or pleura: cut it, and count it
-    limit = max(1.5 * thickness, thickness + 2.0 * max(spacing))
-    before = int(seg.sum())
-    seg &= dist <= limit
-    leak = 1.0 - int(seg.sum()) / max(before, 1)
-    if level < SOLID_HU:
-        seg = ndimage.binary_fill_holes(seg)
-    points = np.argwhere(seg)
-    if points.shape[0] < 2:
-        return None
-    volume_mm3 = points.shape[0] * float(np.prod(spacing))
-    diameter = (6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0)
-    mm = points * np.asarray(spacing)
-    cov = np.cov(mm.T) if points.shape[0] > 3 else np.eye(3)
-    evals = np.clip(np.linalg.eigvalsh(cov), 1e-6, None)
-    elongation = float(math.sqrt(evals[-1] / evals[0]))
-    long_axis = _feret(mm) + float(np.mean(spacing))
-    solid_share = float(np.mean(smooth[seg] > SOLID_HU + 150.0))
-    texture: Texture = (
-        "solid" if level >= SOLID_HU else "part-solid" if solid_share >= 0.05 else "ground-glass"
-    )
-    lab_values = labels[box][seg]
-    # a nodule is mostly surrounded by lung; soft tissue brought in by the search closing
-    # (diaphragm dome, mediastinal corners) is mostly surrounded by more soft tissue
-    ring = ndimage.binary_dilation(seg, structure=_ball(2.0 * max(spacing), spacing)) & ~seg
-    lung_share = float(np.mean(labels[box][ring] > 0)) if ring.any() else 0.0
-    inside_share = float(np.mean(lab_values > 0))
-    if lung_share < 0.6 or inside_share < 0.3:
-        logger.debug(
-            "seed %s: not in the lung (%.2f of its rim, %.2f of it)",
-            seed.zyx,
-            lung_share,
-            inside_share,
-        )
-        return None
-    right = np.count_nonzero(lab_values == 1)
-    left = np.count_nonzero(lab_values == 2)
-    compact = min(1.0, diameter / max(long_axis, 1e-6))
-    response = min(1.5, seed.response / SPHERE_RESPONSE)
-    score = response * compact**2 * (1.0 - leak) / (1.0 + 0.6 * max(0.0, elongation - 1.3))
-    zyx = points.mean(axis=0) + np.asarray(lo)
-    bbox_lo = points.min(axis=0) + np.asarray(lo)
-    bbox_hi = points.max(axis=0) + np.asarray(lo) + 1
-    logger.debug(
-        "seed %s: d %.1f mm, leak %.2f, elongation %.2f, score %.3f",
-        seed.zyx,
-        diameter,
-        leak,
-        elongation,
-        score,
-    )
-    return NoduleCandidate(
-        center_zyx=(float(zyx[0]), float(zyx[1]), float(zyx[2])),
-        center_xyz=(0.0, 0.0, 0.0),  # set by _shift, which knows the crop
-        diameter_mm=float(diameter),
-        long_axis_mm=float(long_axis),
-        volume_mm3=float(volume_mm3),
-        mean_hu=float(local[seg].mean()),
-        peak_hu=float(smooth[seg].max()),
-        texture=texture,
-        bbox=tuple((int(a), int(b)) for a, b in zip(bbox_lo, bbox_hi, strict=True)),  # type: ignore[arg-type]
-        confidence=float(1.0 - math.exp(-2.0 * score)),
-        laterality="left" if left > right else "right",
-        elongation=elongation,
-    )
-
-
-def _feret(points_mm: npt.NDArray[np.float64]) -> float:
-    if points_mm.shape[0] < 2:
-        return 0.0
-    try:
-        hull = points_mm[ConvexHull(points_mm).vertices]
-    except (QhullError, ValueError):
-        hull = points_mm
-    diff = hull[:, None, :] - hull[None, :, :]
-    return float(np.sqrt((diff**2).sum(-1)).max())
 
 
 def _merge(candidates: list[NoduleCandidate]) -> list[NoduleCandidate]:
@@ -450,13 +246,15 @@ def find_nodules(
     *,
     device: str | torch.device = "cpu",
     min_diameter_mm: float = 3.0,
-    max_diameter_mm: float = 30.0,
+    max_diameter_mm: float = 40.0,
     detect_spacing_mm: float = 1.4,
     search_closing_mm: float = 15.0,
     saturation_hu: float = -450.0,
     min_response: float = 0.12,
     max_seeds: int = 400,
     min_confidence: float = 0.01,
+    background_hu: float | None = None,
+    segmentation: SegmentationParams = DEFAULT_SEGMENTATION,
 ) -> list[NoduleCandidate]:
     """Find nodule candidates inside the lungs.
 
@@ -469,7 +267,8 @@ def find_nodules(
     device : str or torch.device
         Where the blob filter runs.
     min_diameter_mm, max_diameter_mm : float
-        Size range searched (3-30 mm, the LUNA16 range).
+        Size range searched (3-40 mm: the LUNA16 range of 3-30 mm and the larger
+        masses the LIDC readers marked).
     detect_spacing_mm : float
         The blob filter runs on the volume pooled by whole factors towards
         this voxel size (never finer than the volume).
@@ -483,6 +282,11 @@ def find_nodules(
         Most seeds measured, strongest first.
     min_confidence : float
         Candidates below this confidence are dropped.
+    background_hu : float, optional
+        HU of normal lung parenchyma; default the median HU inside the lungs
+        (give it when the volume holds little lung, e.g. a crop around a nodule).
+    segmentation : ai.measure.SegmentationParams
+        Tunables of the per-candidate segmentation.
 
     Returns
     -------
@@ -503,7 +307,7 @@ def find_nodules(
         one = torch.from_numpy(labels == value).to(device)
         region_t |= close_mask(one, search_closing_mm, volume.spacing)
     region = region_t.cpu().numpy()
-    background = float(np.median(hu[labels > 0]))
+    background = float(np.median(hu[labels > 0])) if background_hu is None else background_hu
     hu_t = torch.from_numpy(hu).to(device)
     density = ((hu_t - background) / (saturation_hu - background)).clamp(0.0, 1.0)
     density = torch.where(region_t, density, torch.zeros_like(density))
@@ -523,25 +327,21 @@ def find_nodules(
     peak_values = response[peaks]
     order = torch.argsort(peak_values, descending=True)[:max_seeds]
     idx, values = peak_idx[order].cpu().numpy(), peak_values[order].cpu().numpy()
-    scales = (
-        scale[tuple(peak_idx[order].T)].cpu().numpy()
-        if len(idx)
-        else np.zeros(0, int)
-    )
+    scales = scale[tuple(peak_idx[order].T)].cpu().numpy() if len(idx) else np.zeros(0, int)
     offset = np.asarray([(f - 1) / 2.0 for f in factors])
     candidates = []
     for point, value, s in zip(idx, values, scales, strict=True):
         zyx = np.minimum(np.round(point * factors + offset).astype(int), np.asarray(hu.shape) - 1)
         if not region[tuple(zyx)]:
             continue
-        cand = _measure(
-            _Seed(zyx=tuple(int(v) for v in zyx), radius_mm=radii[int(s)], response=float(value)),  # type: ignore[arg-type]
+        cand = measure_seed(
+            Seed(zyx=tuple(int(v) for v in zyx), radius_mm=radii[int(s)], response=float(value)),  # type: ignore[arg-type]
             hu,
             region,
             labels,
             volume,
             background,
-            max_diameter_mm,
+            segmentation,
         )
         if cand is None or cand.confidence < min_confidence:
             continue
@@ -566,17 +366,9 @@ def _shift(
     zyx = np.asarray(cand.center_zyx) + start
     xyz = volume.voxel_to_world(zyx)
     bbox = tuple((a + int(o), b + int(o)) for (a, b), o in zip(cand.bbox, start, strict=True))
-    return NoduleCandidate(
+    return dataclasses.replace(
+        cand,
         center_zyx=(float(zyx[0]), float(zyx[1]), float(zyx[2])),
         center_xyz=(float(xyz[0]), float(xyz[1]), float(xyz[2])),
-        diameter_mm=cand.diameter_mm,
-        long_axis_mm=cand.long_axis_mm,
-        volume_mm3=cand.volume_mm3,
-        mean_hu=cand.mean_hu,
-        peak_hu=cand.peak_hu,
-        texture=cand.texture,
         bbox=bbox,  # type: ignore[arg-type]
-        confidence=cand.confidence,
-        laterality=cand.laterality,
-        elongation=cand.elongation,
     )

@@ -1,4 +1,6 @@
-"""One CT series, end to end on arrays: lungs → nodules → ROIs → hash codes.
+"""One CT series, end to end on arrays: lungs → candidates → false-positive
+reduction → nodules → ROIs → hash codes, and the compact image for registering
+later scans.
 
 Arrays in, a dataclass out; the device is a parameter (CUDA when the caller
 has one, same results on CPU). The worker in ``dicom_node`` reads the series
@@ -15,16 +17,25 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ai.fpr.infer import FprModel, score_candidates
 from ai.hashing.codes import HashCodes
 from ai.hashing.infer import encode
 from ai.hashing.model import HashNet
 from ai.lungs import LungMask, segment_lungs
 from ai.nodules import NoduleCandidate, find_nodules
+from ai.registration import RegistrationImage, registration_image
 from ai.types import Volume
 
-__all__ = ["SeriesAnalysis", "analyse_volume"]
+__all__ = ["DEFAULT_MIN_DIAMETER_MM", "SeriesAnalysis", "analyse_volume"]
 
 logger = logging.getLogger(__name__)
+
+#: Smallest equivalent diameter reported, mm. Lung-RADS (v2022) counts solid nodules
+#: from 4 mm (under 4 mm is category 2 whatever else, and a new nodule under 4 mm is
+#: not "new" in its sense); LUNA16 scores from 3 mm. 3-4 mm detections are mostly vessel
+#: cross-sections and noise specks, and our diameters run about +0.6 mm on real
+#: nodules under 5 mm (``dicom-node evaluate measurement``), so 4 mm.
+DEFAULT_MIN_DIAMETER_MM = 4.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,15 @@ class SeriesAnalysis:
     thumbnails: npt.NDArray[np.uint8]
     """``(n, H, W)`` uint8: the central axial slice of each ROI, for galleries."""
     seconds: dict[str, float] = field(default_factory=dict)
-    """Time per step (lungs, nodules, rois, codes)."""
+    """Time per step (lungs, nodules, fpr, rois, codes, registration)."""
+    candidates: tuple[NoduleCandidate, ...] = ()
+    """Every candidate of the detector with its probability (the reported ``nodules``
+    are those at the operating point and minimum diameter), for evaluations."""
+    registration: RegistrationImage | None = None
+    """Compact image for registering later scans of the patient to this one
+    (:meth:`ai.registration.RegistrationImage.to_bytes` to keep it)."""
+    fpr_version: str | None = None
+    """Version of the false-positive reduction weights that scored the candidates."""
 
     @property
     def lung_volume_ml(self) -> float:
@@ -51,12 +70,16 @@ def analyse_volume(
     volume: Volume,
     model: HashNet,
     *,
+    fpr: FprModel,
     device: str | torch.device = "cpu",
     model_version: str | None = None,
     batch_size: int = 64,
     min_confidence: float = 0.0,
+    min_probability: float | None = None,
+    min_diameter_mm: float = DEFAULT_MIN_DIAMETER_MM,
+    with_registration: bool = True,
 ) -> SeriesAnalysis:
-    """Segment, detect, extract ROIs and encode them.
+    """Segment, detect, reduce false positives, extract ROIs and encode them.
 
     Parameters
     ----------
@@ -70,7 +93,16 @@ def analyse_volume(
     batch_size : int
         ROIs per forward pass.
     min_confidence : float
-        Detector operating point: candidates under it are dropped.
+        Blob-detector confidence under which candidates are not even scored.
+    fpr : ai.fpr.FprModel
+        False-positive reduction network (``dicom_node.model.shipped_fpr``: the shipped one).
+    min_probability : float, optional
+        Operating point: candidates whose probability of being a nodule is
+        under it are not reported; default the model card's operating point.
+    min_diameter_mm : float
+        Smallest equivalent diameter reported (:data:`DEFAULT_MIN_DIAMETER_MM`).
+    with_registration : bool
+        Also make the compact registration image.
 
     Returns
     -------
@@ -83,10 +115,24 @@ def analyse_volume(
     lung_mask = segment_lungs(volume, device=device)
     seconds["lungs"] = time.perf_counter() - started
     started = time.perf_counter()
-    nodules = tuple(
+    found = [
         n for n in find_nodules(volume, lung_mask, device=device) if n.confidence >= min_confidence
-    )
+    ]
     seconds["nodules"] = time.perf_counter() - started
+    started = time.perf_counter()
+    threshold = fpr.operating_point if min_probability is None else min_probability
+    candidates = score_candidates(fpr, volume, found, device=device)
+    nodules = tuple(
+        sorted(
+            (
+                c
+                for c in candidates
+                if (c.probability or 0.0) >= threshold and c.diameter_mm >= min_diameter_mm
+            ),
+            key=lambda c: -(c.probability or 0.0),
+        )
+    )
+    seconds["fpr"] = time.perf_counter() - started
     started = time.perf_counter()
     cfg = model.config
     centres = np.array([n.center_xyz for n in nodules], np.float64).reshape(-1, 3)
@@ -105,9 +151,27 @@ def analyse_volume(
         if len(rois)
         else np.zeros((0, cfg.roi_size, cfg.roi_size), np.uint8)
     )
+    compact = None
+    if with_registration:
+        started = time.perf_counter()
+        compact = registration_image(volume, lung_mask)
+        seconds["registration"] = time.perf_counter() - started
     logger.info(
-        "%d nodules; %s",
+        "%d nodules of %d candidates at p >= %.2f and >= %.1f mm; %s",
         len(nodules),
+        len(candidates),
+        threshold,
+        min_diameter_mm,
         ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()),
     )
-    return SeriesAnalysis(lung_mask, nodules, rois, codes, thumbnails, seconds)
+    return SeriesAnalysis(
+        lung_mask,
+        nodules,
+        rois,
+        codes,
+        thumbnails,
+        seconds,
+        candidates=tuple(candidates),
+        registration=compact,
+        fpr_version=fpr.version,
+    )

@@ -367,7 +367,12 @@ def resample(
 
 
 def resample_like(
-    volume: Volume, reference: Volume, *, interpolator: str = "nearest", default_value: float = 0.0
+    volume: Volume,
+    reference: Volume,
+    *,
+    interpolator: str = "nearest",
+    default_value: float = 0.0,
+    transform: SimpleITK.Transform | None = None,
 ) -> Volume:
     """Resample ``volume`` onto the grid of ``reference`` (e.g. a truth lung mask).
 
@@ -381,13 +386,18 @@ def resample_like(
         ``nearest`` (default) for label maps.
     default_value : float, optional
         Value outside ``volume``.
+    transform : SimpleITK.Transform, optional
+        Maps a world point of ``reference`` to the world point of ``volume``
+        it is read from (SimpleITK's convention); default the identity.
 
     Returns
     -------
     Volume
         On the reference grid.
     """
-    return _resample_to(volume, reference, reference.shape, interpolator, default_value)
+    return _resample_to(
+        volume, reference, reference.shape, interpolator, default_value, transform=transform
+    )
 
 
 _INTERPOLATORS = {
@@ -403,6 +413,8 @@ def _resample_to(
     size_zyx: tuple[int, int, int],
     interpolator: str,
     default_value: float,
+    *,
+    transform: SimpleITK.Transform | None = None,
 ) -> Volume:
     if interpolator not in _INTERPOLATORS:
         raise ValueError(
@@ -418,6 +430,8 @@ def _resample_to(
     resampler.SetSize([int(size_zyx[2]), int(size_zyx[1]), int(size_zyx[0])])
     resampler.SetInterpolator(_INTERPOLATORS[interpolator])
     resampler.SetDefaultPixelValue(float(default_value))
+    if transform is not None:
+        resampler.SetTransform(transform)
     return from_sitk(resampler.Execute(image))
 
 

@@ -1,12 +1,15 @@
 """Completion -> indexed for one series, step by step; series/hour for one and two workers.
 
-Part 1, one 512x512x300 phantom series through the node's worker, in
-process: the series is written as DICOM and stored in a node's instance store
+Part 1, one 512x512x300 phantom series (or ``--dicom DIR``, e.g. the real
+LIDC-IDRI-0001 scan) through the node's worker, in process: the series is
+written as DICOM and stored in a node's instance store
 and catalog first (not timed); then the timed part is exactly what a worker
 does when the series completes: the job runner's AI step (read the headers,
-qualify, read the pixel data into the HU volume, lungs, nodules, ROIs, codes,
-catalog rows, index) and its results step (SR and key images kept, queued),
-then one outbox pass to storescu. Uses the shipped hashing model.
+qualify, read the pixel data into the HU volume, lungs, candidates,
+false-positive reduction, ROIs, codes, the registration image, catalog rows,
+index) and its results step (SR and key images kept, queued),
+then one outbox pass to storescu. Uses the shipped hashing model. The
+machine's load average is printed with the figures (shared machines).
 
 Part 2, throughput: ``--series`` such series (other patients) received into a
 PostgreSQL catalog (a server of its own) and a shared instance folder, then
@@ -18,6 +21,7 @@ one is reported: one worker without and with read-ahead, and two workers
 Usage::
 
     python -m benchmarks.pipeline [--matrix 512] [--slices 300] [--device auto] [--series 4]
+    python -m benchmarks.pipeline --series 0 --dicom ../shared/data/LIDC-IDRI-0001/...
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--series", type=int, default=4, help="series for the throughput part (0: skip it)"
     )
+    parser.add_argument(
+        "--dicom", type=Path, help="a folder holding one DICOM series for part 1 instead"
+    )
     args = parser.parse_args(argv)
 
     import dataclasses
@@ -69,17 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         geometry = ScanGeometry(
             matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, slices=args.slices
         )
-        write_cohort(
-            root / "cohort",
-            patients=max(1, args.series),
-            seed=args.seed,
-            studies_per_patient=1,
-            geometry=geometry,
-        )
         by_series: dict[str, list[Path]] = {}
-        for path in sorted((root / "cohort" / "dicom").rglob("*.dcm")):
-            by_series.setdefault(path.parent.as_posix(), []).append(path)
-        files = next(iter(by_series.values()))
+        if args.dicom is None or args.series:
+            write_cohort(
+                root / "cohort",
+                patients=max(1, args.series),
+                seed=args.seed,
+                studies_per_patient=1,
+                geometry=geometry,
+            )
+            for path in sorted((root / "cohort" / "dicom").rglob("*.dcm")):
+                by_series.setdefault(path.parent.as_posix(), []).append(path)
+        if args.dicom is not None:
+            files = sorted(p for p in args.dicom.rglob("*.dcm") if p.is_file())
+        else:
+            files = next(iter(by_series.values()))
+        load_before = os.getloadavg()
         # The PACS: dcmtk storescp; the results go to it through the outbox.
         pacs_port = free_port()
         (root / "pacs").mkdir()
@@ -114,21 +126,27 @@ def main(argv: list[str] | None = None) -> int:
             pacs.terminate()
             pacs.wait()
             node.catalog.close()
+        load_after = os.getloadavg()
         steps = job.timings if job is not None else {}
         outcome = job.outcome if job is not None else None
         acknowledged = sum(state is DeliveryState.DONE for _, state, _ in results)
         rows = _throughput(root, list(by_series.values()), device) if args.series else []
     print(
-        f"\ncompletion -> indexed, {len(files)} slices {args.matrix}x{args.matrix}, device {device}, "
-        f"torch threads {torch.get_num_threads()}, model {version}\n"
+        f"\ncompletion -> indexed, {len(files)} slices "
+        f"{args.dicom if args.dicom is not None else f'{args.matrix}x{args.matrix} phantom'}, "
+        f"device {device}, torch threads {torch.get_num_threads()}, model {version}\n"
+        f"load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} "
+        f"on {os.cpu_count()} CPUs\n"
     )
     print(f"{'step':<34} {'seconds':>8}")
     labels = {
         "read": "read DICOM, HU volume at 1 mm",
         "lungs": "lungs",
-        "nodules": "nodules",
+        "nodules": "candidates",
+        "fpr": "false-positive reduction",
         "rois": "ROIs",
         "codes": "hash codes (encoding)",
+        "registration": "registration image",
         "store": "catalog rows + index",
     }
     for name, label in labels.items():

@@ -1,15 +1,18 @@
-"""Loading the hashing model: a trained folder, or the one shipped in ``ai/weights``.
+"""Loading the node's networks: the hashing model (a trained folder, or the one
+shipped in ``ai/weights``) and the false-positive reduction model (``ai/weights/fpr``).
 
 A model folder holds ``model.safetensors`` and ``model_card.json``; the card's
-``version`` is the weights' hash (``ai.hashing.serialization.weights_version``) and is
-checked on load, so a catalog row's model version always names the weights
-that made its codes.
+``version`` is the weights' hash (``ai.hashing.serialization.weights_version``,
+``ai.fpr.infer.weights_version``) and is checked on load, so a catalog row's model
+version always names the weights that made its codes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,15 +22,19 @@ from ai.hashing.serialization import weights_version
 from dicom_node.errors import NodeError
 
 if TYPE_CHECKING:
+    from ai.fpr.infer import FprModel
     from ai.hashing.model import HashNet
 
 __all__ = [
     "CARD_FILE",
     "MODEL_FILE",
     "LoadedModel",
+    "load_fpr",
     "load_model",
     "load_model_dir",
     "model_version",
+    "shipped_fpr",
+    "shipped_fpr_dir",
     "shipped_model_dir",
 ]
 
@@ -61,8 +68,17 @@ def shipped_model_dir() -> Path:
     return Path(str(resources.files("ai") / "weights"))
 
 
-def _read(folder: Path) -> tuple[dict[str, Any], bytes]:
+def shipped_fpr_dir() -> Path:
+    """Folder of the false-positive reduction model shipped with the package."""
+    return shipped_model_dir() / "fpr"
+
+
+def _read(
+    folder: Path, version_of: Callable[[bytes], str] = weights_version
+) -> tuple[dict[str, Any], bytes]:
     """The card and weights of a model folder, the weights checked against the card's version.
+
+    ``version_of`` names serialized weights (the hashing model's by default).
 
     Raises
     ------
@@ -74,7 +90,7 @@ def _read(folder: Path) -> tuple[dict[str, Any], bytes]:
         weights = (folder / MODEL_FILE).read_bytes()
     except (OSError, ValueError) as exc:
         raise NodeError(f"cannot read the model in {folder}: {exc}") from exc
-    if weights_version(weights) != card.get("version"):
+    if version_of(weights) != card.get("version"):
         raise NodeError(
             f"{folder / MODEL_FILE} does not match its model card's version {card.get('version')}"
         )
@@ -133,3 +149,35 @@ def model_version(model_dir: str) -> str | None:
     version = str(_read(folder)[0]["version"])
     logger.info("hashing model %s from %s (not loaded: this node runs no worker)", version, folder)
     return version
+
+
+def load_fpr(folder: str | Path | None = None) -> FprModel:
+    """The false-positive reduction model of a folder (default: the shipped one).
+
+    Raises
+    ------
+    NodeError
+        Files missing or unreadable, or weights that do not match the card's version.
+    """
+    from ai.errors import ModelLoadError
+    from ai.fpr.infer import fpr_from_bytes
+    from ai.fpr.infer import weights_version as fpr_version
+
+    root = Path(folder) if folder is not None else shipped_fpr_dir()
+    card, weights = _read(root, fpr_version)
+    try:
+        model = fpr_from_bytes(weights, card)
+    except ModelLoadError as exc:
+        raise NodeError(f"{root / MODEL_FILE}: {exc}") from exc
+    logger.info("FPR model %s from %s", model.version, root)
+    return model
+
+
+@functools.lru_cache(maxsize=4)
+def shipped_fpr(device: str = "cpu") -> FprModel:
+    """The shipped FPR model on ``device``, loaded once per process and device (read-only use)."""
+    import torch
+
+    model = load_fpr()
+    model.net.to(torch.device(device)).eval()
+    return model

@@ -80,13 +80,32 @@ def shared_archive(name: str) -> Path:
     return path
 
 
+def _extracted(name: str, factory: pytest.TempPathFactory) -> Path:
+    """``../shared/data/<name>`` extracted into a fresh temporary folder (skips without it)."""
+    import tarfile
+
+    archive = shared_archive(name)
+    target = factory.mktemp(name.split(".")[0])
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
 @pytest.fixture(scope="session")
 def lidc_nodules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real LIDC-IDRI nodule crops, extracted once per session (skips without them)."""
-    import tarfile
+    return _extracted("lidc-nodules.tar.gz", tmp_path_factory) / "lidc-nodules"
 
-    archive = shared_archive("lidc-nodules.tar.gz")
-    target = tmp_path_factory.mktemp("lidc-nodules")
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    return target / "lidc-nodules"
+
+@pytest.fixture(scope="session")
+def lidc_0001_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real LIDC-IDRI-0001 series folder (slices + XML), extracted once (skips without it)."""
+    return next(_extracted("LIDC-IDRI-0001.tar.gz", tmp_path_factory).rglob("*.xml")).parent
+
+
+@pytest.fixture(scope="session")
+def lidc_0001_volume(lidc_0001_dir: Path) -> Any:
+    """LIDC-IDRI-0001 as the node reads it (1 mm grid)."""
+    from ai.volume import load_series
+
+    return load_series(sorted(lidc_0001_dir.glob("*.dcm")))

@@ -124,7 +124,13 @@ def dataset_bytes(path: Path) -> bytes:
 
 
 def instance_record(
-    sop: str, series: str = "1.2.3", study: str = "1.2", number: int = 1
+    sop: str,
+    series: str = "1.2.3",
+    study: str = "1.2",
+    number: int = 1,
+    *,
+    patient_id: str | None = None,
+    study_date: str = "20260101",
 ) -> InstanceRecord:
     """What the catalog records of a received CT instance (the UIDs given)."""
     return InstanceRecord(
@@ -139,7 +145,8 @@ def instance_record(
         modality="CT",
         instance_number=number,
         patient_name="Doe^Jane",
-        study_date="20260101",
+        patient_id=patient_id,
+        study_date=study_date,
     )
 
 
@@ -265,7 +272,16 @@ def sr_inputs() -> tuple[
     """Two nodules for the SR builder: one with similar cases and a prior, one with none."""
     findings = [
         NoduleFinding(
-            "1.2.3.4.100", "Nodule 1", (10.0, 20.0, -30.0), 8.2, 9.5, 290.0, 20.0, "solid", "right"
+            "1.2.3.4.100",
+            "Nodule 1",
+            (10.0, 20.0, -30.0),
+            8.2,
+            9.5,
+            290.0,
+            20.0,
+            "solid",
+            "right",
+            probability=0.83,
         ),
         NoduleFinding(
             "1.2.3.4.101",
@@ -286,7 +302,20 @@ def sr_inputs() -> tuple[
         ],
         "1.2.3.4.101": [],
     }
-    priors = {"1.2.3.4.100": [PriorMeasurement("1.2.8", "20230101", 7.0, 1.2, 17.1)]}
+    priors = {
+        "1.2.3.4.100": [
+            PriorMeasurement(
+                "1.2.8",
+                "20230101",
+                7.0,
+                1.2,
+                17.1,
+                volume_mm3=180.0,
+                volume_change_percent=61.1,
+                volume_doubling_days=521.0,
+            )
+        ]
+    }
     return findings, similar, priors
 
 

@@ -5,8 +5,14 @@ its centre lies within the nodule's radius of the nodule's centre. A truth
 nodule counts as found at a threshold when any candidate hitting it reaches
 that confidence; the other candidates hitting it are neither true nor false
 positives. Candidates hitting a nodule that is left out of the evaluation
-(smaller than ``min_diameter_mm``) are ignored too ("irrelevant findings").
+(smaller than ``min_diameter_mm``) or an ``ignored`` mark (a LIDC reader's
+mark that is not a LUNA16 nodule) are ignored too ("irrelevant findings").
 Every other candidate is a false positive.
+
+Besides the FROC over all thresholds, the report reads the one threshold the
+node uses, its **operating point**: false positives per scan, sensitivity
+(all scored nodules and those of 5 mm or more) and how many nodules the node
+reports per scan there.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ __all__ = [
     "FrocResult",
     "SizeClassRow",
     "DetectionReport",
+    "OperatingPoint",
     "dice",
     "froc",
+    "operating_point",
     "size_class_rows",
     "evaluate_detection",
 ]
@@ -66,6 +74,8 @@ class ScanResult:
     truths: tuple[Truth, ...]
     detections: tuple[Detection, ...]
     lung_dice: float | None = None
+    ignored: tuple[Truth, ...] = ()
+    """Marks neither true nor false when hit (LUNA16's irrelevant findings)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,71 @@ class SizeClassRow:
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """What the node reports at its threshold (``worker.min_nodule_probability``)."""
+
+    threshold: float
+    fps_per_scan: float
+    """False positives per scan (irrelevant findings left out)."""
+    false_positives: tuple[int, ...]
+    """Per scan, in scan order."""
+    reported: tuple[int, ...]
+    """Detections reported per scan (true, false and irrelevant)."""
+    sensitivity: float | None
+    """Share of scored nodules found."""
+    sensitivity_5mm: float | None
+    """Share of nodules of 5 mm or more found."""
+    missed_5mm: int
+    """Nodules of 5 mm or more not found."""
+
+
+def operating_point(
+    scans: Sequence[ScanResult], threshold: float, *, min_diameter_mm: float = 3.0
+) -> OperatingPoint:
+    """False positives, sensitivity and reports per scan at one threshold.
+
+    Parameters
+    ----------
+    scans : sequence of ScanResult
+    threshold : float
+        Detections with ``confidence >= threshold`` are reported.
+    min_diameter_mm : float
+        Smallest scored nodule (smaller ones are irrelevant findings).
+
+    Returns
+    -------
+    OperatingPoint
+    """
+    false_positives, reported = [], []
+    found = total = found_5 = total_5 = 0
+    for scan in scans:
+        kept = [d.confidence >= threshold for d in scan.detections]
+        fp = 0
+        for ok, hit, ignored in zip(kept, _hits(scan), _ignored(scan), strict=True):
+            if ok and not hit and not ignored:
+                fp += 1
+        false_positives.append(fp)
+        reported.append(sum(kept))
+        best = _best_detection(scan, threshold)
+        for truth, det in zip(scan.truths, best, strict=True):
+            if truth.diameter_mm >= min_diameter_mm:
+                total += 1
+                found += det is not None
+            if truth.diameter_mm >= 5.0:
+                total_5 += 1
+                found_5 += det is not None
+    return OperatingPoint(
+        threshold=threshold,
+        fps_per_scan=float(np.mean(false_positives)) if scans else 0.0,
+        false_positives=tuple(false_positives),
+        reported=tuple(reported),
+        sensitivity=found / total if total else None,
+        sensitivity_5mm=found_5 / total_5 if total_5 else None,
+        missed_5mm=total_5 - found_5,
+    )
+
+
+@dataclass(frozen=True)
 class DetectionReport:
     """Everything ``dicom-node evaluate detection`` reports."""
 
@@ -117,16 +192,22 @@ class DetectionReport:
     median_abs_diameter_error_mm: float | None
     size_classes: tuple[SizeClassRow, ...]
     operating_fps_per_scan: float
+    operating_point: OperatingPoint | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready summary (curves left out)."""
+
         def froc_dict(f: FrocResult) -> dict[str, object]:
             return {
                 "cpm": f.cpm,
                 "n_truths": f.n_truths,
-                "sensitivity_at_fps_per_scan": {str(r): s for r, s in zip(f.rates, f.at_rates, strict=True)},
-                # The confidence to set as worker.min_nodule_confidence for each FP rate.
-                "confidence_threshold_at_fps_per_scan": {str(r): f.threshold_at(r) for r in f.rates},
+                "sensitivity_at_fps_per_scan": {
+                    str(r): s for r, s in zip(f.rates, f.at_rates, strict=True)
+                },
+                # The probability to set as worker.min_nodule_probability for each FP rate.
+                "confidence_threshold_at_fps_per_scan": {
+                    str(r): f.threshold_at(r) for r in f.rates
+                },
             }
 
         return {
@@ -140,6 +221,9 @@ class DetectionReport:
             "median_abs_diameter_error_mm": self.median_abs_diameter_error_mm,
             "operating_fps_per_scan": self.operating_fps_per_scan,
             "size_classes": [asdict(row) for row in self.size_classes],
+            "operating_point": (
+                None if self.operating_point is None else asdict(self.operating_point)
+            ),
         }
 
 
@@ -152,20 +236,31 @@ def dice(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(x, y).sum()) / total
 
 
-def _hits(scan: ScanResult) -> list[list[int]]:
-    """For each detection, the indices of the truths it hits."""
-    if not scan.truths:
-        return [[] for _ in scan.detections]
-    centres = np.asarray([t.center_xyz for t in scan.truths], dtype=np.float64)
-    radii = np.asarray([t.diameter_mm / 2.0 for t in scan.truths], dtype=np.float64)
+def _hit_lists(detections: Sequence[Detection], marks: Sequence[Truth]) -> list[list[int]]:
+    if not marks:
+        return [[] for _ in detections]
+    centres = np.asarray([t.center_xyz for t in marks], dtype=np.float64)
+    radii = np.asarray([t.diameter_mm / 2.0 for t in marks], dtype=np.float64)
     result = []
-    for det in scan.detections:
+    for det in detections:
         d = np.linalg.norm(centres - np.asarray(det.center_xyz), axis=1)
         result.append([int(i) for i in np.flatnonzero(d <= radii)])
     return result
 
 
-def _scored(scans: Sequence[ScanResult], min_diameter_mm: float) -> tuple[list[float], list[bool], int]:
+def _hits(scan: ScanResult) -> list[list[int]]:
+    """For each detection, the indices of the truths it hits."""
+    return _hit_lists(scan.detections, scan.truths)
+
+
+def _ignored(scan: ScanResult) -> list[bool]:
+    """For each detection, whether it hits an ignored mark."""
+    return [bool(h) for h in _hit_lists(scan.detections, scan.ignored)]
+
+
+def _scored(
+    scans: Sequence[ScanResult], min_diameter_mm: float
+) -> tuple[list[float], list[bool], int]:
     """Per scored candidate: confidence and whether it is a true positive; number of truths."""
     confidences: list[float] = []
     positives: list[bool] = []
@@ -174,10 +269,11 @@ def _scored(scans: Sequence[ScanResult], min_diameter_mm: float) -> tuple[list[f
         counted = [t.diameter_mm >= min_diameter_mm for t in scan.truths]
         n_truths += sum(counted)
         best: dict[int, float] = {}
-        for det, hit in zip(scan.detections, _hits(scan), strict=True):
+        for det, hit, ignored in zip(scan.detections, _hits(scan), _ignored(scan), strict=True):
             if not hit:
-                confidences.append(det.confidence)
-                positives.append(False)
+                if not ignored:
+                    confidences.append(det.confidence)
+                    positives.append(False)
                 continue
             for i in hit:
                 if counted[i]:
@@ -290,7 +386,11 @@ def size_class_rows(scans: Sequence[ScanResult], threshold: float) -> tuple[Size
 
 
 def evaluate_detection(
-    scans: Sequence[ScanResult], *, min_diameter_mm: float = 3.0, operating_fps_per_scan: float = 4.0
+    scans: Sequence[ScanResult],
+    *,
+    min_diameter_mm: float = 3.0,
+    operating_fps_per_scan: float = 4.0,
+    threshold: float | None = None,
 ) -> DetectionReport:
     """All detection figures of a cohort.
 
@@ -301,7 +401,11 @@ def evaluate_detection(
     min_diameter_mm : float
         Smallest nodule scored in the main FROC (LUNA16: 3 mm).
     operating_fps_per_scan : float
-        Operating point of the per-size-class table and the diameter error.
+        FP rate whose threshold the per-size-class table and the diameter
+        error use when no ``threshold`` is given.
+    threshold : float, optional
+        The node's operating point: read at it (:func:`operating_point`), and
+        the per-size-class table and the diameter error use it.
 
     Returns
     -------
@@ -309,11 +413,13 @@ def evaluate_detection(
     """
     froc_all = froc(scans, min_diameter_mm=min_diameter_mm)
     froc_5 = froc(scans, min_diameter_mm=5.0, rates=(*FROC_FP_RATES,))
-    threshold = froc_all.threshold_at(operating_fps_per_scan)
-    rows = size_class_rows(scans, threshold)
+    table_threshold = (
+        threshold if threshold is not None else froc_all.threshold_at(operating_fps_per_scan)
+    )
+    rows = size_class_rows(scans, table_threshold)
     errors = []
     for scan in scans:
-        for truth, det in zip(scan.truths, _best_detection(scan, threshold), strict=True):
+        for truth, det in zip(scan.truths, _best_detection(scan, table_threshold), strict=True):
             if det is not None and truth.diameter_mm >= min_diameter_mm:
                 errors.append(abs(det.diameter_mm - truth.diameter_mm))
     dices = [s.lung_dice for s in scans if s.lung_dice is not None]
@@ -327,4 +433,9 @@ def evaluate_detection(
         median_abs_diameter_error_mm=statistics.median(errors) if errors else None,
         size_classes=rows,
         operating_fps_per_scan=operating_fps_per_scan,
+        operating_point=(
+            None
+            if threshold is None
+            else operating_point(scans, threshold, min_diameter_mm=min_diameter_mm)
+        ),
     )

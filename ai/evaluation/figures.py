@@ -1,4 +1,4 @@
-"""Figures of the detection evaluation, returned as PNG bytes (the caller writes them).
+"""Figures of the detection and measurement evaluations, as PNG bytes (the caller writes them).
 
 matplotlib runs on its Agg canvas directly (no pyplot state), so the
 functions are safe in threads and servers.
@@ -20,9 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from ai.evaluation.detection import DetectionReport, FrocResult
+from ai.evaluation.measurement import CropMeasurement
 from ai.types import Volume
 
-__all__ = ["Tile", "tile_from_volume", "froc_png", "montage_png"]
+__all__ = ["Tile", "tile_from_volume", "froc_png", "measurement_png", "montage_png"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,16 @@ def froc_png(report: DetectionReport, *, title: str = "FROC") -> bytes:
     fig = Figure(figsize=(6.0, 4.5), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     curves: list[tuple[str, FrocResult, str]] = [
-        (f">= 3 mm (n={report.froc_all.n_truths}), CPM {report.froc_all.cpm:.3f}", report.froc_all, "#1f77b4"),
-        (f">= 5 mm (n={report.froc_5mm.n_truths}), CPM {report.froc_5mm.cpm:.3f}", report.froc_5mm, "#ff7f0e"),
+        (
+            f">= 3 mm (n={report.froc_all.n_truths}), CPM {report.froc_all.cpm:.3f}",
+            report.froc_all,
+            "#1f77b4",
+        ),
+        (
+            f">= 5 mm (n={report.froc_5mm.n_truths}), CPM {report.froc_5mm.cpm:.3f}",
+            report.froc_5mm,
+            "#ff7f0e",
+        ),
     ]
     for label, curve, colour in curves:
         fps = np.r_[0.0, curve.fps_per_scan]
@@ -131,9 +140,45 @@ def montage_png(tiles: Sequence[Tile], *, columns: int = 8, title: str = "detect
         ax.imshow(tile.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         c = (tile.image.shape[1] - 1) / 2.0
         if tile.radius_px > 0:
-            ax.add_patch(Circle((c, c), tile.radius_px, fill=False, color=_COLOURS[tile.kind], linewidth=1.2))
+            ax.add_patch(
+                Circle((c, c), tile.radius_px, fill=False, color=_COLOURS[tile.kind], linewidth=1.2)
+            )
         ax.set_title(tile.caption, fontsize=6, color=_COLOURS[tile.kind])
         ax.set_axis_off()
     fig.suptitle(f"{title}: green hit, red miss, amber false positive", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def measurement_png(
+    measurements: Sequence[CropMeasurement], *, title: str = "diameters on real nodules"
+) -> bytes:
+    """Measured against reference equivalent diameter, and the error by size, by texture."""
+    colours = {"solid": "#1f77b4", "part-solid": "#ff7f0e", "ground-glass": "#2ca02c"}
+    found = [m for m in measurements if m.found and m.diameter_mm is not None]
+    fig = Figure(figsize=(10.0, 4.5), dpi=100)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    top = max([m.ref_diameter_mm for m in found] + [m.diameter_mm or 0.0 for m in found] + [10.0])
+    for texture, colour in colours.items():
+        items = [m for m in found if m.ref_texture == texture]
+        ref = [m.ref_diameter_mm for m in items]
+        ours = [float(m.diameter_mm or 0.0) for m in items]
+        label = f"{texture} ({len(items)})"
+        left.plot(ref, ours, "o", color=colour, markersize=3, alpha=0.7, label=label)
+        right.plot(ref, np.subtract(ours, ref), "o", color=colour, markersize=3, alpha=0.7)
+    left.plot([0, top], [0, top], "k-", linewidth=0.8)
+    left.set_xlabel("readers' mask, equivalent diameter (mm)")
+    left.set_ylabel("node, equivalent diameter (mm)")
+    left.legend(loc="upper left", fontsize=8, title="readers' texture", title_fontsize=8)
+    right.axhline(0.0, color="k", linewidth=0.8)
+    for bound in (-1.5, 1.5):
+        right.axhline(bound, color="0.6", linewidth=0.6, linestyle="--")
+    right.set_xscale("log")
+    right.set_xlabel("readers' mask, equivalent diameter (mm, log)")
+    right.set_ylabel("node minus readers (mm)")
+    missed = len(measurements) - len(found)
+    fig.suptitle(f"{title}: {len(found)} measured, {missed} not found", fontsize=10)
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return _png(fig)

@@ -40,6 +40,7 @@ from ai.phantom.render import (
     plan_patient,
     process_pool,
     render_study,
+    study_rotation_deg,
 )
 from ai.types import Volume
 
@@ -132,7 +133,7 @@ def _write_study(
 
 
 def _write_patient(
-    args: tuple[Path, int, int, int, int, ScanGeometry, float, str, str, float],
+    args: tuple[Path, int, int, int, int, ScanGeometry, float, str, str, float, bool, str],
 ) -> list[dict[str, Any]]:
     (
         out_dir,
@@ -145,15 +146,25 @@ def _write_patient(
         syntax,
         orientation,
         noise,
+        motion,
+        family,
     ) = args
     plan = plan_patient(
-        seed, patient_index, n_tracks=n_tracks, n_studies=n_studies, anatomy_scale=scale
+        seed,
+        patient_index,
+        n_tracks=n_tracks,
+        n_studies=n_studies,
+        anatomy_scale=scale,
+        family=family,
     )
     records = []
     for study_index in range(n_studies):
-        study = render_study(plan, study_index, geometry, noise_hu=noise)
+        study = render_study(plan, study_index, geometry, noise_hu=noise, motion=motion)
         head_first = _head_first(orientation, patient_index, study_index)
-        records.append(_write_study(out_dir, study, seed, patient_index, head_first, syntax))
+        record = _write_study(out_dir, study, seed, patient_index, head_first, syntax)
+        rotation = study_rotation_deg(plan, study_index) if motion else (0.0, 0.0, 0.0)
+        record["rotation_deg"] = list(rotation)
+        records.append(record)
         logger.info(
             "patient %s study %d: %d slices, %d nodules",
             plan.label,
@@ -177,6 +188,8 @@ def write_cohort(
     orientation: str = "mixed",
     noise_hu: float = 20.0,
     workers: int = 1,
+    follow_up_motion: bool = True,
+    family: str = "a",
 ) -> CohortSummary:
     """Synthesize and write a cohort of patients, each with a prior and follow-up studies.
 
@@ -204,6 +217,15 @@ def write_cohort(
         Image noise std in HU.
     workers : int, optional
         Processes writing patients in parallel.
+    follow_up_motion : bool, optional
+        Follow-ups lie rotated on the table by up to a few degrees as well as
+        shifted (:func:`ai.phantom.render.study_rotation_deg`); their truth is
+        in their own world coordinates. ``truth.json`` records each study's
+        ``rotation_deg``.
+    family : {"a", "b"}, optional
+        Phantom family (``ai.phantom.render.FAMILIES``): ``"b"`` has other
+        vessels, real LIDC nodule shapes and another scanner
+        (:mod:`ai.phantom.family_b`); evaluate on the family you did not tune on.
 
     Returns
     -------
@@ -230,6 +252,8 @@ def write_cohort(
             transfer_syntax,
             orientation,
             noise_hu,
+            follow_up_motion,
+            family,
         )
         for p in range(patients)
     ]
@@ -261,6 +285,8 @@ def write_cohort(
         "transfer_syntax": transfer_syntax,
         "orientation": orientation,
         "noise_hu": noise_hu,
+        "follow_up_motion": follow_up_motion,
+        "family": family,
         "lung_labels": {"0": "outside", "1": "right lung", "2": "left lung"},
     }
     truth.write_text(

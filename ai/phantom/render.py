@@ -19,6 +19,7 @@ Output arrays are ``(z, y, x)``:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -36,6 +37,7 @@ from ai.phantom.nodules import NoduleTrack, NoduleTruth, place_tracks, plan_trac
 from ai.types import Volume
 
 __all__ = [
+    "FAMILIES",
     "first_studies",
     "process_pool",
     "ScanGeometry",
@@ -43,10 +45,15 @@ __all__ = [
     "PhantomStudy",
     "plan_patient",
     "render_study",
+    "rotation_matrix",
+    "study_rotation_deg",
     "synthesize_study",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Phantom families: ``"a"`` analytic (default), ``"b"`` independent (``ai.phantom.family_b``).
+FAMILIES: tuple[str, ...] = ("a", "b")
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,8 @@ class PatientPlan:
         Placed lesions.
     n_studies : int
         Number of studies of the patient.
+    family : str
+        Phantom family, ``"a"`` or ``"b"`` (:mod:`ai.phantom.family_b`).
     """
 
     seed: int
@@ -107,6 +116,7 @@ class PatientPlan:
     patient: Patient
     tracks: tuple[NoduleTrack, ...]
     n_studies: int
+    family: str = "a"
 
     @property
     def label(self) -> str:
@@ -172,6 +182,7 @@ def plan_patient(
     n_tracks: int = 4,
     n_studies: int = 2,
     anatomy_scale: float = 1.0,
+    family: str = "a",
 ) -> PatientPlan:
     """Make one patient and place its lesions (deterministic for the arguments).
 
@@ -187,15 +198,26 @@ def plan_patient(
         Studies per patient (prior and follow-ups).
     anatomy_scale : float, optional
         Body size factor (1.0 adult; about 0.6 for the small test geometry).
+    family : {"a", "b"}, optional
+        Phantom family: ``"b"`` draws other vessels, real nodule shapes and
+        another scanner (:mod:`ai.phantom.family_b`).
 
     Returns
     -------
     PatientPlan
         The patient and its placed lesions.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     patient_seed = int(np.random.SeedSequence([seed, patient_index]).generate_state(1)[0])
-    patient = make_patient(patient_seed, anatomy_scale=anatomy_scale)
-    tracks = plan_tracks(seed, patient_index, n_tracks=n_tracks, n_studies=n_studies)
+    if family == "b":
+        from ai.phantom.family_b import make_patient_b, plan_tracks_b
+
+        patient = make_patient_b(patient_seed, anatomy_scale=anatomy_scale)
+        tracks = plan_tracks_b(seed, patient_index, n_tracks=n_tracks, n_studies=n_studies)
+    else:
+        patient = make_patient(patient_seed, anatomy_scale=anatomy_scale)
+        tracks = plan_tracks(seed, patient_index, n_tracks=n_tracks, n_studies=n_studies)
     placed = place_tracks(patient, tracks, seed)
     return PatientPlan(
         seed=seed,
@@ -203,6 +225,7 @@ def plan_patient(
         patient=patient,
         tracks=tuple(placed),
         n_studies=n_studies,
+        family=family,
     )
 
 
@@ -210,6 +233,72 @@ def study_offset(plan: PatientPlan, study_index: int) -> npt.NDArray[np.float64]
     """World minus patient-frame position for one study (table and positioning), mm."""
     rng = np.random.default_rng([plan.seed, plan.patient_index, study_index, 404])
     return np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), rng.uniform(-170, -130)])
+
+
+def study_rotation_deg(plan: PatientPlan, study_index: int) -> tuple[float, float, float]:
+    """How the patient lies rotated on the table in a follow-up, degrees about ``x``, ``y``, ``z``.
+
+    Follow-ups (``study_index >= 1``) differ from the first study by up to 2
+    degrees of pitch (about the left-right axis) and yaw (about the
+    anterior-posterior axis) and up to 4 degrees of roll about the table axis;
+    the first study is the reference pose.
+    """
+    if study_index == 0:
+        return (0.0, 0.0, 0.0)
+    rng = np.random.default_rng([plan.seed, plan.patient_index, study_index, 405])
+    return (float(rng.uniform(-2, 2)), float(rng.uniform(-2, 2)), float(rng.uniform(-4, 4)))
+
+
+def rotation_matrix(angles_deg: tuple[float, float, float]) -> npt.NDArray[np.float64]:
+    """``R = Rz @ Ry @ Rx`` for rotations about the world ``x``, ``y`` and ``z`` axes (degrees)."""
+    ax, ay, az = (math.radians(a) for a in angles_deg)
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    result: npt.NDArray[np.float64] = rz @ ry @ rx
+    return result
+
+
+def _rotated(
+    study: PhantomStudy,
+    reference: Volume,
+    rotation: npt.NDArray[np.float64],
+    pivot: npt.NDArray[np.float64],
+) -> PhantomStudy:
+    """The study turned by ``rotation`` about ``pivot`` (world) and read on ``reference``'s grid."""
+    from ai.volume import resample_like, sitk
+
+    # an output point p is read from the unrotated render at R^T (p - c) + c
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(float(v) for v in rotation.T.reshape(-1)))
+    transform.SetCenter(tuple(float(v) for v in pivot))
+    image = resample_like(
+        study.volume, reference, interpolator="bspline", default_value=-1024.0, transform=transform
+    )
+    masks = [
+        resample_like(
+            dataclasses.replace(study.volume, array=m), reference, transform=transform
+        ).array.astype(np.uint8)
+        for m in (study.lung_mask, study.nodule_mask)
+    ]
+    truths = []
+    for truth in study.nodules:
+        centre = rotation @ (np.asarray(truth.center_xyz) - pivot) + pivot
+        truths.append(
+            dataclasses.replace(
+                truth, center_xyz=(float(centre[0]), float(centre[1]), float(centre[2]))
+            )
+        )
+    return PhantomStudy(
+        volume=dataclasses.replace(
+            reference, array=np.clip(np.rint(image.array), -1024, 3071).astype(np.int16)
+        ),
+        lung_mask=masks[0],
+        nodule_mask=masks[1],
+        nodules=tuple(truths),
+        patient_label=study.patient_label,
+        study_index=study.study_index,
+    )
 
 
 def render_study(
@@ -220,6 +309,7 @@ def render_study(
     noise_hu: float = 20.0,
     blur_voxels: tuple[float, float, float] = (0.45, 0.6, 0.6),
     with_nodules: bool = True,
+    motion: bool = False,
 ) -> PhantomStudy:
     """Render one study of a planned patient.
 
@@ -234,9 +324,18 @@ def render_study(
     noise_hu : float, optional
         Standard deviation of the image noise in HU after blurring.
     blur_voxels : tuple of float, optional
-        Gaussian blur sigma ``(z, y, x)`` in voxels (scanner resolution).
+        Gaussian blur sigma ``(z, y, x)`` in voxels (scanner resolution; family A
+        only: family B draws its reconstruction kernel from the study's key,
+        :func:`ai.phantom.grid_b.scanner_b`).
     with_nodules : bool, optional
         ``False`` renders the same study without its nodules (same noise).
+    motion : bool, optional
+        Follow-ups lie rotated on the table (:func:`study_rotation_deg`, about
+        the grid's centre) as well as shifted: the anatomy is rendered with
+        a margin and read on the scanner grid through the rotation (cubic
+        B-spline interpolation; masks nearest-neighbour), and the truth
+        centres are turned with it, so they stay exact in the follow-up's own
+        world coordinates. The first study is never rotated.
 
     Returns
     -------
@@ -259,6 +358,19 @@ def render_study(
     z_center = 0.5 * (z_low + z_high)
     z0 = round((z_center - (n_slices - 1) / 2.0 * dz) / dz) * dz
     zs = z0 + np.arange(n_slices) * dz
+    angles = study_rotation_deg(plan, study_index) if motion else (0.0, 0.0, 0.0)
+    rotation = rotation_matrix(angles)
+    pivot = np.array([0.5 * (xs[0] + xs[-1]), 0.5 * (ys[0] + ys[-1]), 0.5 * (zs[0] + zs[-1])])
+    render_zs = zs
+    if any(angles):
+        # the unrotated render must cover R^T (p - c) + c for every p of the grid
+        corners = np.array(
+            [[x, y, z] for x in (xs[0], xs[-1]) for y in (ys[0], ys[-1]) for z in (zs[0], zs[-1])]
+        )
+        reach = (corners - pivot) @ rotation + pivot  # rows: R^T (p - c) + c
+        extra_low = max(0, int(math.ceil((zs[0] - reach[:, 2].min()) / dz)) + 1)
+        extra_high = max(0, int(math.ceil((reach[:, 2].max() - zs[-1]) / dz)) + 1)
+        render_zs = zs[0] + np.arange(-extra_low, n_slices + extra_high) * dz
     truths: list[NoduleTruth] = []
     drawn: list[tuple[NoduleTrack, NoduleTruth]] = []
     for track in plan.tracks:
@@ -266,22 +378,37 @@ def render_study(
         if truth is not None:
             truths.append(truth)
             drawn.append((track, truth))
-    image, lungs, nodule_mask = render_grid(
-        patient,
-        offset,
-        (zs.astype(np.float64), ys.astype(np.float64), xs.astype(np.float64)),
-        drawn if with_nodules else [],
-        noise_key=plan.seed * 1000 + plan.patient_index * 10 + study_index,
-        noise_hu=noise_hu,
-        blur_voxels=blur_voxels,
-    )
+    axes = (render_zs.astype(np.float64), ys.astype(np.float64), xs.astype(np.float64))
+    noise_key = plan.seed * 1000 + plan.patient_index * 10 + study_index
+    if plan.family == "b":
+        from ai.phantom.grid_b import render_grid_b, scanner_b
+
+        image, lungs, nodule_mask = render_grid_b(
+            patient,
+            offset,
+            axes,
+            drawn if with_nodules else [],
+            noise_key=noise_key,
+            noise_hu=noise_hu,
+            scanner=scanner_b(noise_key, slice_mm=geometry.slice_mm),
+        )
+    else:
+        image, lungs, nodule_mask = render_grid(
+            patient,
+            offset,
+            axes,
+            drawn if with_nodules else [],
+            noise_key=noise_key,
+            noise_hu=noise_hu,
+            blur_voxels=blur_voxels,
+        )
     volume = Volume(
         array=image,
         spacing=(float(dz), float(px), float(px)),
-        origin=(float(xs[0]), float(ys[0]), float(zs[0])),
+        origin=(float(xs[0]), float(ys[0]), float(render_zs[0])),
         direction=np.eye(3),
     )
-    return PhantomStudy(
+    study = PhantomStudy(
         volume=volume,
         lung_mask=lungs,
         nodule_mask=nodule_mask,
@@ -289,6 +416,20 @@ def render_study(
         patient_label=plan.label,
         study_index=study_index,
     )
+    if not any(angles):
+        return study
+    reference = Volume(
+        array=np.zeros((1, 1, 1), np.int16),
+        spacing=volume.spacing,
+        origin=(float(xs[0]), float(ys[0]), float(zs[0])),
+        direction=np.eye(3),
+    )
+    return _rotated(study, _grid(reference, (n_slices, n, n)), rotation, pivot)
+
+
+def _grid(reference: Volume, shape: tuple[int, int, int]) -> Volume:
+    """An empty volume of ``shape`` with ``reference``'s geometry (a resampling target)."""
+    return dataclasses.replace(reference, array=np.zeros(shape, np.int16))
 
 
 def synthesize_study(
@@ -302,6 +443,7 @@ def synthesize_study(
     anatomy_scale: float = 1.0,
     noise_hu: float = 20.0,
     with_nodules: bool = True,
+    family: str = "a",
 ) -> PhantomStudy:
     """Synthesize one chest-CT study in memory.
 
@@ -323,6 +465,8 @@ def synthesize_study(
         Image noise std in HU.
     with_nodules : bool, optional
         ``False`` leaves the nodules out of the image (truth still listed).
+    family : {"a", "b"}, optional
+        Phantom family (:data:`FAMILIES`).
 
     Returns
     -------
@@ -330,7 +474,12 @@ def synthesize_study(
         HU volume (world LPS geometry), lung mask, nodule mask, nodule truth.
     """
     plan = plan_patient(
-        seed, patient_index, n_tracks=n_tracks, n_studies=n_studies, anatomy_scale=anatomy_scale
+        seed,
+        patient_index,
+        n_tracks=n_tracks,
+        n_studies=n_studies,
+        anatomy_scale=anatomy_scale,
+        family=family,
     )
     return render_study(plan, study_index, geometry, noise_hu=noise_hu, with_nodules=with_nodules)
 
@@ -342,6 +491,7 @@ def first_studies(
     geometry: ScanGeometry = DEFAULT_GEOMETRY,
     anatomy_scale: float = 1.0,
     noise_hu: float = 20.0,
+    family: str = "a",
 ) -> Iterator[PhantomStudy]:
     """The first (prior) study of each patient, rendered one at a time.
 
@@ -357,6 +507,8 @@ def first_studies(
         Body size factor.
     noise_hu : float, optional
         Noise std in HU.
+    family : {"a", "b"}, optional
+        Phantom family (:data:`FAMILIES`).
 
     Yields
     ------
@@ -364,5 +516,5 @@ def first_studies(
         Study 0 of patients ``0 .. patients - 1``.
     """
     for index in range(patients):
-        plan = plan_patient(seed, index, anatomy_scale=anatomy_scale)
+        plan = plan_patient(seed, index, anatomy_scale=anatomy_scale, family=family)
         yield render_study(plan, 0, geometry, noise_hu=noise_hu)

@@ -41,6 +41,7 @@ __all__ = [
     "LidcReading",
     "LidcNodule",
     "LidcScan",
+    "luna16_marks",
     "parse_lidc_xml",
     "read_lidc_scan",
     "write_lidc_sample",
@@ -307,6 +308,27 @@ def read_lidc_scan(
         readings=tuple(readings),
         nodules=tuple(nodules),
     )
+
+
+def luna16_marks(
+    scan: LidcScan,
+) -> tuple[
+    list[tuple[tuple[float, float, float], float]], list[tuple[tuple[float, float, float], float]]
+]:
+    """The LUNA16 reading of a scan's marks: (nodules, other marks), as (world centre, diameter).
+
+    Nodules are the consensus lesions of 3 mm or more marked by at least 3 of
+    the 4 readers; every other mark (smaller, single-point, or by fewer
+    readers) is an irrelevant finding, neither a nodule nor a false positive.
+    """
+    nodules, others = [], []
+    for nodule in scan.nodules:
+        entry = (nodule.center_xyz, max(nodule.diameter_mm, 3.0))
+        if not nodule.small and nodule.diameter_mm >= 3.0 and len(nodule.readers) >= 3:
+            nodules.append(entry)
+        else:
+            others.append(entry)
+    return nodules, others
 
 
 def _ratings(texture: str, shape: str, diameter: float) -> dict[str, int]:

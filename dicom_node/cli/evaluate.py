@@ -7,9 +7,15 @@ function adds its parser to the nested ``evaluations`` sub-parsers and sets
 and appending it to the tuple.
 
 ``evaluate detection DIR`` reads every DICOM series under ``DIR`` and the
-LUNA16-style ``annotations.csv`` beside them; when lung masks
+LUNA16-style ``annotations.csv`` beside them (or, with ``--lidc``, each
+series' LIDC-IDRI readers' XML: nodules of 3 mm or more marked by 3 of the 4
+readers, the other marks irrelevant findings); when lung masks
 ``masks/<SeriesInstanceUID>_lungs.mha`` are there (our phantom cohorts) it
-also scores the lung segmentation. It prints a table (or JSON with
+also scores the lung segmentation. Candidates are found, scored by the
+false-positive reduction network (``--fpr``, default the shipped one) and
+those under the node's minimum diameter dropped, exactly as the node does;
+the report reads the FROC and the node's operating point (false positives
+and nodules reported per scan there). It prints a table (or JSON with
 ``--json``) and writes ``froc.png``, ``montage.png`` and ``metrics.json``.
 """
 
@@ -30,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 def add_subparser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``evaluate`` and its nested evaluations."""
-    parser = subparsers.add_parser("evaluate", help="measure lungs/nodules (and more) against ground truth")
+    parser = subparsers.add_parser(
+        "evaluate", help="measure lungs/nodules (and more) against ground truth"
+    )
     evaluations = parser.add_subparsers(title="evaluations", metavar="WHAT")
     for add in EVALUATIONS:
         add(evaluations)
@@ -51,17 +59,49 @@ def add_detection(evaluations: argparse._SubParsersAction[argparse.ArgumentParse
         "detection",
         help="lung Dice, FROC/CPM and size classes on DICOM series with a LUNA16 annotations.csv",
     )
-    parser.add_argument("dir", type=Path, metavar="DIR", help="folder of DICOM series with annotations.csv")
-    parser.add_argument("--out", type=Path, help="where the PNGs and metrics.json go (default DIR/evaluation)")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
-    parser.add_argument("--annotations", type=Path, help="annotations CSV (default DIR/annotations.csv)")
-    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
     parser.add_argument(
-        "--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="resample each series to this spacing (mm)"
+        "dir", type=Path, metavar="DIR", help="folder of DICOM series with annotations.csv"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where the PNGs and metrics.json go (default DIR/evaluation)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the metrics as JSON instead of a table"
+    )
+    parser.add_argument(
+        "--annotations", type=Path, help="annotations CSV (default DIR/annotations.csv)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default cuda when present, else cpu)"
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="resample each series to this spacing (mm)",
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N series")
-    parser.add_argument("--min-diameter", type=float, default=3.0, help="smallest scored nodule, mm (3)")
+    parser.add_argument(
+        "--min-diameter", type=float, default=3.0, help="smallest scored nodule, mm (3)"
+    )
     parser.add_argument("--montage", type=int, default=40, help="most tiles in the montage (40)")
+    parser.add_argument(
+        "--lidc", action="store_true", help="truth from each series' LIDC-IDRI readers' XML"
+    )
+    node = parser.add_argument_group("The node's detector")
+    node.add_argument("--fpr", type=Path, metavar="DIR", help="FPR model folder (default shipped)")
+    node.add_argument(
+        "--min-probability",
+        type=float,
+        help="operating point (default the FPR model card's; worker.min_nodule_probability)",
+    )
+    node.add_argument(
+        "--report-min-diameter",
+        type=float,
+        default=4.0,
+        help="smallest diameter the node reports, mm (4; worker.min_nodule_diameter_mm)",
+    )
     parser.set_defaults(func=run_detection)
 
 
@@ -86,7 +126,9 @@ def _series_files(root: Path) -> dict[str, list[Path]]:
         if path.suffix.lower() in {".csv", ".json", ".mha", ".png", ".mhd", ".raw", ".txt", ".md"}:
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"])
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"]
+            )
         except (InvalidDicomError, OSError):
             continue
         uid = str(ds.get("SeriesInstanceUID", ""))
@@ -95,25 +137,43 @@ def _series_files(root: Path) -> dict[str, list[Path]]:
     return series
 
 
+def _lidc_marks(files: list[Path]) -> tuple[list[Any], list[Any]]:
+    """LUNA16 nodules and other marks from the readers' XML beside a series."""
+    from ai.evaluation.detection import Truth
+    from ai.readers.lidc import luna16_marks, read_lidc_scan
+
+    nodules, others = luna16_marks(read_lidc_scan(files[0].parent))
+    return [Truth(c, d) for c, d in nodules], [Truth(c, d) for c, d in others]
+
+
 def _evaluate_series(
     uid: str,
     files: list[Path],
     truths: list[Any],
     args: argparse.Namespace,
     device: str,
+    fpr: Any,
+    ignored: list[Any] | None = None,
 ) -> tuple[Any, list[_TileSource], float]:
     import numpy as np
 
     from ai.evaluation.detection import Detection, ScanResult, Truth, dice
     from ai.evaluation.figures import tile_from_volume
+    from ai.fpr import score_candidates
     from ai.lungs import segment_lungs
     from ai.nodules import find_nodules
     from ai.volume import load_series, read_image, resample_like
 
     started = time.perf_counter()
-    volume = load_series(files, spacing=tuple(args.spacing) if args.spacing else None)
+    volume = load_series(files, spacing=tuple(args.spacing) if args.spacing else (1.0, 1.0, 1.0))
     mask = segment_lungs(volume, device=device)
-    candidates = find_nodules(volume, mask, device=device)
+    found = find_nodules(volume, mask, device=device)
+    scored = score_candidates(fpr, volume, found, device=device)
+    # what the node reports from: its minimum diameter, ranked by the network's probability
+    candidates = sorted(
+        (c for c in scored if c.diameter_mm >= args.report_min_diameter),
+        key=lambda c: -(c.probability or 0.0),
+    )
     seconds = time.perf_counter() - started
     lung_dice = None
     mask_path = args.dir / "masks" / f"{uid}_lungs.mha"
@@ -123,27 +183,39 @@ def _evaluate_series(
     scan = ScanResult(
         series_instance_uid=uid,
         truths=tuple(Truth(t.center_xyz, t.diameter_mm) for t in truths),
-        detections=tuple(Detection(c.center_xyz, c.confidence, c.diameter_mm) for c in candidates),
+        detections=tuple(
+            Detection(c.center_xyz, float(c.probability or 0.0), c.diameter_mm) for c in candidates
+        ),
         lung_dice=lung_dice,
+        ignored=tuple(ignored or ()),
     )
     tiles = []
     short = uid[-8:]
     for t in truths:
         near = [
-            c for c in candidates if np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2
+            c
+            for c in candidates
+            if np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2
         ]
-        best = max((c.confidence for c in near), default=-1.0)
+        best = max((float(c.probability or 0.0) for c in near), default=-1.0)
         tile = tile_from_volume(volume, t.center_xyz, t.diameter_mm, "hit", "")
-        tiles.append(_TileSource(tile.image, t.diameter_mm, best, f"{short} {t.diameter_mm:.1f}mm", True))
+        tiles.append(
+            _TileSource(tile.image, t.diameter_mm, best, f"{short} {t.diameter_mm:.1f}mm", True)
+        )
     hit_any = [
-        any(np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2 for t in truths)
+        any(
+            np.linalg.norm(np.subtract(c.center_xyz, t.center_xyz)) <= t.diameter_mm / 2
+            for t in truths
+        )
         for c in candidates
     ]
     for c, hit in list(zip(candidates, hit_any, strict=True)):
         if hit:
             continue
         tile = tile_from_volume(volume, c.center_xyz, c.diameter_mm, "fp", "")
-        tiles.append(_TileSource(tile.image, c.diameter_mm, c.confidence, f"{short} {c.diameter_mm:.1f}mm", False))
+        caption = f"{short} {c.diameter_mm:.1f}mm"
+        probability = float(c.probability or 0.0)
+        tiles.append(_TileSource(tile.image, c.diameter_mm, probability, caption, False))
         if sum(not s.truth for s in tiles) >= 3:
             break
     return scan, tiles, seconds
@@ -155,7 +227,10 @@ def _montage(sources: list[_TileSource], threshold: float, limit: int) -> bytes:
     truths = sorted((s for s in sources if s.truth), key=lambda s: s.confidence)
     misses = [s for s in truths if s.confidence < threshold]
     hits = [s for s in truths if s.confidence >= threshold]
-    fps = sorted((s for s in sources if not s.truth and s.confidence >= threshold), key=lambda s: -s.confidence)
+    fps = sorted(
+        (s for s in sources if not s.truth and s.confidence >= threshold),
+        key=lambda s: -s.confidence,
+    )
     share = max(1, limit // 3)
     chosen = misses[:share] + fps[:share]
     chosen += hits[: max(0, limit - len(chosen))]
@@ -164,11 +239,15 @@ def _montage(sources: list[_TileSource], threshold: float, limit: int) -> bytes:
         kind = "fp" if not s.truth else ("hit" if s.confidence >= threshold else "miss")
         conf = f" c{s.confidence:.2f}" if s.confidence >= 0 else ""
         tiles.append(Tile(s.image, kind, s.diameter_mm / 2 / (48.0 / 64) + 2.0, s.caption + conf))  # type: ignore[arg-type]
-    return montage_png(tiles, title="detections at 4 FP/scan")
+    return montage_png(tiles, title=f"detections at p >= {threshold:.2f}")
 
 
 def _print_table(report: Any, seconds: list[float]) -> None:
-    dice_text = "n/a" if report.lung_dice_mean is None else f"{report.lung_dice_mean:.4f} (min {report.lung_dice_min:.4f})"
+    dice_text = (
+        "n/a"
+        if report.lung_dice_mean is None
+        else f"{report.lung_dice_mean:.4f} (min {report.lung_dice_min:.4f})"
+    )
     print(f"scans                        {report.n_scans}")
     print(f"lung Dice mean               {dice_text}")
     print(f"seconds per series (median)  {sorted(seconds)[len(seconds) // 2]:.1f}")
@@ -182,12 +261,31 @@ def _print_table(report: Any, seconds: list[float]) -> None:
     print(f"sensitivity >= 5 mm at 4 FP/scan  {report.sensitivity_5mm_at_4fp:.3f}")
     err = report.median_abs_diameter_error_mm
     print(f"median |diameter error| (mm)      {'n/a' if err is None else f'{err:.2f}'}")
+    point = report.operating_point
+    if point is not None:
+        sens = "n/a" if point.sensitivity is None else f"{point.sensitivity:.3f}"
+        sens5 = "n/a" if point.sensitivity_5mm is None else f"{point.sensitivity_5mm:.3f}"
+        print()
+        print(f"operating point: probability >= {point.threshold:.3f}")
+        fps = list(point.false_positives)
+        print(f"  false positives per scan        {point.fps_per_scan:.2f}  {fps}")
+        print(f"  nodules reported per scan       {list(point.reported)}")
+        missed = f"({point.missed_5mm} missed >= 5 mm)"
+        print(f"  sensitivity (>= min) / >= 5 mm  {sens} / {sens5}  {missed}")
+    where = "at the operating point" if point is not None else "at 4 FP/scan"
     print()
-    print("class  diameter  nodules  found  sensitivity  median |error| mm   (at 4 FP/scan)")
+    print(f"class  diameter  nodules  found  sensitivity  median |error| mm   ({where})")
     for row in report.size_classes:
         sens = "   -" if row.sensitivity is None else f"{row.sensitivity:.3f}"
-        e = "   -" if row.median_abs_diameter_error_mm is None else f"{row.median_abs_diameter_error_mm:.2f}"
-        print(f"{row.size_class:5d}  {row.label:>8s}  {row.n:7d}  {row.found:5d}  {sens:>11s}  {e:>8s}")
+        e = (
+            "   -"
+            if row.median_abs_diameter_error_mm is None
+            else f"{row.median_abs_diameter_error_mm:.2f}"
+        )
+        print(
+            f"{row.size_class:5d}  {row.label:>8s}  {row.n:7d}  {row.found:5d}  "
+            f"{sens:>11s}  {e:>8s}"
+        )
 
 
 def run_detection(args: argparse.Namespace) -> int:
@@ -198,40 +296,63 @@ def run_detection(args: argparse.Namespace) -> int:
     from ai.evaluation.detection import evaluate_detection
     from ai.evaluation.figures import froc_png
     from ai.readers.luna16 import read_annotations
+    from dicom_node.errors import NodeError
+    from dicom_node.model import load_fpr
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    annotations_path = args.annotations or args.dir / "annotations.csv"
     try:
-        annotations = read_annotations(annotations_path)
-    except AIError as exc:
+        fpr = load_fpr(args.fpr)
+        csv_path = args.annotations or args.dir / "annotations.csv"
+        annotations = {} if args.lidc else read_annotations(csv_path)
+    except (AIError, NodeError) as exc:
         print(f"dicom-node evaluate detection: {exc}", file=sys.stderr)
         return 1
+    threshold = fpr.operating_point if args.min_probability is None else args.min_probability
     series = _series_files(args.dir)
     uids = sorted(series)[: args.limit] if args.limit else sorted(series)
     if not uids:
-        print(f"dicom-node evaluate detection: no DICOM CT series under {args.dir}", file=sys.stderr)
+        print(
+            f"dicom-node evaluate detection: no DICOM CT series under {args.dir}", file=sys.stderr
+        )
         return 1
     scans, tiles, seconds = [], [], []
     for index, uid in enumerate(uids, start=1):
         try:
-            scan, series_tiles, elapsed = _evaluate_series(uid, series[uid], annotations.get(uid, []), args, device)
+            truths, ignored = (
+                _lidc_marks(series[uid]) if args.lidc else (annotations.get(uid, []), [])
+            )
+            scan, series_tiles, elapsed = _evaluate_series(
+                uid, series[uid], truths, args, device, fpr, ignored
+            )
         except AIError as exc:
             logger.warning("series %s skipped: %s", uid, exc)
             continue
         scans.append(scan)
         tiles.extend(series_tiles)
         seconds.append(elapsed)
-        logger.info("series %d/%d %s: %d detections in %.1f s", index, len(uids), uid, len(scan.detections), elapsed)
+        logger.info(
+            "series %d/%d %s: %d detections in %.1f s",
+            index,
+            len(uids),
+            uid,
+            len(scan.detections),
+            elapsed,
+        )
     if not scans:
         print("dicom-node evaluate detection: no series could be evaluated", file=sys.stderr)
         return 1
-    report = evaluate_detection(scans, min_diameter_mm=args.min_diameter)
+    report = evaluate_detection(scans, min_diameter_mm=args.min_diameter, threshold=threshold)
     out = args.out or args.dir / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     (out / "froc.png").write_bytes(froc_png(report, title="FROC, dicom-node detection"))
-    threshold = report.froc_all.threshold_at(report.operating_fps_per_scan)
     (out / "montage.png").write_bytes(_montage(tiles, threshold, args.montage))
-    metrics = report.to_dict() | {"device": device, "seconds_per_series": seconds}
+    metrics = report.to_dict() | {
+        "device": device,
+        "seconds_per_series": seconds,
+        "fpr_version": fpr.version,
+        "report_min_diameter_mm": args.report_min_diameter,
+        "series": [s.series_instance_uid for s in scans],
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -241,7 +362,12 @@ def run_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+from dicom_node.cli._evaluate_measurement import add_measurement  # noqa: E402 - after its helpers
 from dicom_node.cli._evaluate_retrieval import add_retrieval  # noqa: E402 - after its helpers
 
 #: One adder per nested evaluation (see the module docstring).
-EVALUATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (add_detection, add_retrieval)
+EVALUATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    add_detection,
+    add_retrieval,
+    add_measurement,
+)

@@ -141,10 +141,17 @@ def _record(case: NoduleCases, policy: PrivacyPolicy, show_phi: bool) -> dict[st
                 "diameter_mm": round(p.nodule.diameter_mm, 2),
                 "growth_mm": round(p.growth_mm, 2),
                 "growth_percent": round(p.growth_percent, 1),
+                "volume_change_percent": _rounded(p.volume_change_percent, 1),
+                "volume_doubling_days": _rounded(p.volume_doubling_days, 0),
+                "registered": p.registered,
             }
             for p in case.priors
         ],
     }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _strip_thumbnails(report: list[dict[str, Any]]) -> None:
@@ -181,7 +188,14 @@ def _table(report: list[dict[str, Any]], version: str) -> str:
         for p in entry["same_patient_priors"]:
             lines.append(
                 f"  same patient {p['study_date']}: {p['diameter_mm']:.1f} mm "
-                f"({p['growth_mm']:+.1f} mm, {p['growth_percent']:+.0f}%)"
+                f"({p['growth_mm']:+.1f} mm, {p['growth_percent']:+.0f}%"
+                + (
+                    f"; volume doubling {p['volume_doubling_days']:.0f} days"
+                    if p["volume_doubling_days"] is not None
+                    else ""
+                )
+                + ("" if p["registered"] else "; not registered: raw coordinates")
+                + ")"
             )
     return "\n".join(lines)
 

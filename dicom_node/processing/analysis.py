@@ -22,10 +22,11 @@ import torch
 
 from ai.classes import size_class
 from ai.errors import AIError
+from ai.fpr.infer import FprModel
 from ai.hashing.codes import TEXTURES
 from ai.pipeline import SeriesAnalysis, analyse_volume
 from ai.volume import load_series
-from dicom_node.model import LoadedModel
+from dicom_node.model import LoadedModel, shipped_fpr
 from dicom_node.processing.jobs import Outcome, SeriesJob
 from dicom_node.processing.qualification import disqualification
 from dicom_node.processing.reading import read_datasets, read_headers
@@ -64,7 +65,10 @@ def nodules_of(analysis: SeriesAnalysis) -> list[NewNodule]:
             peak_hu=float(nodule.peak_hu),
             texture=str(nodule.texture),
             laterality=str(nodule.laterality),
-            confidence=float(nodule.confidence),
+            # the false-positive reduction network's probability of a nodule
+            confidence=float(
+                nodule.probability if nodule.probability is not None else nodule.confidence
+            ),
             size_class=size_class(float(nodule.diameter_mm)),
             predicted_size_class=int(codes.size_class[i]),
             predicted_texture=TEXTURES[int(codes.texture[i])],
@@ -92,6 +96,8 @@ class AnalysisStep:
     model : LoadedModel
     index : SimilarityIndex
         Index of ``model.version``; synced after each series is stored.
+    fpr : ai.fpr.FprModel, optional
+        False-positive reduction network; default the shipped one.
     """
 
     name = "analysis"
@@ -107,15 +113,18 @@ class AnalysisStep:
         catalog: Catalog,
         model: LoadedModel,
         index: SimilarityIndex,
+        fpr: FprModel | None = None,
     ) -> None:
         self.rules = qualification
-        self.min_confidence = worker.min_nodule_confidence
+        self.min_probability = worker.min_nodule_probability
+        self.min_diameter_mm = worker.min_nodule_diameter_mm
         self.store = store
         self.catalog = catalog
         self.model = model
         self.index = index
         self.device = resolve_device(worker.device)
         self.model.net.to(self.device)
+        self.fpr = fpr if fpr is not None else shipped_fpr(self.device)
 
     @property
     def version(self) -> str:
@@ -163,9 +172,11 @@ class AnalysisStep:
             analysis = analyse_volume(
                 volume,
                 self.model.net,
+                fpr=self.fpr,
                 device=self.device,
                 model_version=self.version,
-                min_confidence=self.min_confidence,
+                min_probability=self.min_probability,
+                min_diameter_mm=self.min_diameter_mm,
             )
         except AIError as exc:
             return Outcome(SeriesState.SKIPPED, f"{exc.__class__.__name__}: {exc}")
@@ -178,7 +189,13 @@ class AnalysisStep:
             )
         stored = time.perf_counter()
         job.nodules = self.catalog.nodules.replace(
-            uid, self.version, nodules_of(analysis), claim=job.claim
+            uid,
+            self.version,
+            nodules_of(analysis),
+            claim=job.claim,
+            registration_image=(
+                analysis.registration.to_bytes() if analysis.registration is not None else None
+            ),
         )
         self.index.sync()
         job.timings["store"] = time.perf_counter() - stored

@@ -169,7 +169,8 @@ def build_key_image_montage(
     title = (
         f"Similar prior cases of other patients, model {model.version}. Each nodule (red) "
         "is followed by its matches in rank order; d is the distance that ranks them "
-        "(float embedding, after the hash search; smaller = more alike). "
+        "(float embedding, after the hash search; smaller = more alike); prob. is the "
+        "detector's probability that the finding is a nodule. "
         "Not for diagnosis (similar-case retrieval)."
     )
     pixels = render_montage(rows, title)

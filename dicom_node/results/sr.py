@@ -5,7 +5,8 @@ built with highdicom (never by hand). One TID 1411 volumetric measurement
 group per nodule: tracking identifier and UID, finding (nodule) and finding
 site (lung, laterality), a POINT volume surface (SCOORD3D) at the centre in
 the CT's frame of reference, long-axis and equivalent diameters, volume, mean
-attenuation, texture, algorithm identification (TID 4019). Beside it, a TID
+attenuation, texture, the probability that it is a nodule (the
+false-positive reduction network's), algorithm identification (TID 4019). Beside it, a TID
 1410 planar group with the same tracking identifier and UID holds the image
 region: a CIRCLE (SCOORD) of the nodule's diameter on the CT slice through
 its centre, referencing that slice, which OHIF-style viewers draw on the
@@ -22,7 +23,9 @@ declared in the CodingSchemeIdentificationSequence):
   cross patients: only UIDREF, DATE, TEXT, NUM and CODE items (the one image
   the SR references is a slice of its own CT series).
 - "Same patient: earlier measurements": the same lesion in the patient's
-  earlier studies, with its diameter and the growth in mm and %.
+  earlier studies (matched after registering the prior to this scan), with
+  its diameter and volume, the growth of the diameter in mm and %, of the
+  volume in %, and the volume doubling time in days when the interval is known.
 
 UIDs are passed in, so the same input gives the same document.
 """
@@ -75,6 +78,9 @@ MATCHED_PATIENT = _private("MATCHED-PATIENT", "Matched patient")
 GROWTH = _private("DIAMETER-CHANGE", "Diameter change")
 GROWTH_PERCENT = _private("DIAMETER-CHANGE-PERCENT", "Diameter change, percent")
 EQUIVALENT_DIAMETER = _private("EQUIVALENT-DIAMETER", "Volume-equivalent diameter")
+NODULE_PROBABILITY = _private("NODULE-PROBABILITY", "Probability of a nodule")
+VOLUME_CHANGE_PERCENT = _private("VOLUME-CHANGE-PERCENT", "Volume change, percent")
+VOLUME_DOUBLING_TIME = _private("VOLUME-DOUBLING-TIME", "Volume doubling time")
 #: The texture vocabulary of ``ai.classes.TEXTURES``, coded.
 TEXTURE_CODES = dict(
     zip(
@@ -103,6 +109,7 @@ LATERALITY = {"right": codes.SCT.Right, "left": codes.SCT.Left}
 CT_CHEST = Code("24627-2", "LN", "CT Chest")
 UNITLESS = Code("1", "UCUM", "no units")
 BITS = Code("bit", "UCUM", "bit")
+DAYS = Code("d", "UCUM", "day")
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,8 @@ class NoduleFinding:
     """``solid``, ``part-solid`` or ``ground-glass``."""
     laterality: str
     """``right`` or ``left`` (the patient's)."""
+    probability: float | None = None
+    """Probability that it is a nodule (false-positive reduction network), 0..1."""
     series_instance_uid: str | None = None
     """The CT series it was found in; None: the evidence's only series."""
 
@@ -173,12 +182,20 @@ class PriorMeasurement:
     diameter_mm: float
     growth_mm: float
     growth_percent: float
+    volume_mm3: float | None = None
+    volume_change_percent: float | None = None
+    volume_doubling_days: float | None = None
+    """Negative when the nodule shrank; None without the interval or a volume change."""
 
 
 def _num(name: Code, value: float, unit: Code) -> hd.sr.NumContentItem:
     return hd.sr.NumContentItem(
         name=name, value=float(value), unit=unit, relationship_type="CONTAINS"
     )
+
+
+def _optional_num(name: Code, value: float | None, unit: Code) -> list[hd.sr.ContentItem]:
+    return [] if value is None else [_num(name, value, unit)]
 
 
 def _container(name: Code, items: Sequence[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
@@ -256,6 +273,11 @@ def _priors_container(priors: Sequence[PriorMeasurement]) -> hd.sr.ContainerCont
                 _num(EQUIVALENT_DIAMETER, prior.diameter_mm, codes.UCUM.Millimeter),
                 _num(GROWTH, prior.growth_mm, codes.UCUM.Millimeter),
                 _num(GROWTH_PERCENT, prior.growth_percent, codes.UCUM.Percent),
+                *_optional_num(codes.SCT.Volume, prior.volume_mm3, codes.UCUM.CubicMillimeter),
+                *_optional_num(
+                    VOLUME_CHANGE_PERCENT, prior.volume_change_percent, codes.UCUM.Percent
+                ),
+                *_optional_num(VOLUME_DOUBLING_TIME, prior.volume_doubling_days, DAYS),
             ],
         )
         for prior in priors
@@ -368,6 +390,15 @@ def _group(
                 value=finding.mean_hu,
                 unit=codes.UCUM.HounsfieldUnit,
                 derivation=codes.SCT.Mean,
+            ),
+            *(
+                [
+                    hd.sr.Measurement(
+                        name=NODULE_PROBABILITY, value=finding.probability, unit=UNITLESS
+                    )
+                ]
+                if finding.probability is not None
+                else []
             ),
         ],
         qualitative_evaluations=[

@@ -319,6 +319,7 @@ def _finding(nodule: NoduleRecord, number: int) -> NoduleFinding:
         mean_hu=nodule.mean_hu,
         texture=nodule.texture,
         laterality=nodule.laterality,
+        probability=nodule.confidence,
         series_instance_uid=nodule.series_instance_uid,
     )
 
@@ -331,16 +332,23 @@ def _priors(case: NoduleCases) -> Sequence[PriorMeasurement]:
             diameter_mm=p.nodule.diameter_mm,
             growth_mm=p.growth_mm,
             growth_percent=p.growth_percent,
+            volume_mm3=p.nodule.volume_mm3,
+            volume_change_percent=p.volume_change_percent,
+            volume_doubling_days=p.volume_doubling_days,
         )
         for p in case.priors
     ]
 
 
 def _montage_row(case: NoduleCases, number: int) -> MontageRow:
-    """Captions: the rank beside the distance that ranks (the float embedding's)."""
+    """Captions: the nodule's size, texture and probability; the rank beside the
+    distance that ranks (the float embedding's)."""
     nodule = case.nodule
     return MontageRow(
-        label=f"Nodule {number}\n{nodule.diameter_mm:.1f} mm {nodule.texture}",
+        label=(
+            f"Nodule {number}, prob. {nodule.confidence:.2f}\n"
+            f"{nodule.diameter_mm:.1f} mm {nodule.texture}"
+        ),
         query=_thumbnail(nodule),
         matches=[
             (

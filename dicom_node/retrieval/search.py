@@ -5,8 +5,8 @@ predicted size class (and its neighbours) filters the index → a Hamming pool
 on the middle code → the FCDN joint distance ranks the pool → the float
 embedding reranks a shortlist → top ``k`` nodules → aggregated to studies.
 The query patient's own studies are never among "other patients"; they are
-returned apart (:meth:`Retriever.own_priors`), with the same lesion matched
-across them and its growth.
+returned apart (:func:`dicom_node.retrieval.priors.same_patient_priors`),
+with the same lesion matched across them after registration and its growth.
 """
 
 from __future__ import annotations
@@ -65,9 +65,15 @@ class OwnPrior:
     study_date: str | None
     nodule: NoduleRecord
     center_distance_mm: float
+    """Between the centres, after registering the prior to the query's scan."""
     growth_mm: float
     """Query diameter minus prior diameter."""
     growth_percent: float
+    volume_change_percent: float | None = None
+    volume_doubling_days: float | None = None
+    """Negative when it shrank; None without the interval between the studies."""
+    registered: bool = True
+    """False: matched on raw patient coordinates (no registration image stored)."""
 
 
 def _layer_distances(a: NoduleRecord, b: NoduleRecord) -> tuple[int, ...]:
@@ -183,51 +189,3 @@ class Retriever:
                 )
             )
         return matches
-
-    def own_priors(
-        self,
-        query: NoduleRecord,
-        patient_id: str | None,
-        study_date: str | None,
-        *,
-        max_center_distance_mm: float = 30.0,
-    ) -> list[OwnPrior]:
-        """The same lesion in the patient's earlier studies (nearest centre, then embedding)."""
-        if not patient_id:
-            return []
-        candidates = [
-            nodule
-            for nodule in self.catalog.nodules.of(
-                model_version=self.model_version, patient_id=patient_id
-            )
-            if nodule.study_instance_uid != query.study_instance_uid
-            and (study_date is None or (nodule.study_date or "") < study_date)
-            and nodule.laterality == query.laterality
-        ]
-        centre = np.array(query.center_xyz)
-        embedding = query.embedding_vector()
-        best: dict[str, tuple[float, float, NoduleRecord]] = {}
-        for nodule in candidates:
-            distance = float(np.linalg.norm(np.array(nodule.center_xyz) - centre))
-            if distance > max_center_distance_mm:
-                continue
-            emb = float(((nodule.embedding_vector() - embedding) ** 2).sum())
-            key = nodule.study_instance_uid
-            if key not in best or (distance, emb) < best[key][:2]:
-                best[key] = (distance, emb, nodule)
-        priors = []
-        for uid, (distance, _, nodule) in sorted(
-            best.items(), key=lambda item: item[1][2].study_date or ""
-        ):
-            growth = query.diameter_mm - nodule.diameter_mm
-            priors.append(
-                OwnPrior(
-                    study_instance_uid=uid,
-                    study_date=nodule.study_date,
-                    nodule=nodule,
-                    center_distance_mm=distance,
-                    growth_mm=growth,
-                    growth_percent=100.0 * growth / max(nodule.diameter_mm, 1e-6),
-                )
-            )
-        return priors

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from ai.hashing.codes import LAYERS
 from dicom_node.errors import IndexNotReady
+from dicom_node.retrieval.priors import same_patient_priors
 from dicom_node.retrieval.search import Match, OwnPrior, Retriever, SimilarStudy
 from storage.catalog import Catalog, CodeBatch, IndexCursor, NoduleRecord
 from storage.errors import DuplicateIdError
@@ -318,19 +319,20 @@ def similar_cases(
     matches_per_nodule : int
         Similar nodules per query nodule (``similarity.matches_per_nodule``).
     with_priors : bool
-        Also look up the same lesion in the patient's earlier studies.
+        Also look up the same lesion in the patient's earlier studies
+        (registers each earlier series to the query's: seconds).
     """
+    priors = (
+        same_patient_priors(retriever.catalog, retriever.model_version, nodules)
+        if with_priors
+        else {}
+    )
     cases = []
     for nodule in nodules:
         similar = retriever.similar_nodules(
             nodule, matches_per_nodule, exclude_patient_id=nodule.patient_id
         )
-        priors = (
-            retriever.own_priors(nodule, nodule.patient_id, nodule.study_date)
-            if with_priors
-            else []
-        )
-        cases.append(NoduleCases(nodule, tuple(similar), tuple(priors)))
+        cases.append(NoduleCases(nodule, tuple(similar), priors.get(nodule.id, ())))
     return cases
 
 

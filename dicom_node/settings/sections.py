@@ -149,9 +149,12 @@ class WorkerSettings:
     """Worker threads processing completed series in the node process."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    min_nodule_confidence: float = 0.15
-    """Operating point of the detector: candidates under this confidence are not
-    indexed or reported (``dicom-node evaluate detection`` shows the FROC)."""
+    min_nodule_probability: float = 0.5
+    """Operating point: candidates whose probability of being a nodule (the false-positive
+    reduction network, ``ai.fpr``) is under this are not indexed or reported. Chosen for
+    about 1 false positive per scan (``dicom-node evaluate detection``, model card)."""
+    min_nodule_diameter_mm: float = 4.0
+    """Smallest equivalent diameter reported, mm (Lung-RADS counts from 4 mm; LUNA16 3 mm)."""
     model_dir: str = ""
     """Folder written by ``dicom-node train`` (weights + model card); empty = the shipped model."""
     lease_seconds: float = 60.0
@@ -174,8 +177,12 @@ class WorkerSettings:
             f"worker.device: {self.device!r} is not auto, cpu or cuda",
         )
         _require(
-            0.0 <= self.min_nodule_confidence <= 1.0,
-            "worker.min_nodule_confidence must be within 0..1",
+            0.0 <= self.min_nodule_probability <= 1.0,
+            "worker.min_nodule_probability must be within 0..1",
+        )
+        _require(
+            0.0 <= self.min_nodule_diameter_mm <= 30.0,
+            "worker.min_nodule_diameter_mm must be within 0..30",
         )
 
 

@@ -23,7 +23,13 @@ from ai.hashing.codes import LAYERS
 from storage.catalog.engine import Database
 from storage.catalog.leases import check_held
 from storage.catalog.records import Claim, CodeBatch, NewNodule, NoduleRecord
-from storage.catalog.schema import nodule_removals, nodules, series, studies
+from storage.catalog.schema import (
+    nodule_removals,
+    nodules,
+    registration_images,
+    series,
+    studies,
+)
 
 __all__ = ["IndexCursor", "NoduleCatalog"]
 
@@ -98,6 +104,7 @@ class NoduleCatalog:
         *,
         claim: Claim | None = None,
         now: float | None = None,
+        registration_image: bytes | None = None,
     ) -> list[NoduleRecord]:
         """Store a series' nodules for one model version, replacing earlier ones.
 
@@ -110,6 +117,10 @@ class NoduleCatalog:
         claim : Claim, optional
             The job computing them: nothing is written unless its worker
             still holds it (:func:`storage.catalog.workflow.check_held`).
+        registration_image : bytes, optional
+            The series' compact image for registering the patient's later
+            scans to it (``ai.registration.RegistrationImage.to_bytes``);
+            replaces the one stored before.
 
         Raises
         ------
@@ -145,6 +156,16 @@ class NoduleCatalog:
                 )
             )
             connection.execute(nodules.delete().where(earlier))
+            if registration_image is not None:
+                this_series = registration_images.c.series_instance_uid == series_instance_uid
+                connection.execute(registration_images.delete().where(this_series))
+                connection.execute(
+                    registration_images.insert().values(
+                        series_instance_uid=series_instance_uid,
+                        image=registration_image,
+                        created_at=now,
+                    )
+                )
             stored = []
             for nodule in found:
                 new_id = connection.execute(
@@ -172,6 +193,16 @@ class NoduleCatalog:
                     )
                 )
         return stored
+
+    def registration_image(self, series_instance_uid: str) -> bytes | None:
+        """The series' compact registration image, or None when none was stored."""
+        with self._db.begin() as connection:
+            image = connection.execute(
+                sa.select(registration_images.c.image).where(
+                    registration_images.c.series_instance_uid == series_instance_uid
+                )
+            ).scalar()
+        return None if image is None else bytes(image)
 
     def ids_of_series(self, series_instance_uid: str, model_version: str) -> list[int]:
         """Ids of a series' nodules for a model version."""

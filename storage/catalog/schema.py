@@ -25,6 +25,7 @@ __all__ = [
     "metadata",
     "nodule_removals",
     "nodules",
+    "registration_images",
     "results",
     "secrets",
     "series",
@@ -279,6 +280,19 @@ nodules = sa.Table(
     # Ids are never reused (SQLite would otherwise hand out a deleted largest
     # id again): an index follows the rows after the last id it has seen.
     sqlite_autoincrement=True,
+)
+
+# The compact image of each analysed series (``ai.registration.RegistrationImage``
+# bytes, 100-300 KB): a later scan of the patient is registered to it, so the same
+# nodule is matched after the patient moved on the table. Written with the nodules.
+registration_images = sa.Table(
+    "registration_images",
+    metadata,
+    sa.Column(
+        "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), primary_key=True
+    ),
+    sa.Column("image", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # One row per nodule row deleted (a series processed again replaces its

@@ -15,6 +15,7 @@ import pytest
 
 from ai.phantom import TEST_GEOMETRY, write_cohort
 from dicom_node.cli import main
+from dicom_node.retrieval.priors import same_patient_priors
 from storage.catalog import DeliveryState, SeriesState
 from tests.factories import write_ct_series
 from tests.peers import dcmtk, free_port, run_peer, start_storescp, wait_until
@@ -97,6 +98,28 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     for series in indexed:
         assert series.reason and "nodules" in series.reason
         assert node.catalog.nodules.ids_of_series(series.series_instance_uid, version)
+        # Reported at the operating point with their FPR probability, and the
+        # compact image kept for registering the patient's later scans.
+        stored = node.catalog.nodules.of(
+            model_version=version, series_instance_uid=series.series_instance_uid
+        )
+        assert all(
+            n.confidence >= settings.worker.min_nodule_probability
+            and n.diameter_mm >= settings.worker.min_nodule_diameter_mm
+            for n in stored
+        )
+        assert node.catalog.nodules.registration_image(series.series_instance_uid)
+    # Each patient's follow-up lies moved on the table: its nodules are paired
+    # with the prior's after registration.
+    followed = []
+    for series in indexed:
+        nodules = node.catalog.nodules.of(
+            model_version=version, series_instance_uid=series.series_instance_uid
+        )
+        followed += [
+            p for ps in same_patient_priors(node.catalog, version, nodules).values() for p in ps
+        ]
+    assert followed and all(p.registered for p in followed)
     assert node.similarity_index is not None
     assert node.similarity_index.index.ntotal == sum(
         len(node.catalog.nodules.ids_of_series(s.series_instance_uid, version)) for s in indexed

@@ -21,7 +21,9 @@ from ai.types import Volume
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _scan(uid: str, truths: list[tuple[float, float]], detections: list[tuple[float, float, float]]) -> ScanResult:
+def _scan(
+    uid: str, truths: list[tuple[float, float]], detections: list[tuple[float, float, float]]
+) -> ScanResult:
     """Truths ``(x, diameter)`` and detections ``(x, confidence, diameter)`` on the x axis."""
     return ScanResult(
         series_instance_uid=uid,
@@ -45,7 +47,11 @@ def test_froc_counts_each_nodule_once_and_ignores_small_ones() -> None:
     scans = [
         # nodule at 0 (10 mm) hit twice (0.9 and 0.4: the second is neither TP nor FP);
         # nodule at 100 (2 mm) is below 3 mm: a candidate on it is ignored; FP at 50 (0.8)
-        _scan("a", [(0.0, 10.0), (100.0, 2.0)], [(1.0, 0.9, 9.0), (-2.0, 0.4, 9.0), (100.0, 0.95, 2.0), (50.0, 0.8, 5.0)]),
+        _scan(
+            "a",
+            [(0.0, 10.0), (100.0, 2.0)],
+            [(1.0, 0.9, 9.0), (-2.0, 0.4, 9.0), (100.0, 0.95, 2.0), (50.0, 0.8, 5.0)],
+        ),
         # nodule at 0 (6 mm) found at 0.3; a detection 4 mm away is outside its 3 mm radius: FP
         _scan("b", [(0.0, 6.0)], [(0.5, 0.3, 6.0), (4.0, 0.7, 5.0)]),
     ]
@@ -73,11 +79,19 @@ def test_perfect_and_empty_detectors() -> None:
 
 def test_size_classes_and_report() -> None:
     scans = [
-        _scan("a", [(0.0, 4.0), (50.0, 10.0), (100.0, 25.0)], [(0.0, 0.9, 4.5), (50.0, 0.8, 9.0), (200.0, 0.7, 5.0)]),
+        _scan(
+            "a",
+            [(0.0, 4.0), (50.0, 10.0), (100.0, 25.0)],
+            [(0.0, 0.9, 4.5), (50.0, 0.8, 9.0), (200.0, 0.7, 5.0)],
+        ),
         _scan("b", [(0.0, 5.5)], [(0.0, 0.1, 6.5)]),
     ]
     rows = {r.size_class: r for r in size_class_rows(scans, threshold=0.5)}
-    assert rows[1].n == 1 and rows[1].found == 1 and rows[1].median_abs_diameter_error_mm == pytest.approx(0.5)
+    assert (
+        rows[1].n == 1
+        and rows[1].found == 1
+        and rows[1].median_abs_diameter_error_mm == pytest.approx(0.5)
+    )
     assert rows[2].n == 1 and rows[2].found == 0 and rows[2].sensitivity == 0.0
     assert rows[4].median_abs_diameter_error_mm == pytest.approx(1.0)
     assert rows[7].n == 1 and rows[7].found == 0
@@ -86,7 +100,9 @@ def test_size_classes_and_report() -> None:
     assert report.n_scans == 2 and report.lung_dice_mean is None
     assert report.froc_5mm.n_truths == 3 and report.froc_all.n_truths == 4
     summary = report.to_dict()
-    assert set(summary["froc_3mm"]["sensitivity_at_fps_per_scan"]) == {str(r) for r in FROC_FP_RATES}  # type: ignore[index]
+    assert set(summary["froc_3mm"]["sensitivity_at_fps_per_scan"]) == {
+        str(r) for r in FROC_FP_RATES
+    }  # type: ignore[index]
     assert summary["sensitivity_5mm_at_4fp"] == report.froc_5mm.at_rates[5]
 
 
@@ -96,7 +112,38 @@ def test_figures_are_pngs() -> None:
     hu = np.full((5, 40, 40), -850.0, np.float32)
     hu[2, 18:22, 18:22] = 0.0
     volume = Volume(array=hu, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
-    tile = tile_from_volume(volume, volume.voxel_to_world((2, 19.5, 19.5)), 4.0, "hit", "x", fov_mm=20.0, size=20)
+    tile = tile_from_volume(
+        volume, volume.voxel_to_world((2, 19.5, 19.5)), 4.0, "hit", "x", fov_mm=20.0, size=20
+    )
     assert tile.image.shape == (20, 20) and tile.image[10, 10] > 0.5 and tile.image[0, 0] < 0.2
-    assert montage_png([tile, Tile(tile.image, "miss", 3.0, "y"), Tile(tile.image, "fp", 3.0, "z")]).startswith(PNG)
+    assert montage_png(
+        [tile, Tile(tile.image, "miss", 3.0, "y"), Tile(tile.image, "fp", 3.0, "z")]
+    ).startswith(PNG)
     assert montage_png([]).startswith(PNG)
+
+
+def test_operating_point_counts_false_positives_reports_and_ignores_irrelevant_marks() -> None:
+    import dataclasses
+
+    from ai.evaluation.detection import operating_point
+
+    first = _scan(
+        "a", [(0.0, 10.0), (100.0, 4.0)], [(1.0, 0.9, 9.0), (50.0, 0.8, 5.0), (100.0, 0.3, 4.0)]
+    )
+    # the detection at x = 200 hits a reader's mark that is no LUNA16 nodule: neither true nor false
+    second = dataclasses.replace(
+        _scan("b", [(0.0, 6.0)], [(200.0, 0.95, 6.0), (300.0, 0.7, 6.0)]),
+        ignored=(Truth((200.0, 0.0, 0.0), 8.0),),
+    )
+    point = operating_point([first, second], 0.5)
+    assert point.false_positives == (1, 1)
+    assert point.reported == (2, 2)
+    assert point.fps_per_scan == 1.0
+    assert point.sensitivity == pytest.approx(1 / 3)  # found only the 10 mm one
+    assert point.sensitivity_5mm == pytest.approx(1 / 2) and point.missed_5mm == 1
+    report = evaluate_detection([first, second], threshold=0.5)
+    assert report.operating_point == point
+    assert report.to_dict()["operating_point"]["false_positives"] == (1, 1)
+    # without the ignored mark, the 0.95 detection is the most confident false positive
+    plain = froc([dataclasses.replace(second, ignored=())])
+    assert plain.fps_per_scan[0] == 1.0

@@ -65,7 +65,11 @@ def test_right_left_follow_world_coordinates_not_index_order() -> None:
 
 
 def test_volume_without_lungs_raises() -> None:
-    solid = Volume(array=np.full((10, 20, 20), 40.0, dtype=np.float32), spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0))
+    solid = Volume(
+        array=np.full((10, 20, 20), 40.0, dtype=np.float32),
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0, 0, 0),
+    )
     with pytest.raises(NotALungCT):
         segment_lungs(solid)
 
@@ -99,3 +103,19 @@ def test_phantom_lungs_match_the_truth_mask() -> None:
     for value in (1, 2):
         assert dice(result.labels == value, study.lung_mask == value) > 0.97, value
     assert not (result.airway & (study.lung_mask > 0)).any()
+
+
+def test_real_chest_lungs_are_parted_without_a_fallback(lidc_0001_volume, caplog) -> None:
+    """LIDC-IDRI-0001, a normal adult chest: two lungs of plausible size, the trachea left out."""
+    with caplog.at_level("WARNING", logger="ai.lungs"):
+        result = segment_lungs(lidc_0001_volume)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    right, left = result.volume_ml(1), result.volume_ml(2)
+    assert 1200 < right < 3500 and 1200 < left < 3500, (right, left)
+    assert result.airway.sum() * 1e-3 > 8.0  # ml of trachea and main bronchi on the 1 mm grid
+    # right lung on the patient's right (smaller LPS x) at every level where both are present
+    both = [z for z in range(result.labels.shape[0]) if {1, 2} <= set(np.unique(result.labels[z]))]
+    for z in both[:: max(1, len(both) // 10)]:
+        xs_right = np.nonzero(result.labels[z] == 1)[1].mean()
+        xs_left = np.nonzero(result.labels[z] == 2)[1].mean()
+        assert xs_right < xs_left

@@ -201,3 +201,29 @@ def test_nodule_attenuation_follows_texture():
                 assert centre > -200 and median < centre - 100, nodule
             checked.add(nodule.texture)
     assert len(checked) >= 2
+
+
+def test_rotated_follow_up_keeps_its_truth_exact_in_its_own_world(plan, study):
+    from ai.phantom.render import rotation_matrix, study_rotation_deg
+
+    assert study_rotation_deg(plan, 0) == (0.0, 0.0, 0.0)
+    angles = study_rotation_deg(plan, 1)
+    assert 0.2 < max(abs(a) for a in angles) <= 4.0
+    first = render_study(plan, 0, TEST_GEOMETRY, motion=True)
+    assert np.array_equal(first.volume.array, study.volume.array)
+    still = render_study(plan, 1, TEST_GEOMETRY, noise_hu=0)
+    turned = render_study(plan, 1, TEST_GEOMETRY, noise_hu=0, motion=True)
+    assert turned.volume.shape == still.volume.shape and turned.volume.origin == still.volume.origin
+    rotation = rotation_matrix(angles)
+    for label, (a, b) in enumerate(zip(still.nodules, turned.nodules, strict=True), start=1):
+        assert a.track_id == b.track_id and a.diameter_mm == b.diameter_mm
+        moved = np.linalg.norm(np.subtract(a.center_xyz, b.center_xyz))
+        assert moved > 0.5  # the lesion moved with the patient
+        zyx = np.rint(turned.volume.world_to_voxel(b.center_xyz)).astype(int)
+        assert turned.nodule_mask[tuple(zyx)] == label
+        # the mask's centroid is where the truth says
+        voxels = np.argwhere(turned.nodule_mask == label)
+        centroid = turned.volume.voxel_to_world(voxels.mean(axis=0))
+        error = np.linalg.norm(centroid - np.asarray(b.center_xyz))
+        assert error < 0.6 * TEST_GEOMETRY.pixel_mm + 1.0
+    assert not np.allclose(rotation, np.eye(3))

@@ -68,6 +68,12 @@ def test_sr_holds_every_nodule_its_similar_cases_and_priors(evidence) -> None:
     assert [float(i.MeasuredValueSequence[0].NumericValue) for i in ranking] == [0.12, 0.31]
     growth = _items(sr, "Diameter change, percent")
     assert float(growth[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(17.1)
+    doubling = _items(sr, "Volume doubling time")
+    assert float(doubling[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(521.0)
+    assert doubling[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "d"
+    # Nodule 1 carries its probability; nodule 2, without one, has no such item.
+    probability = _items(sr, "Probability of a nodule")
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in probability] == [0.83]
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == CODING_SCHEME
     assert [i.TextValue for i in _items(sr, "Algorithm Version")] == [MODEL.version] * 2
     # No image or composite reference may point into another patient's study.

@@ -85,6 +85,18 @@ def test_environment_lists_and_booleans(tmp_path) -> None:
         ),
         ({"DICOM_NODE_WORKER_DEVICE": "tpu"}, "is not auto, cpu or cuda"),
         ({"DICOM_NODE_STORAGE_CATALOG_URL": "mysql://x"}, "only sqlite"),
+        (
+            {"DICOM_NODE_WORKER_MIN_NODULE_PROBABILITY": "1.5"},
+            "worker.min_nodule_probability must be within 0..1",
+        ),
+        (
+            {"DICOM_NODE_WORKER_MIN_NODULE_DIAMETER_MM": "-1"},
+            "worker.min_nodule_diameter_mm must be within 0..30",
+        ),
+        (
+            {"DICOM_NODE_WORKER_MIN_NODULE_CONFIDENCE": "0.15"},
+            "DICOM_NODE_WORKER_MIN_NODULE_CONFIDENCE is not a known setting",
+        ),
     ],
 )
 def test_bad_values_give_clear_messages(environ, message) -> None:
