@@ -29,6 +29,7 @@ def phantom_rois(
     seed: int = 0,
     positive_fraction: float = 0.9,
     workers: int = 1,
+    family: str = "a",
 ) -> RoiSet:
     """``n`` labelled ROI stacks rendered by the phantom's patch mode.
 
@@ -45,6 +46,8 @@ def phantom_rois(
         (size class 0, texture unknown = -1, ignored by the texture loss).
     workers : int
         Phantom processes.
+    family : {"a", "b"}
+        Phantom family (``ai.phantom.render.FAMILIES``).
 
     Returns
     -------
@@ -56,7 +59,9 @@ def phantom_rois(
     from ai.roi import extract_rois
     from ai.types import Volume
 
-    batch = make_patches(n, seed=seed, positive_fraction=positive_fraction, workers=workers)
+    batch = make_patches(
+        n, seed=seed, positive_fraction=positive_fraction, workers=workers, family=family
+    )
     spacing = float(batch.spacing_mm)
     d, h, w = batch.patches.shape[1:]
     centre = np.array([(w - 1) / 2, (h - 1) / 2, (d - 1) / 2]) * spacing  # world (x, y, z)

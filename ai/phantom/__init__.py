@@ -9,6 +9,13 @@
 - :mod:`ai.phantom.patches`: patch mode, :func:`ai.phantom.patches.make_patches`.
 - :mod:`ai.phantom.preview`: the PNG montage of a written cohort.
 
+Two independent families (``family="a"`` or ``"b"`` wherever a cohort, a
+study or patches are made; ``dicom-node synth --family``): family A is the
+analytic generator above; family B (:mod:`ai.phantom.family_b`,
+:mod:`ai.phantom.grid_b`, :mod:`ai.phantom.lidc_shapes`) has its own vessel
+trees, real LIDC-IDRI nodule shapes and another scanner (noise spectrum,
+kernel, slice profile), so a model trained on one can be tested on the other.
+
 Lung mask labels: 0 outside the lungs, 1 the patient's right lung (negative
 LPS ``x``), 2 the patient's left lung. Size classes come from
 :func:`ai.classes.size_class`.
@@ -23,6 +30,7 @@ from ai.phantom.dicom import TRANSFER_SYNTAXES, identity_for, series_volume, stu
 from ai.phantom.nodules import LOCATIONS, SHAPES, TEXTURES, NoduleTruth
 from ai.phantom.render import (
     DEFAULT_GEOMETRY,
+    FAMILIES,
     TEST_GEOMETRY,
     PatientPlan,
     PhantomStudy,
@@ -36,6 +44,7 @@ from ai.phantom.render import (
 __all__ = [
     "CohortSummary",
     "DEFAULT_GEOMETRY",
+    "FAMILIES",
     "TRANSFER_SYNTAXES",
     "identity_for",
     "series_volume",

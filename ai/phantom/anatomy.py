@@ -256,7 +256,7 @@ def _grow_tree(
             stack.append((end, child, r_end * ratio, seg_len * rng.uniform(0.78, 0.92), depth + 1))
 
 
-def make_patient(seed: int, *, anatomy_scale: float = 1.0) -> Patient:
+def make_patient(seed: int, *, anatomy_scale: float = 1.0, with_vessels: bool = True) -> Patient:
     """Build one synthetic patient deterministically from a seed.
 
     Parameters
@@ -265,6 +265,8 @@ def make_patient(seed: int, *, anatomy_scale: float = 1.0) -> Patient:
         Patient seed; the same seed always gives the same patient.
     anatomy_scale : float, optional
         Overall size factor multiplied into the random body size (0.92-1.05).
+    with_vessels : bool, optional
+        ``False`` leaves the pulmonary vessel trees out (phantom family B grows its own).
 
     Returns
     -------
@@ -275,7 +277,7 @@ def make_patient(seed: int, *, anatomy_scale: float = 1.0) -> Patient:
     s = float(anatomy_scale * rng.uniform(0.92, 1.05))
     stub = Patient(scale=s, vessels=_empty(), airways=_empty(), great_vessels=_empty(), seed=seed)
     segments: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, float]] = []
-    for label, sign in ((RIGHT_LUNG, -1.0), (LEFT_LUNG, 1.0)):
+    for label, sign in ((RIGHT_LUNG, -1.0), (LEFT_LUNG, 1.0)) if with_vessels else ():
         hilum = np.array([sign * 27.0 * s, 6.0 * s, -12.0 * s])
         roots = [
             (0.35, -0.1, 0.93),
@@ -292,11 +294,15 @@ def make_patient(seed: int, *, anatomy_scale: float = 1.0) -> Patient:
             d = np.array([sign * rx, ry, rz], dtype=np.float64)
             d = _rotate(d / np.linalg.norm(d), np.deg2rad(rng.uniform(0.0, 10.0)), rng)
             _grow_tree(stub, rng, label, hilum, d, 4.0 * s, 26.0 * s, segments)
-    vessels = Capsules(
-        p0=np.array([seg[0] for seg in segments]),
-        p1=np.array([seg[1] for seg in segments]),
-        r0=np.array([seg[2] for seg in segments]),
-        r1=np.array([seg[3] for seg in segments]),
+    vessels = (
+        Capsules(
+            p0=np.array([seg[0] for seg in segments]),
+            p1=np.array([seg[1] for seg in segments]),
+            r0=np.array([seg[2] for seg in segments]),
+            r1=np.array([seg[3] for seg in segments]),
+        )
+        if segments
+        else _empty()
     )
     carina = np.array([0.0, 2.0 * s, 8.0 * s])
     airway_p0 = np.array([[0.0, -6.0 * s, 260.0 * s], carina, carina])

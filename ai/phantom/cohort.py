@@ -132,7 +132,7 @@ def _write_study(
 
 
 def _write_patient(
-    args: tuple[Path, int, int, int, int, ScanGeometry, float, str, str, float],
+    args: tuple[Path, int, int, int, int, ScanGeometry, float, str, str, float, str],
 ) -> list[dict[str, Any]]:
     (
         out_dir,
@@ -145,9 +145,15 @@ def _write_patient(
         syntax,
         orientation,
         noise,
+        family,
     ) = args
     plan = plan_patient(
-        seed, patient_index, n_tracks=n_tracks, n_studies=n_studies, anatomy_scale=scale
+        seed,
+        patient_index,
+        n_tracks=n_tracks,
+        n_studies=n_studies,
+        anatomy_scale=scale,
+        family=family,
     )
     records = []
     for study_index in range(n_studies):
@@ -177,6 +183,7 @@ def write_cohort(
     orientation: str = "mixed",
     noise_hu: float = 20.0,
     workers: int = 1,
+    family: str = "a",
 ) -> CohortSummary:
     """Synthesize and write a cohort of patients, each with a prior and follow-up studies.
 
@@ -204,6 +211,10 @@ def write_cohort(
         Image noise std in HU.
     workers : int, optional
         Processes writing patients in parallel.
+    family : {"a", "b"}, optional
+        Phantom family (``ai.phantom.render.FAMILIES``): ``"b"`` has other
+        vessels, real LIDC nodule shapes and another scanner
+        (:mod:`ai.phantom.family_b`); evaluate on the family you did not tune on.
 
     Returns
     -------
@@ -230,6 +241,7 @@ def write_cohort(
             transfer_syntax,
             orientation,
             noise_hu,
+            family,
         )
         for p in range(patients)
     ]
@@ -261,6 +273,7 @@ def write_cohort(
         "transfer_syntax": transfer_syntax,
         "orientation": orientation,
         "noise_hu": noise_hu,
+        "family": family,
         "lung_labels": {"0": "outside", "1": "right lung", "2": "left lung"},
     }
     truth.write_text(

@@ -23,7 +23,7 @@ from ai.phantom import anatomy as A
 from ai.phantom.anatomy import Capsules, Patient, lung_label_at
 from ai.phantom.nodules import NoduleTrack, NoduleTruth, nodule_occupancy
 
-__all__ = ["render_grid"]
+__all__ = ["anatomy_slices", "capsule_distance", "carve_central_airways_and_vessels", "render_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,16 +179,24 @@ def _points(
     return np.stack([xx, yy, zz], axis=-1)
 
 
-def _capsule_occupancy(
-    caps: Capsules, i: int, points: npt.NDArray[np.float64], extra: float, edge: float
-) -> npt.NDArray[np.float64]:
+def capsule_distance(
+    caps: Capsules, i: int, points: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Distance of points to capsule ``i``'s axis and its radius there (both mm)."""
     seg = caps.p1[i] - caps.p0[i]
     length2 = max(float(seg @ seg), 1e-12)
     rel = points - caps.p0[i]
     t = np.clip((rel @ seg) / length2, 0.0, 1.0)
     dist = np.sqrt(((rel - t[..., None] * seg) ** 2).sum(axis=-1))
-    radius = caps.r0[i] + t * (caps.r1[i] - caps.r0[i]) + extra
-    result: npt.NDArray[np.float64] = np.clip(0.5 + (radius - dist) / edge, 0.0, 1.0)
+    radius = caps.r0[i] + t * (caps.r1[i] - caps.r0[i])
+    return dist, radius
+
+
+def _capsule_occupancy(
+    caps: Capsules, i: int, points: npt.NDArray[np.float64], extra: float, edge: float
+) -> npt.NDArray[np.float64]:
+    dist, radius = capsule_distance(caps, i, points)
+    result: npt.NDArray[np.float64] = np.clip(0.5 + (radius + extra - dist) / edge, 0.0, 1.0)
     return result
 
 
@@ -221,6 +229,52 @@ def _capsules_in_grid(
     grid_high = np.array([grid_axes[2][-1], grid_axes[1][-1], grid_axes[0][-1]])
     meets = ((high >= grid_low) & (low <= grid_high)).all(axis=1)
     return [int(i) for i in np.flatnonzero(meets)]
+
+
+def anatomy_slices(
+    patient: Patient,
+    offset: npt.NDArray[np.float64],
+    axes_zyx: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """HU (before lung texture, vessels, nodules) and lung labels of the analytic body on a grid."""
+    zs, ys, xs = axes_zyx
+    shape = (len(zs), len(ys), len(xs))
+    hu = np.empty(shape, dtype=np.float32)
+    lungs = np.empty(shape, dtype=np.uint8)
+    anatomy = _SliceAnatomy(patient, (xs - offset[0])[None, :], (ys - offset[1])[:, None])
+    for k, z in enumerate(zs):
+        hu[k], lungs[k] = anatomy(float(z - offset[2]))
+    return hu, lungs
+
+
+def carve_central_airways_and_vessels(
+    hu: npt.NDArray[np.float32],
+    lungs: npt.NDArray[np.uint8],
+    patient: Patient,
+    offset: npt.NDArray[np.float64],
+    grid_axes: tuple[npt.NDArray[np.float64], ...],
+    edge: float,
+) -> None:
+    """Draw the great vessels and the airways (lumen and wall) in place; they leave the lungs."""
+    for i in _capsules_in_grid(patient.great_vessels, edge, offset, grid_axes):
+        box = _capsule_box(patient.great_vessels, i, edge, offset, grid_axes)
+        if box is None:
+            continue
+        occ = _capsule_occupancy(
+            patient.great_vessels, i, _points(grid_axes, box) - offset, 0.0, edge
+        )
+        hu[box] = hu[box] * (1 - occ) + A.HU_VESSEL * occ
+        lungs[box][occ >= 0.5] = 0
+    wall = 2.2 * patient.scale
+    for i in _capsules_in_grid(patient.airways, wall + edge, offset, grid_axes):
+        box = _capsule_box(patient.airways, i, wall + edge, offset, grid_axes)
+        if box is None:
+            continue
+        pts = _points(grid_axes, box) - offset
+        outer = _capsule_occupancy(patient.airways, i, pts, wall, edge)
+        lumen = _capsule_occupancy(patient.airways, i, pts, 0.0, edge)
+        hu[box] = hu[box] * (1 - outer) + 30.0 * (outer - lumen) + A.HU_AIR * lumen
+        lungs[box][outer >= 0.5] = 0
 
 
 def render_grid(
@@ -261,13 +315,7 @@ def render_grid(
     grid_axes = (zs, ys, xs)
     shape = (len(zs), len(ys), len(xs))
     dz, px = float(zs[1] - zs[0]) if len(zs) > 1 else 1.0, float(xs[1] - xs[0])
-    hu = np.empty(shape, dtype=np.float32)
-    lungs = np.empty(shape, dtype=np.uint8)
-    xp = (xs - offset[0])[None, :]
-    yp = (ys - offset[1])[:, None]
-    anatomy = _SliceAnatomy(patient, xp, yp)
-    for k, z in enumerate(zs):
-        hu[k], lungs[k] = anatomy(float(z - offset[2]))
+    hu, lungs = anatomy_slices(patient, offset, axes_zyx)
     texture = _texture(shape, (dz, px, px), noise_key + 1)
     gravity = np.clip(
         (ys - offset[1] - 8.0 * patient.scale) / (78.0 * patient.scale), -1, 1
@@ -277,26 +325,7 @@ def render_grid(
     np.copyto(hu, texture, where=lungs > 0)
     del texture
     edge = float(px)
-    # great vessels and airways carve the lungs
-    for i in _capsules_in_grid(patient.great_vessels, edge, offset, grid_axes):
-        box = _capsule_box(patient.great_vessels, i, edge, offset, grid_axes)
-        if box is None:
-            continue
-        occ = _capsule_occupancy(
-            patient.great_vessels, i, _points(grid_axes, box) - offset, 0.0, edge
-        )
-        hu[box] = hu[box] * (1 - occ) + A.HU_VESSEL * occ
-        lungs[box][occ >= 0.5] = 0
-    wall = 2.2 * patient.scale
-    for i in _capsules_in_grid(patient.airways, wall + edge, offset, grid_axes):
-        box = _capsule_box(patient.airways, i, wall + edge, offset, grid_axes)
-        if box is None:
-            continue
-        pts = _points(grid_axes, box) - offset
-        outer = _capsule_occupancy(patient.airways, i, pts, wall, edge)
-        lumen = _capsule_occupancy(patient.airways, i, pts, 0.0, edge)
-        hu[box] = hu[box] * (1 - outer) + 30.0 * (outer - lumen) + A.HU_AIR * lumen
-        lungs[box][outer >= 0.5] = 0
+    carve_central_airways_and_vessels(hu, lungs, patient, offset, grid_axes, edge)
     # pulmonary vessels, inside the lungs only
     vessels = patient.vessels
     for i in _capsules_in_grid(vessels, edge, offset, grid_axes):

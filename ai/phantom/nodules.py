@@ -112,6 +112,12 @@ class NoduleTrack:
         Spicule axes: ``(vx, vy, vz, length_fraction)``, drawn in both directions.
     hu_solid, hu_ground_glass : float
         Attenuation of the solid part (0..60 HU) and of the ground glass (-650..-350 HU).
+    library_index : int
+        Phantom family B: the real shape drawn (``ai.phantom.lidc_shapes``);
+        -1 for family A's analytic shapes.
+    angle, mirror, core_fraction : float, bool, float
+        Family B: turn about z (radians) and mirror of the real shape, and
+        the depth fraction where a part-solid nodule's core begins.
     """
 
     track: int
@@ -125,6 +131,10 @@ class NoduleTrack:
     spicules: tuple[tuple[float, float, float, float], ...] = ()
     hu_solid: float = HU_SOLID
     hu_ground_glass: float = HU_GROUND_GLASS
+    library_index: int = -1
+    angle: float = 0.0
+    mirror: bool = False
+    core_fraction: float = 0.5
 
 
 def _unit(rng: np.random.Generator) -> npt.NDArray[np.float64]:
@@ -259,6 +269,10 @@ def _try_place(
     extent = radius * (1.25 if track.lobes else 1.0) + (
         radius * 0.9 + 1.0 if track.spicules else 0.0
     )
+    if track.library_index >= 0:  # family B: a real shape reaches further than its sphere
+        from ai.phantom.lidc_shapes import load_shapes
+
+        extent = load_shapes().extent_mm(track.library_index, 2.0 * radius)
     margin = relax * 6.0 * patient.scale
     center: npt.NDArray[np.float64]
     if track.location == "juxtavascular":

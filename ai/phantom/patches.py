@@ -1,7 +1,8 @@
 """Patch mode: nodule-centred and nodule-free 3-D patches with labels, for training.
 
 No whole volume is made: each patch renders only its own small grid
-(:func:`ai.phantom.grid.render_grid`), around a fresh nodule placed in one of
+(:func:`ai.phantom.grid.render_grid`, or :func:`ai.phantom.grid_b.render_grid_b` for
+family B), around a fresh nodule placed in one of
 a small pool of synthetic patients (isolated, juxtapleural or juxtavascular as
 drawn), or around a random lung point for a negative (half of them at a
 vessel, the hard case). Sizes, textures, shapes and locations are drawn
@@ -33,7 +34,7 @@ from ai.phantom.nodules import (
     plan_tracks,
     random_lung_point,
 )
-from ai.phantom.render import process_pool
+from ai.phantom.render import FAMILIES, process_pool
 
 __all__ = ["PatchBatch", "make_patches"]
 
@@ -108,18 +109,28 @@ def _random_lung_point(
 
 
 @functools.lru_cache(maxsize=32)
-def _patient(seed: int, index: int, scale: float) -> Patient:
+def _patient(seed: int, index: int, scale: float, family: str = "a") -> Patient:
     """Pool patient ``index`` (cached per process: planning vessel trees takes ~0.5 s)."""
     patient_seed = int(np.random.SeedSequence([seed, index, 808]).generate_state(1)[0])
+    if family == "b":
+        from ai.phantom.family_b import make_patient_b
+
+        return make_patient_b(patient_seed, anatomy_scale=scale)
     return make_patient(patient_seed, anatomy_scale=scale)
 
 
 def _chunk(
-    args: tuple[int, int, int, tuple[int, int, int], float, float, float, int, float, float],
+    args: tuple[int, int, int, tuple[int, int, int], float, float, float, int, float, float, str],
 ) -> dict[str, np.ndarray]:
-    seed, chunk, count, size, spacing, positive_fraction, jitter_mm, pool, scale, noise = args
+    seed, chunk, count, size, spacing, positive_fraction, jitter_mm, pool, scale, noise, family = (
+        args
+    )
     rng = np.random.default_rng([seed, chunk, 909])
-    patients = [_patient(seed, p, scale) for p in range(pool)]
+    patients = [_patient(seed, p, scale, family) for p in range(pool)]
+    if family == "b":
+        from ai.phantom.family_b import plan_tracks_b as planner
+    else:
+        planner = plan_tracks
     out: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -141,7 +152,7 @@ def _chunk(
         positive = bool(rng.random() < positive_fraction)
         drawn: list[tuple[NoduleTrack, NoduleTruth]] = []
         if positive:
-            track = plan_tracks(
+            track = planner(
                 int(rng.integers(2**31)), int(rng.integers(7 * 27 * 100)), n_tracks=1, n_studies=1
             )[0]
             placed = place_tracks(patient, [track], int(rng.integers(2**31)))
@@ -164,15 +175,27 @@ def _chunk(
             center = nodule_center + rng.uniform(-jitter_mm, jitter_mm, size=3)
         else:
             center = _random_lung_point(patient, rng, at_vessel=bool(rng.random() < 0.5))
-        image, lungs, nodules = render_grid(
-            patient,
-            np.zeros(3),
-            _axes(center, size, spacing),
-            drawn,
-            noise_key=int(rng.integers(2**31)),
-            noise_hu=noise,
-            blur_voxels=(0.5, 0.5, 0.5),
-        )
+        if family == "b":
+            from ai.phantom.grid_b import render_grid_b
+
+            image, lungs, nodules = render_grid_b(
+                patient,
+                np.zeros(3),
+                _axes(center, size, spacing),
+                drawn,
+                noise_key=int(rng.integers(2**31)),
+                noise_hu=noise * float(rng.uniform(0.5, 2.0)),
+            )
+        else:
+            image, lungs, nodules = render_grid(
+                patient,
+                np.zeros(3),
+                _axes(center, size, spacing),
+                drawn,
+                noise_key=int(rng.integers(2**31)),
+                noise_hu=noise,
+                blur_voxels=(0.5, 0.5, 0.5),
+            )
         crop = (slice(_PAD, -_PAD),) * 3
         out["patches"].append(image[crop])
         out["nodule_masks"].append((nodules[crop] > 0).astype(np.uint8))
@@ -208,6 +231,7 @@ def make_patches(
     anatomy_scale: float = 1.0,
     noise_hu: float = 20.0,
     workers: int = 1,
+    family: str = "a",
 ) -> PatchBatch:
     """Make ``n`` labelled 3-D patches without rendering whole volumes.
 
@@ -233,6 +257,10 @@ def make_patches(
         Noise std in HU.
     workers : int, optional
         Processes (one chunk of 64 patches at a time each).
+    family : {"a", "b"}, optional
+        Phantom family (``ai.phantom.render.FAMILIES``); family B draws a
+        reconstruction per patch (slice thickness, kernel) and a noise level
+        between half and twice ``noise_hu``.
 
     Returns
     -------
@@ -241,6 +269,8 @@ def make_patches(
     """
     if n < 1 or min(size_zyx) < 4 or spacing_mm <= 0 or not 0 <= positive_fraction <= 1:
         raise ValueError("need n >= 1, patch sides >= 4, spacing > 0, 0 <= positive_fraction <= 1")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     jobs = [
         (
             seed,
@@ -253,6 +283,7 @@ def make_patches(
             patients,
             anatomy_scale,
             noise_hu,
+            family,
         )
         for c in range((n + _CHUNK - 1) // _CHUNK)
     ]

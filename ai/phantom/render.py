@@ -36,6 +36,7 @@ from ai.phantom.nodules import NoduleTrack, NoduleTruth, place_tracks, plan_trac
 from ai.types import Volume
 
 __all__ = [
+    "FAMILIES",
     "first_studies",
     "process_pool",
     "ScanGeometry",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Phantom families: ``"a"`` analytic (default), ``"b"`` independent (``ai.phantom.family_b``).
+FAMILIES: tuple[str, ...] = ("a", "b")
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class PatientPlan:
         Placed lesions.
     n_studies : int
         Number of studies of the patient.
+    family : str
+        Phantom family, ``"a"`` or ``"b"`` (:mod:`ai.phantom.family_b`).
     """
 
     seed: int
@@ -107,6 +113,7 @@ class PatientPlan:
     patient: Patient
     tracks: tuple[NoduleTrack, ...]
     n_studies: int
+    family: str = "a"
 
     @property
     def label(self) -> str:
@@ -172,6 +179,7 @@ def plan_patient(
     n_tracks: int = 4,
     n_studies: int = 2,
     anatomy_scale: float = 1.0,
+    family: str = "a",
 ) -> PatientPlan:
     """Make one patient and place its lesions (deterministic for the arguments).
 
@@ -187,15 +195,26 @@ def plan_patient(
         Studies per patient (prior and follow-ups).
     anatomy_scale : float, optional
         Body size factor (1.0 adult; about 0.6 for the small test geometry).
+    family : {"a", "b"}, optional
+        Phantom family: ``"b"`` draws other vessels, real nodule shapes and
+        another scanner (:mod:`ai.phantom.family_b`).
 
     Returns
     -------
     PatientPlan
         The patient and its placed lesions.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     patient_seed = int(np.random.SeedSequence([seed, patient_index]).generate_state(1)[0])
-    patient = make_patient(patient_seed, anatomy_scale=anatomy_scale)
-    tracks = plan_tracks(seed, patient_index, n_tracks=n_tracks, n_studies=n_studies)
+    if family == "b":
+        from ai.phantom.family_b import make_patient_b, plan_tracks_b
+
+        patient = make_patient_b(patient_seed, anatomy_scale=anatomy_scale)
+        tracks = plan_tracks_b(seed, patient_index, n_tracks=n_tracks, n_studies=n_studies)
+    else:
+        patient = make_patient(patient_seed, anatomy_scale=anatomy_scale)
+        tracks = plan_tracks(seed, patient_index, n_tracks=n_tracks, n_studies=n_studies)
     placed = place_tracks(patient, tracks, seed)
     return PatientPlan(
         seed=seed,
@@ -203,6 +222,7 @@ def plan_patient(
         patient=patient,
         tracks=tuple(placed),
         n_studies=n_studies,
+        family=family,
     )
 
 
@@ -234,7 +254,9 @@ def render_study(
     noise_hu : float, optional
         Standard deviation of the image noise in HU after blurring.
     blur_voxels : tuple of float, optional
-        Gaussian blur sigma ``(z, y, x)`` in voxels (scanner resolution).
+        Gaussian blur sigma ``(z, y, x)`` in voxels (scanner resolution; family A
+        only: family B draws its reconstruction kernel from the study's key,
+        :func:`ai.phantom.grid_b.scanner_b`).
     with_nodules : bool, optional
         ``False`` renders the same study without its nodules (same noise).
 
@@ -266,15 +288,30 @@ def render_study(
         if truth is not None:
             truths.append(truth)
             drawn.append((track, truth))
-    image, lungs, nodule_mask = render_grid(
-        patient,
-        offset,
-        (zs.astype(np.float64), ys.astype(np.float64), xs.astype(np.float64)),
-        drawn if with_nodules else [],
-        noise_key=plan.seed * 1000 + plan.patient_index * 10 + study_index,
-        noise_hu=noise_hu,
-        blur_voxels=blur_voxels,
-    )
+    axes = (zs.astype(np.float64), ys.astype(np.float64), xs.astype(np.float64))
+    noise_key = plan.seed * 1000 + plan.patient_index * 10 + study_index
+    if plan.family == "b":
+        from ai.phantom.grid_b import render_grid_b, scanner_b
+
+        image, lungs, nodule_mask = render_grid_b(
+            patient,
+            offset,
+            axes,
+            drawn if with_nodules else [],
+            noise_key=noise_key,
+            noise_hu=noise_hu,
+            scanner=scanner_b(noise_key, slice_mm=geometry.slice_mm),
+        )
+    else:
+        image, lungs, nodule_mask = render_grid(
+            patient,
+            offset,
+            axes,
+            drawn if with_nodules else [],
+            noise_key=noise_key,
+            noise_hu=noise_hu,
+            blur_voxels=blur_voxels,
+        )
     volume = Volume(
         array=image,
         spacing=(float(dz), float(px), float(px)),
@@ -302,6 +339,7 @@ def synthesize_study(
     anatomy_scale: float = 1.0,
     noise_hu: float = 20.0,
     with_nodules: bool = True,
+    family: str = "a",
 ) -> PhantomStudy:
     """Synthesize one chest-CT study in memory.
 
@@ -323,6 +361,8 @@ def synthesize_study(
         Image noise std in HU.
     with_nodules : bool, optional
         ``False`` leaves the nodules out of the image (truth still listed).
+    family : {"a", "b"}, optional
+        Phantom family (:data:`FAMILIES`).
 
     Returns
     -------
@@ -330,7 +370,12 @@ def synthesize_study(
         HU volume (world LPS geometry), lung mask, nodule mask, nodule truth.
     """
     plan = plan_patient(
-        seed, patient_index, n_tracks=n_tracks, n_studies=n_studies, anatomy_scale=anatomy_scale
+        seed,
+        patient_index,
+        n_tracks=n_tracks,
+        n_studies=n_studies,
+        anatomy_scale=anatomy_scale,
+        family=family,
     )
     return render_study(plan, study_index, geometry, noise_hu=noise_hu, with_nodules=with_nodules)
 
@@ -342,6 +387,7 @@ def first_studies(
     geometry: ScanGeometry = DEFAULT_GEOMETRY,
     anatomy_scale: float = 1.0,
     noise_hu: float = 20.0,
+    family: str = "a",
 ) -> Iterator[PhantomStudy]:
     """The first (prior) study of each patient, rendered one at a time.
 
@@ -357,6 +403,8 @@ def first_studies(
         Body size factor.
     noise_hu : float, optional
         Noise std in HU.
+    family : {"a", "b"}, optional
+        Phantom family (:data:`FAMILIES`).
 
     Yields
     ------
@@ -364,5 +412,5 @@ def first_studies(
         Study 0 of patients ``0 .. patients - 1``.
     """
     for index in range(patients):
-        plan = plan_patient(seed, index, anatomy_scale=anatomy_scale)
+        plan = plan_patient(seed, index, anatomy_scale=anatomy_scale, family=family)
         yield render_study(plan, 0, geometry, noise_hu=noise_hu)

@@ -8,6 +8,7 @@ Examples::
     dicom-node synth luna --patients 2 --format luna16      # .mhd/.raw + annotations.csv
     dicom-node synth lidc --patients 1 --format lidc        # DICOM + readers' XML
     dicom-node synth train --format patches --count 5000 --workers 16   # patches.npz
+    dicom-node synth other --patients 10 --seed 4242 --family b   # the independent family B
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def add_subparser(subparsers: Any) -> None:
     )
     cohort.add_argument(
         "--noise", type=float, default=20.0, help="image noise std in HU (default 20)"
+    )
+    cohort.add_argument(
+        "--family",
+        choices=("a", "b"),
+        default="a",
+        help="phantom family: a (analytic, default) or b (independent: other vessels, real "
+        "LIDC-IDRI nodule shapes, other noise and kernels); for DICOM, LUNA16, LIDC and patches",
     )
     scan = parser.add_argument_group("Scan Options")
     scan.add_argument("--matrix", type=int, default=512, help="rows = columns (default 512)")
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             geometry=geometry,
             anatomy_scale=args.scale,
             noise_hu=args.noise,
+            family=args.family,
         )
         written = writer(args.out, studies, seed=args.seed)
         print(f"wrote {len(written)} {args.format} scans (with their annotations) to {args.out}")
@@ -126,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         orientation=args.orientation,
         noise_hu=args.noise,
         workers=args.workers,
+        family=args.family,
     )
     elapsed = time.perf_counter() - started
     print(f"{'patients':>9} {'studies':>8} {'nodules':>8} {'files':>7} {'seconds':>8}")
@@ -158,6 +168,7 @@ def _write_patches(args: argparse.Namespace) -> int:
         anatomy_scale=args.scale,
         noise_hu=args.noise,
         workers=args.workers,
+        family=args.family,
     )
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)

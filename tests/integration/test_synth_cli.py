@@ -183,3 +183,24 @@ def test_patch_mode_from_the_cli(tmp_path):
         assert data["patches"].shape == (6, 8, 16, 16)
         assert data["size_class"].shape == (6,)
         assert float(data["spacing_mm"]) == 2.0
+
+
+def test_family_b_cohort_and_patches_from_the_cli(tmp_path):
+    out = tmp_path / "b"
+    argv = ["synth", str(out), "--patients", "1", "--studies", "1", "--seed", "5", *SMALL]
+    assert main([*argv, "--family", "b"]) == 0
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["settings"]["family"] == "b"
+    with (out / "annotations.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(truth["studies"][0]["nodules"]) >= 1
+    volume = load_series(sorted((out / "dicom").rglob("*.dcm")))
+    a_out = tmp_path / "a"
+    assert main(["synth", str(a_out), *argv[2:]]) == 0
+    family_a = load_series(sorted((a_out / "dicom").rglob("*.dcm")))
+    assert not np.array_equal(volume.array, family_a.array)
+    patches = tmp_path / "patches"
+    argv = ["synth", str(patches), "--format", "patches", "--count", "4", "--family", "b"]
+    assert main([*argv, "--patch-size", "8", "24", "24", "--scale", "0.6"]) == 0
+    with np.load(patches / "patches.npz") as data:
+        assert data["patches"].shape == (4, 8, 24, 24)
