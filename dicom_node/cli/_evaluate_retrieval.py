@@ -232,6 +232,8 @@ def _run_nodules(args: argparse.Namespace) -> int:
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
+    first: list[Any] = []
+
     def codes(fold: int, queries: Any, database: Any) -> Any:
         if model is None:
             started = time.perf_counter()
@@ -239,12 +241,18 @@ def _run_nodules(args: argparse.Namespace) -> int:
             logger.info("fold %d model trained in %.0f s", fold, time.perf_counter() - started)
         else:
             net = model.net
-        return (
+        encoded = (
             encode(net, queries.rois, device=device),
             encode(net, database.rois, device=device),
         )
+        if not first:
+            first.extend([queries, database, *encoded])
+        return encoded
 
     result = kfold_retrieval(crops, folds, codes, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    queries0, database0, q0, db0 = first
+    _matches_png(queries0, database0, q0, db0, args.out / "matches.png")
     metrics = {
         "model_version": version,
         "source": str(args.nodules),
@@ -325,8 +333,69 @@ def _report(args: argparse.Namespace, metrics: dict[str, Any], curves: Any, head
     print("\nsame size class, 64 bits             mAP@100          P@10")
     for method in methods:
         print(f"{method:<33}{_cell(rows[method], 'map@100')}{_cell(rows[method], 'p@10')}")
-    print(f"\nwrote {args.out / 'pr.png'}, {args.out / 'metrics.json'}")
+    written = [args.out / name for name in ("pr.png", "matches.png", "metrics.json")]
+    print("\nwrote " + ", ".join(str(p) for p in written if p.exists()))
     return 0
+
+
+def _matches_png(queries: Any, database: Any, q: Any, db: Any, path: Path) -> None:
+    """One query per size class of the first fold beside its five nearest (joint distance)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ai.classes import SIZE_CLASS_LABELS
+    from ai.hashing.codes import TEXTURES
+    from ai.hashing.metrics import joint_distances
+
+    distance = joint_distances((q.shallow, q.middle, q.deep), (db.shallow, db.middle, db.deep))
+    chosen = [
+        int(np.flatnonzero(queries.size_class == c)[0])
+        for c in range(1, 8)
+        if (queries.size_class == c).any()
+    ]
+    group = ("benign", "malignant")
+    figure, axes = plt.subplots(len(chosen), 6, figsize=(9.0, 1.65 * len(chosen)), squeeze=False)
+
+    def caption(rois: Any, i: int) -> str:
+        m = int(rois.malignancy[i]) if rois.malignancy is not None else -1
+        rated = group[m] if m >= 0 else "rated 3"
+        return f"{rois.diameter_mm[i]:.1f} mm {TEXTURES[int(rois.texture[i])]}\n{rated}"
+
+    middle = queries.rois.shape[1] // 2
+    for row, i in enumerate(chosen):
+        order = np.argsort(distance[i], kind="stable")[:5]
+        tiles = [
+            (
+                queries.rois[i, middle],
+                f"query ({SIZE_CLASS_LABELS[int(queries.size_class[i])]} mm)\n"
+                + caption(queries, i),
+                "tab:red",
+            )
+        ]
+        for j in order:
+            same = database.size_class[j] == queries.size_class[i]
+            tiles.append(
+                (
+                    database.rois[j, middle],
+                    f"h={distance[i, j]} " + caption(database, j),
+                    "tab:green" if same else "black",
+                )
+            )
+        for column, (image, text, colour) in enumerate(tiles):
+            axis = axes[row][column]
+            axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+            axis.set_title(text, fontsize=6, color=colour)
+            axis.axis("off")
+    figure.suptitle(
+        "first fold: queries (left) and their 5 nearest crops of other patients by joint Hamming "
+        "distance; green: same size class",
+        fontsize=7,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _pr_png(curves: dict[str, Any], path: Path, title: str) -> None:
