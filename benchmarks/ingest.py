@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import PEER_ENV, free_port, wait_for_port  # noqa: E402
+from tests.peers import PEER_ENV, free_port, wait_for_port  # noqa: E402
 from tests.factories import write_ct_series  # noqa: E402
 
 

@@ -24,99 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import PEER_ENV  # noqa: E402
-
-VERSION = "bench-model"
-
-
-def _populate(catalog, n_nodules: int, seed: int = 0) -> list[str]:
-    import numpy as np
-    import sqlalchemy as sa
-    from tqdm import tqdm
-
-    from storage.catalog import nodules, series, studies
-
-    rng = np.random.default_rng(seed)
-    centres = rng.integers(0, 2, (200, 192), dtype=np.uint8)
-    emb_centres = rng.normal(size=(200, 128)).astype(np.float32)
-    n_studies = n_nodules // 4
-    study_uids = [f"2.25.{i + 1}" for i in range(n_studies)]
-    now = time.time()
-    chunk = 50_000
-    with catalog.engine.begin() as connection:
-        for start in tqdm(
-            range(0, n_studies, chunk), desc="studies", unit_scale=chunk, leave=False
-        ):
-            rows = [
-                {
-                    "study_instance_uid": study_uids[i],
-                    "patient_id": f"P{i // 2}",
-                    "patient_name": f"Name^{i // 2}",
-                    "study_date": f"20{10 + i % 15:02d}0101",
-                    "accession_number": f"A{i}",
-                    "created_at": now,
-                }
-                for i in range(start, min(n_studies, start + chunk))
-            ]
-            connection.execute(studies.insert(), rows)
-            connection.execute(
-                series.insert(),
-                [
-                    {
-                        "series_instance_uid": r["study_instance_uid"] + ".1",
-                        "study_instance_uid": r["study_instance_uid"],
-                        "modality": "CT",
-                        "state": "indexed",
-                        "instance_count": 300,
-                        "first_received_at": now,
-                        "last_received_at": now,
-                        "state_changed_at": now,
-                    }
-                    for r in rows
-                ],
-            )
-    with catalog.engine.begin() as connection:
-        for start in tqdm(range(0, n_nodules, chunk), desc="nodules", unit="rows", leave=False):
-            stop = min(n_nodules, start + chunk)
-            cluster = rng.integers(0, 200, stop - start)
-            bits = centres[cluster] ^ (rng.random((stop - start, 192)) < 0.08).astype(np.uint8)
-            codes = np.packbits(bits, axis=1)
-            emb = emb_centres[cluster] + rng.normal(0, 0.3, (stop - start, 128)).astype(np.float32)
-            size = (cluster % 7 + 1).astype(int)
-            rows = []
-            for j, n in enumerate(range(start, stop)):
-                study = study_uids[n // 4]
-                rows.append(
-                    {
-                        "series_instance_uid": study + ".1",
-                        "study_instance_uid": study,
-                        "model_version": VERSION,
-                        "nodule_index": n % 4,
-                        "center_x": 0.0,
-                        "center_y": 0.0,
-                        "center_z": 0.0,
-                        "diameter_mm": 10.0,
-                        "long_axis_mm": 11.0,
-                        "volume_mm3": 520.0,
-                        "mean_hu": 20.0,
-                        "peak_hu": 60.0,
-                        "texture": "solid",
-                        "laterality": "left",
-                        "confidence": 0.9,
-                        "size_class": int(size[j]),
-                        "predicted_size_class": int(size[j]),
-                        "predicted_texture": "solid",
-                        "shallow": codes[j, :8].tobytes(),
-                        "middle": codes[j, 8:16].tobytes(),
-                        "deep": codes[j, 16:].tobytes(),
-                        "embedding": emb[j].tobytes(),
-                        "thumbnail": None,
-                        "created_at": now,
-                    }
-                )
-            connection.execute(nodules.insert(), rows)
-    _ = sa
-    return study_uids
+from benchmarks._archive import VERSION, populate  # noqa: E402
+from tests.peers import PEER_ENV  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     import random
 
     from dicom_node.app import Node
-    from dicom_node.processing import RecordingProcessor
+    from dicom_node.net.similarity import FolderQuery, folder_id
+    from dicom_node.processing.jobs import RecordingStep
+    from dicom_node.retrieval.similar import SimilarityIndex
     from dicom_node.settings import load_settings
-    from dicom_node.similarity import FolderQuery, SimilarityIndex, folder_id
     from storage.catalog import Catalog
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-sim-bench-") as tmp:
@@ -148,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         catalog = Catalog(settings.catalog_url)
         started = time.perf_counter()
-        study_uids = _populate(catalog, args.nodules)
+        study_uids = populate(catalog, args.nodules)
         populate_s = time.perf_counter() - started
         index = SimilarityIndex(catalog, VERSION)
         started = time.perf_counter()
         ntotal = index.index.ntotal
         build_s = time.perf_counter() - started
-        node = Node(settings, processor=RecordingProcessor(), similarity_index=index)
+        node = Node(settings, steps=[RecordingStep()], similarity_index=index)
         node.start()
         try:
             rng = random.Random(1)

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# Install dicom-node into ./.venv and run it on the embedded default
-# (SQLite catalog and local files in ./dicom-node-data, CPU or GPU).
+# Run dicom-node from this checkout: AE DICOM_NODE on port 11112, data in ./dicom-node-data
+# (SQLite catalog, local files, CPU or GPU). The first run installs it (deploy/install.sh);
+# later runs start at once, offline, unless setup.cfg or pyproject.toml changed.
 # Extra arguments go to `dicom-node serve` (e.g. --port 104 --ae-title MYNODE).
+# Stop it with Ctrl-C (or SIGTERM): running associations end, the catalog closes cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv
+wanted="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ ! -x .venv/bin/dicom-node ] || [ "$(cat .venv/.dicom-node-installed 2>/dev/null)" != "$wanted" ]; then
+    bash deploy/install.sh
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch first, pinned: an unpinned torch pulls a multi-GB build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q ".[orthanc]"
 exec .venv/bin/dicom-node serve "$@"

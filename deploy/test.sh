@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install everything the tests need (dcmtk, dicom3tools, Orthanc, PostgreSQL,
-# Redis from Debian; Python packages from PyPI into ./.venv) and run them.
+# Install everything the tests need (dcmtk, dicom3tools, Orthanc, PostgreSQL
+# from Debian; Python packages from PyPI into ./.venv) and run them.
 # Extra arguments go to pytest (e.g. -k ingest, -m "not system").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-packages="dcmtk dicom3tools orthanc postgresql redis-server python3-venv"
+packages="dcmtk dicom3tools orthanc postgresql python3-venv"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -23,5 +23,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,orthanc,scale]"
+.venv/bin/python -m pip install -q -e ".[test,scale]"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

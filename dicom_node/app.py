@@ -1,34 +1,43 @@
-"""Build the node from settings: storage, queue, series watcher, network.
+"""Build the node from settings: storage, job runner, workers, series watcher, network.
 
 ``Node(settings)`` wires everything and ``start()`` resumes unfinished work
 before it accepts associations; ``stop()`` undoes it in reverse order.
+``start(only_workers=True)`` runs only the workers (``dicom-node worker``: no
+associations, no series completion, no sending).
+
+The path of one study through the node (DESIGN.md has it numbered):
+``net.handlers.handle_store`` → ``intake.ingest.Ingest.receive`` (file, then
+catalog row) → ``intake.series`` (idle timer: ``complete``) →
+``processing.queue.Workers`` (this node's threads or ``dicom-node worker``
+processes, claiming from the catalog) → ``processing.jobs.JobRunner``
+running the steps in order: ``processing.analysis.AnalysisStep``
+(``indexed``), then ``results.step.ResultsStep`` (``reported``) →
+``results.outbox.Outbox`` → ``net.scu``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from pynetdicom import evt
-from pynetdicom.events import EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
-
 from dicom_node import __version__
-from dicom_node.handlers import handle_find, handle_find_similar, handle_store
-from dicom_node.ingest import Ingest
-from dicom_node.outbox import Outbox
-from dicom_node.processing import Processor, RecordingProcessor, run_series
-from dicom_node.scp import build_ae, build_similarity_ae, make_server
-from dicom_node.series import SeriesWatcher, complete_idle_series
+from dicom_node.intake.ingest import Ingest
+from dicom_node.intake.series import SeriesWatcher, complete_idle_series
+from dicom_node.net.servers import DicomServers
+from dicom_node.net.similarity import SimilarityService
+from dicom_node.processing.jobs import JobRunner, RecordingStep, Step
+from dicom_node.processing.queue import Workers
+from dicom_node.results.outbox import Outbox
+from dicom_node.retrieval.privacy import PrivacyPolicy
+from dicom_node.retrieval.similar import SimilarityIndex
 from dicom_node.settings import Settings
-from dicom_node.similarity import PrivacyPolicy, SimilarityIndex, SimilarityService
-from storage.catalog import Catalog, SeriesState
+from storage.catalog import Catalog
 from storage.instances import InstanceStore
-from storage.queue import EmbeddedQueue
 
-__all__ = ["Node"]
+__all__ = ["Node", "shared_key_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +48,19 @@ class Node:
     Parameters
     ----------
     settings : Settings
-    processor : Processor, optional
-        What runs on completed series (default: the AI pipeline with the
-        configured or shipped hashing model; without one, a stand-in that
-        records that it ran).
+    steps : sequence of Step, optional
+        What runs on completed series, in order (default: the AI step and the
+        results step with the configured or shipped hashing model; without a
+        model, a step that only records that it ran).
     similarity_index : SimilarityIndex, optional
-        The hash index answering similarity queries (none: folders are empty).
+        The hash index answering similarity queries (default: the model's).
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        processor: Processor | None = None,
+        steps: Sequence[Step] | None = None,
         similarity_index: SimilarityIndex | None = None,
     ) -> None:
         self.settings = settings
@@ -63,155 +72,173 @@ class Node:
         self.catalog = Catalog(settings.catalog_url)
         self.ingest = Ingest(self.store, self.catalog)
         self.outbox = Outbox(
-            self.catalog, settings.instances_dir, settings.outbox, settings.ae_title
+            self.catalog.deliveries, settings.instances_dir, settings.outbox, settings.ae_title
         )
-        self.policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
-        if processor is None:
-            processor, similarity_index = self._default_processor(similarity_index)
-        self.processor: Processor = processor
-        self.queue = EmbeddedQueue(self._process, threads=settings.worker.threads)
+        self.policy = PrivacyPolicy(
+            settings.privacy, shared_key_file(self.catalog, settings.data_dir / "privacy.key")
+        )
+        self.similarity_index = similarity_index
+        if steps is None:
+            steps = self._default_steps()
+        self.runner = JobRunner(self.catalog, steps, lease_seconds=settings.worker.lease_seconds)
+        self.workers = Workers(
+            self.runner,
+            settings.worker.threads,
+            poll_seconds=settings.worker.poll_seconds,
+            read_ahead=settings.worker.read_ahead,
+        )
         self.watcher = SeriesWatcher(
             self.catalog,
             settings.series.idle_seconds,
             settings.series.check_interval_seconds,
-            self.queue.submit,
-            on_tick=self.queue_pending,
+            self.workers.wake,
         )
-        self.similarity_index = similarity_index
+        self._listening = False
+        self._watching = False
         self.similarity = SimilarityService(
             self.catalog,
-            similarity_index,
+            self.similarity_index,
             self.policy,
             studies_per_folder=settings.similarity.studies_per_folder,
             matches_per_nodule=settings.similarity.matches_per_nodule,
         )
-        self._server: ThreadedAssociationServer | None = None
-        self._similarity_server: ThreadedAssociationServer | None = None
-        self._threads: list[threading.Thread] = []
+        self.servers = DicomServers(settings, self.ingest, self.catalog, self.similarity)
 
-    def _default_processor(
-        self, similarity_index: SimilarityIndex | None
-    ) -> tuple[Processor, SimilarityIndex | None]:
-        """The AI pipeline when a hashing model is available, else the recording stand-in."""
-        from dicom_node.model import load_model
+    def _default_steps(self) -> list[Step]:
+        """The AI and results steps when a hashing model is available, else the recording step.
 
+        A node without worker threads (``serve --no-worker``) runs no step: it
+        needs only the model's version for its index, and never imports torch.
+        """
+        from dicom_node.model import load_model, model_version
+
+        if self.settings.worker.threads == 0:
+            version = model_version(self.settings.worker.model_dir)
+            if version is not None and self.similarity_index is None:
+                self.similarity_index = SimilarityIndex(
+                    self.catalog, version, snapshot_dir=self.settings.index_dir
+                )
+            return []
         model = load_model(self.settings.worker.model_dir)
         if model is None:
-            return RecordingProcessor(), similarity_index
-        from dicom_node.reporting import Reporter
-        from dicom_node.worker import AIProcessor
+            return [RecordingStep()]
+        from dicom_node.processing.analysis import AnalysisStep
+        from dicom_node.results.step import ResultsStep
 
-        index = similarity_index or SimilarityIndex(self.catalog, model.version)
-        reporter = Reporter(
-            self.catalog,
-            self.store,
-            self.ingest,
-            self.outbox,
-            index,
-            model,
-            self.policy,
-            ae_title=self.settings.ae_title,
-        )
-        processor = AIProcessor(
-            self.settings, self.store, self.catalog, model, index, reporter=reporter
-        )
-        return processor, index
+        if self.similarity_index is None:
+            self.similarity_index = SimilarityIndex(
+                self.catalog, model.version, snapshot_dir=self.settings.index_dir
+            )
+        index = self.similarity_index
+        return [
+            AnalysisStep(
+                self.settings.qualification,
+                self.settings.worker,
+                self.store,
+                self.catalog,
+                model,
+                index,
+            ),
+            ResultsStep(
+                self.catalog,
+                self.store,
+                self.ingest,
+                self.outbox,
+                index,
+                model,
+                self.policy,
+                matches_per_nodule=self.settings.similarity.matches_per_nodule,
+            ),
+        ]
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The steps run on each completed series, in order."""
+        return self.runner.steps
 
     @property
     def port(self) -> int:
         """The TCP port actually listened on (useful with ``port = 0``)."""
-        if self._server is None:
-            raise RuntimeError("the node is not started")
-        return int(self._server.server_address[1])
+        return self.servers.port
 
     @property
     def similarity_port(self) -> int:
         """The similarity AE's TCP port."""
-        if self._similarity_server is None:
+        port = self.servers.similarity_port
+        if port is None:
             raise RuntimeError("the similarity AE is not running")
-        return int(self._similarity_server.server_address[1])
+        return port
 
     @property
     def association_count(self) -> int:
         """Associations currently open with this node as acceptor."""
-        return 0 if self._server is None else len(self._server.active_associations)
-
-    def _process(self, series_instance_uid: str) -> None:
-        run_series(self.catalog, self.processor, series_instance_uid)
+        return self.servers.association_count
 
     def resume(self) -> None:
-        """Pick up what a stopped or killed node left unfinished."""
+        """Pick up what a stopped or killed node left unfinished (the workers claim it)."""
         self.store.recover()
-        interrupted = self.catalog.series_in_states([SeriesState.PROCESSING])
-        for uid in interrupted:
-            self.catalog.transition(uid, SeriesState.COMPLETE, from_states=[SeriesState.PROCESSING])
-        if interrupted:
-            logger.warning(
-                "%d series were interrupted while processing; queued again", len(interrupted)
-            )
+        self.runner.recover()
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
-        self.queue_pending()
+        self.workers.wake()
 
-    def queue_pending(self) -> int:
-        """Queue completed series that the current processor version has not finished.
+    def start(self, *, listen: bool = True, only_workers: bool = False) -> None:
+        """Load the index, resume work, start the workers, then (``listen``) serve.
 
-        Runs at start and periodically, so series put back to ``complete`` by
-        ``dicom-node reindex`` (another process) are picked up.
+        Parameters
+        ----------
+        listen : bool
+            Open the DICOM ports. ``dicom-node backfill`` runs a node without
+            them when no node serves the data directory (and with them when
+            a PACS is to C-MOVE into it): series are still completed,
+            processed and their results kept.
+        only_workers : bool
+            ``dicom-node worker``: only the workers and the index run; no
+            association is accepted, no series completed, nothing sent.
         """
-        pending = 0
-        for uid in self.catalog.series_in_states([SeriesState.COMPLETE]):
-            job = self.catalog.job(uid, self.processor.version)
-            if job is None or job["finished_at"] is None:
-                pending += self.queue.submit(uid)
-        if pending:
-            logger.info("%d completed series queued for processing", pending)
-        return pending
-
-    def start(self) -> None:
-        """Resume work, start workers and the watcher, then listen."""
         settings = self.settings
-        logger.info("dicom-node %s starting: %s", __version__, json.dumps(settings.describe()))
+        logger.info(
+            "dicom-node %s starting%s: %s",
+            __version__,
+            " as a worker" if only_workers else "",
+            json.dumps(settings.describe()),
+        )
+        if self.similarity_index is not None:
+            # Loaded in its own thread: the storage AE does not wait for it, and
+            # a similarity query waits for the load rather than running it.
+            self.similarity_index.start(
+                poll_seconds=settings.index.poll_seconds,
+                snapshot_seconds=settings.index.snapshot_minutes * 60.0,
+            )
+        if only_workers:
+            self.runner.recover()
+            self.workers.start()
+            return
         if not settings.security.allowed_calling_ae_titles:
             logger.warning(
                 "any calling AE title may store to this node; set "
                 "security.allowed_calling_ae_titles to restrict it"
             )
-        self.queue.start()
+        self.workers.start()
         self.outbox.start()
         self.resume()
         self.watcher.start()
-        handlers: list[EventHandlerType] = [
-            (evt.EVT_C_STORE, handle_store, [self.ingest]),
-            (evt.EVT_C_FIND, handle_find, [self.catalog]),
-        ]
-        self._server = make_server(build_ae(settings), settings, handlers)
-        self._serve(self._server, "dicom-scp")
-        if settings.similarity.port >= 0:
-            self._similarity_server = make_server(
-                build_similarity_ae(settings),
-                settings,
-                [(evt.EVT_C_FIND, handle_find_similar, [self.similarity])],
-                port=settings.similarity.port,
-            )
-            self._serve(self._similarity_server, "dicom-similarity-scp")
+        self._watching = True
+        if not listen:
+            logger.info("started without listening (backfill)")
+            return
+        self.servers.start()
+        self._listening = True
         logger.info(
             "listening as %s on %s:%d%s%s",
             settings.ae_title,
             settings.host,
             self.port,
             " (TLS)" if settings.security.tls_enabled else "",
-            f"; similarity AE {settings.similarity.ae_title} on port {self.similarity_port}"
-            if self._similarity_server is not None
+            f"; similarity AE {settings.similarity.ae_title} on port {self.servers.similarity_port}"
+            if self.servers.similarity_port is not None
             else "",
         )
         self._write_runtime_file()
-
-    def _serve(self, server: ThreadedAssociationServer, name: str) -> None:
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True
-        )
-        thread.start()
-        self._threads.append(thread)
 
     def _write_runtime_file(self) -> None:
         runtime = {
@@ -219,24 +246,52 @@ class Node:
             "host": self.settings.host,
             "port": self.port,
         }
-        if self._similarity_server is not None:
+        if self.servers.similarity_port is not None:
             runtime |= {
                 "similarity_ae_title": self.settings.similarity.ae_title,
-                "similarity_port": self.similarity_port,
+                "similarity_port": self.servers.similarity_port,
             }
         (Path(self.settings.data_dir) / "node.json").write_text(json.dumps(runtime))
 
     def stop(self) -> None:
-        """Stop listening, then the watcher and the workers."""
-        for server in (self._server, self._similarity_server):
-            if server is not None:
-                server.shutdown()
-        self._server = self._similarity_server = None
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
-        self.watcher.stop()
-        self.queue.stop()
+        """Stop listening, then the watcher, the workers and the index (saving a snapshot)."""
+        if self._listening:
+            self.servers.stop()
+        if self._watching:
+            self.watcher.stop()
+        self.workers.stop()
         self.outbox.stop()
+        if self.similarity_index is not None:
+            self.similarity_index.stop()
         self.catalog.close()
+        self._listening = self._watching = False
         logger.info("stopped")
+
+
+def shared_key_file(catalog: Catalog, path: Path) -> Path:
+    """``path`` holding the privacy key every machine of the catalog shares.
+
+    Case ids (``CASE-…``) are a keyed hash: the SR a worker writes and the
+    similarity AE of a receiving node must use the same key. The first
+    process proposes its file's key (an existing node keeps its case ids) or
+    a random one; the catalog keeps the first proposal and every process
+    writes that one to its own ``path``.
+    """
+    proposal = path.read_bytes() if path.exists() else os.urandom(32)
+    key = catalog.secrets.agree("privacy-key", proposal)
+    if key != proposal or not path.exists():
+        if path.exists():
+            logger.warning(
+                "%s differs from the privacy key of the catalog; replaced by the catalog's "
+                "(case ids are the same on every machine of the catalog)",
+                path,
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    return path

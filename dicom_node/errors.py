@@ -9,19 +9,24 @@
      │    ├── UIDMismatch        dataset UID differs from the DIMSE command's
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
      ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
-     ├── PeerRejected       a remote AE refused an association or an operation
-     └── PeerTimeout        a remote AE did not answer in time
+     ├── ArchiveError       the archive a backfill reads is unreachable or refuses
+     ├── HandoffError       the running node refused instances a backfill handed it
+     └── IndexNotReady      the similarity index is still loading after a start (0xC310)
+
+A destination that refuses or does not answer is not an exception: the SCU
+reports it (``dicom_node.net.scu.SendReport``) and the outbox decides.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveError",
+    "HandoffError",
+    "IndexNotReady",
     "InvalidDataset",
     "InvalidQuery",
     "MissingUID",
     "NodeError",
-    "PeerRejected",
-    "PeerTimeout",
     "SOPClassMismatch",
     "SettingsError",
     "UIDMismatch",
@@ -56,9 +61,13 @@ class InvalidQuery(NodeError):
     """A C-FIND identifier is malformed or asks for something unsupported."""
 
 
-class PeerRejected(NodeError):
-    """A remote AE rejected the association or answered with a failure."""
+class ArchiveError(NodeError):
+    """The archive a backfill reads (Orthanc, a PACS) cannot be reached or refuses."""
 
 
-class PeerTimeout(NodeError):
-    """A remote AE did not answer in time."""
+class HandoffError(NodeError):
+    """The running node did not take instances a backfill handed to it over DICOM."""
+
+
+class IndexNotReady(NodeError):
+    """The similarity index is still loading (a node just started); ask again shortly."""

@@ -1,7 +1,7 @@
 """Loading the hashing model: a trained folder, or the one shipped in ``ai/weights``.
 
 A model folder holds ``model.safetensors`` and ``model_card.json``; the card's
-``version`` is the weights' hash (``ai.hashing.train.weights_version``) and is
+``version`` is the weights' hash (``ai.hashing.serialization.weights_version``) and is
 checked on load, so a catalog row's model version always names the weights
 that made its codes.
 """
@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ai.hashing.model import HashNet, HashNetConfig
-from ai.hashing.train import model_from_bytes, weights_version
+from ai.hashing.serialization import weights_version
 from dicom_node.errors import NodeError
+
+if TYPE_CHECKING:
+    from ai.hashing.model import HashNet
 
 __all__ = [
     "CARD_FILE",
@@ -25,6 +27,7 @@ __all__ = [
     "LoadedModel",
     "load_model",
     "load_model_dir",
+    "model_version",
     "shipped_model_dir",
 ]
 
@@ -58,15 +61,14 @@ def shipped_model_dir() -> Path:
     return Path(str(resources.files("ai") / "weights"))
 
 
-def load_model_dir(folder: str | Path) -> LoadedModel:
-    """Load and verify a model folder.
+def _read(folder: Path) -> tuple[dict[str, Any], bytes]:
+    """The card and weights of a model folder, the weights checked against the card's version.
 
     Raises
     ------
     NodeError
         Files missing or unreadable, or weights that do not match the card's version.
     """
-    folder = Path(folder)
     try:
         card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
         weights = (folder / MODEL_FILE).read_bytes()
@@ -76,12 +78,28 @@ def load_model_dir(folder: str | Path) -> LoadedModel:
         raise NodeError(
             f"{folder / MODEL_FILE} does not match its model card's version {card.get('version')}"
         )
+    return card, weights
+
+
+def load_model_dir(folder: str | Path) -> LoadedModel:
+    """Load and verify a model folder.
+
+    Raises
+    ------
+    NodeError
+        Files missing or unreadable, or weights that do not match the card's version.
+    """
+    from ai.hashing.model import HashNetConfig
+    from ai.hashing.serialization import model_from_bytes
+
+    folder = Path(folder)
+    card, weights = _read(folder)
     net = model_from_bytes(weights, HashNetConfig(**card["config"]["model"]))
     return LoadedModel(net, card, folder)
 
 
-def load_model(model_dir: str) -> LoadedModel | None:
-    """The configured model, the shipped one, or None when neither exists."""
+def _folder(model_dir: str) -> Path | None:
+    """The configured or shipped model folder, or None when neither exists."""
     folder = Path(model_dir) if model_dir else shipped_model_dir()
     if not (folder / MODEL_FILE).exists():
         if model_dir:
@@ -90,6 +108,28 @@ def load_model(model_dir: str) -> LoadedModel | None:
             "no hashing model shipped in %s: series are catalogued but not indexed", folder
         )
         return None
+    return folder
+
+
+def load_model(model_dir: str) -> LoadedModel | None:
+    """The configured model, the shipped one, or None when neither exists."""
+    folder = _folder(model_dir)
+    if folder is None:
+        return None
     model = load_model_dir(folder)
     logger.info("hashing model %s from %s", model.version, folder)
     return model
+
+
+def model_version(model_dir: str) -> str | None:
+    """The checked version of the configured or shipped model, without building the network.
+
+    What a node that only receives and answers needs (the version its index
+    holds): it never imports torch.
+    """
+    folder = _folder(model_dir)
+    if folder is None:
+        return None
+    version = str(_read(folder)[0]["version"])
+    logger.info("hashing model %s from %s (not loaded: this node runs no worker)", version, folder)
+    return version

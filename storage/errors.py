@@ -8,6 +8,7 @@
      │    └── InsufficientStorage  free space under the configured floor
      ├── InstanceConflict        same SOP Instance UID already stored with other content
      ├── CatalogError            the catalog database refused or failed a statement
+     │    └── LeaseLost            a worker's job was taken over; its writes are refused
      └── HashIndexError          the in-memory hash index was misused or its file is bad
           ├── DuplicateIdError     an id added to a hash index is already in it
           └── IndexFileError       a saved hash index is missing, corrupt or of another layout
@@ -26,6 +27,7 @@ __all__ = [
     "InstanceConflict",
     "InstanceWriteError",
     "InsufficientStorage",
+    "LeaseLost",
     "StorageError",
     "UnsafeUIDError",
 ]
@@ -66,6 +68,15 @@ class InstanceConflict(StorageError):
 
 class CatalogError(StorageError):
     """A catalog statement failed (database unavailable, constraint, I/O)."""
+
+
+class LeaseLost(CatalogError):
+    """The job this worker was running is no longer its own.
+
+    Its lease ran out (the worker stalled longer than ``worker.lease_seconds``)
+    and another worker took the series over; what this one computed is not
+    written.
+    """
 
 
 class HashIndexError(StorageError):

@@ -3,7 +3,11 @@
 An instance is stored exactly as it arrived (its encoded bytes, with a
 Part 10 file meta header), under ``<root>/<study>/<series>/<sop>.dcm``.
 A file at its final path is always complete: partial writes exist only as
-``<root>/.tmp/*.part`` files, removed at start by :meth:`InstanceStore.recover`.
+``<root>/.tmp/<host>/*.part`` files, removed at start by
+:meth:`InstanceStore.recover`. The root may be a network filesystem shared
+by several machines (``storage.instances_dir``): each host writes and
+cleans up its own temporary folder, on the same filesystem, so the rename
+into place stays atomic.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import threading
 import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 from storage.errors import InstanceConflict, InstanceWriteError, InsufficientStorage
 from storage.uids import instance_relative_path
@@ -73,14 +79,16 @@ class InstanceStore:
         self.root = Path(root)
         self.min_free_bytes = int(min_free_bytes)
         self.fsync = fsync
-        self._tmp = self.root / _TMP_DIR
+        # Per host: a node starting on one machine must not remove the partial
+        # files of another machine's writes in progress on the shared root.
+        self._tmp = self.root / _TMP_DIR / socket.gethostname()
         self._tmp.mkdir(parents=True, exist_ok=True)
         # Two associations storing the same SOP Instance UID at once must not
         # race between the existence check and the rename: stripe locks by UID.
         self._locks = [threading.Lock() for _ in range(64)]
 
     def recover(self) -> int:
-        """Remove partial files left by a crash; return how many were removed."""
+        """Remove partial files this host left in a crash; return how many were removed."""
         removed = 0
         for part in self._tmp.glob("*.part"):
             part.unlink(missing_ok=True)
@@ -94,6 +102,14 @@ class InstanceStore:
     def path_of(self, relative_path: str) -> Path:
         """Absolute path of a stored instance."""
         return self.root / relative_path
+
+    def open(self, relative_path: str) -> BinaryIO:
+        """Open a stored instance for reading.
+
+        The node reads stored files back only through this method (the
+        outbox hands pynetdicom a path), so a test can count the reads.
+        """
+        return (self.root / relative_path).open("rb")
 
     def put(
         self,

@@ -1,16 +1,29 @@
-"""Small DICOM test objects made with pydicom (integration tests of the DICOM edge).
+"""Small test objects: CT slices, catalog records, nodules, results, SR inputs.
 
-Volumes with anatomy and nodules come from ``ai.phantom``; these are plain CT
-slices where only the DICOM structure matters.
+Volumes with anatomy and nodules come from ``ai.phantom``; the CT slices here
+are plain ones where only the DICOM structure matters. Test modules share
+builders through this module, never through each other.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from dicom_node.intake.ingest import Ingest
+from dicom_node.results.sr import (
+    ModelInfo,
+    NoduleFinding,
+    PriorMeasurement,
+    ReportUIDs,
+    SimilarCase,
+)
+from storage.catalog import GeneratedResult, InstanceRecord, NewNodule, ResultKind
 
 PATIENT_NAME = "Doe^Jane^Quincy"
 PATIENT_ID = "PID-7731-SECRET"
@@ -110,7 +123,27 @@ def dataset_bytes(path: Path) -> bytes:
     return data[144 + group_length :]
 
 
-def nodule_row(
+def instance_record(
+    sop: str, series: str = "1.2.3", study: str = "1.2", number: int = 1
+) -> InstanceRecord:
+    """What the catalog records of a received CT instance (the UIDs given)."""
+    return InstanceRecord(
+        study_instance_uid=study,
+        series_instance_uid=series,
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        relative_path=f"{study}/{series}/{sop}.dcm",
+        size=10,
+        sha256="0" * 64,
+        modality="CT",
+        instance_number=number,
+        patient_name="Doe^Jane",
+        study_date="20260101",
+    )
+
+
+def new_nodule(
     index: int,
     code: np.ndarray,
     embedding: np.ndarray,
@@ -120,34 +153,46 @@ def nodule_row(
     center_xyz: tuple[float, float, float] = (50.0, 0.0, -100.0),
     laterality: str = "left",
     texture: str = "solid",
-) -> dict[str, object]:
-    """A catalog nodule row (``storage.catalog.NODULE_FIELDS``) with given codes.
+) -> NewNodule:
+    """A nodule for ``catalog.nodules.replace`` with given codes.
 
     ``code`` is the 24-byte row shallow|middle|deep of 64-bit layers.
     """
     code = np.asarray(code, np.uint8)
-    return {
-        "nodule_index": index,
-        "center_x": center_xyz[0],
-        "center_y": center_xyz[1],
-        "center_z": center_xyz[2],
-        "diameter_mm": diameter_mm,
-        "long_axis_mm": diameter_mm,
-        "volume_mm3": 3.14159 / 6 * diameter_mm**3,
-        "mean_hu": 20.0,
-        "peak_hu": 60.0,
-        "texture": texture,
-        "laterality": laterality,
-        "confidence": 0.9,
-        "size_class": size_class,
-        "predicted_size_class": size_class,
-        "predicted_texture": texture,
-        "shallow": code[:8].tobytes(),
-        "middle": code[8:16].tobytes(),
-        "deep": code[16:24].tobytes(),
-        "embedding": np.asarray(embedding, np.float32).tobytes(),
-        "thumbnail": (np.arange(64 * 64) % 256).astype(np.uint8).tobytes(),
-    }
+    return NewNodule(
+        nodule_index=index,
+        center_xyz=center_xyz,
+        diameter_mm=diameter_mm,
+        long_axis_mm=diameter_mm,
+        volume_mm3=3.14159 / 6 * diameter_mm**3,
+        mean_hu=20.0,
+        peak_hu=60.0,
+        texture=texture,
+        laterality=laterality,
+        confidence=0.9,
+        size_class=size_class,
+        predicted_size_class=size_class,
+        predicted_texture=texture,
+        shallow=code[:8].tobytes(),
+        middle=code[8:16].tobytes(),
+        deep=code[16:24].tobytes(),
+        embedding=np.asarray(embedding, np.float32).tobytes(),
+        thumbnail=(np.arange(64 * 64) % 256).astype(np.uint8).tobytes(),
+    )
+
+
+def random_nodules(rng: np.random.Generator, count: int, *, dim: int = 16) -> list[NewNodule]:
+    """``count`` nodules with random codes and embeddings (size class 3)."""
+    return [
+        new_nodule(
+            i,
+            rng.integers(0, 256, 24, dtype=np.uint8),
+            rng.normal(size=dim),
+            diameter_mm=6.0,
+            size_class=3,
+        )
+        for i in range(count)
+    ]
 
 
 def near_code(rng: np.random.Generator, centre_bits: np.ndarray, flips: int) -> np.ndarray:
@@ -155,3 +200,102 @@ def near_code(rng: np.random.Generator, centre_bits: np.ndarray, flips: int) -> 
     bits = np.asarray(centre_bits, np.uint8).copy()
     bits[rng.choice(bits.size, flips, replace=False)] ^= 1
     return np.packbits(bits)
+
+
+def receive_files(ingest: Ingest, paths: Sequence[Path]) -> list[Dataset]:
+    """Receive Part 10 files as the C-STORE handler would; return their datasets."""
+    datasets = []
+    for path in paths:
+        dataset = pydicom.dcmread(path)
+        ingest.receive(
+            dataset,
+            Path(path).read_bytes(),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            affected_sop_class_uid=str(dataset.SOPClassUID),
+            affected_sop_instance_uid=str(dataset.SOPInstanceUID),
+        )
+        datasets.append(dataset)
+    return datasets
+
+
+def generated_result(index: int = 1, *, relative_path: str | None = None) -> GeneratedResult:
+    """A generated SR of study 1.2 describing series 1.2.3, as the catalog keeps it."""
+    return GeneratedResult(
+        sop_instance_uid=f"1.2.99.{index}",
+        study_instance_uid="1.2",
+        series_instance_uid="1.2.99",
+        source_series_instance_uid="1.2.3",
+        kind=ResultKind.SIMILARITY_SR,
+        model_version="v1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        relative_path=relative_path or f"1.2/1.2.99/1.2.99.{index}.dcm",
+        size=10,
+        sha256="1" * 64,
+        created_at=105.0,
+    )
+
+
+def keep_results(ingest: Ingest, directory: Path, count: int) -> list[GeneratedResult]:
+    """``count`` objects kept as generated results of a study whose CT series was received."""
+    (source,) = write_ct_series(
+        directory, 1, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4"
+    )
+    receive_files(ingest, [source])
+    return [
+        ingest.keep(
+            ct_slice(index, study_instance_uid="1.2.3", series_instance_uid="1.2.3.9"),
+            kind=ResultKind.KEY_IMAGES,
+            source_series_instance_uid="1.2.3.4",
+            model_version="test-model",
+        )
+        for index in range(count)
+    ]
+
+
+SR_MODEL = ModelInfo("dicom-node nodule hashing", "hn-0123456789abcdef")
+SR_UIDS = ReportUIDs(
+    "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.9"
+)
+
+
+def sr_inputs() -> tuple[
+    list[NoduleFinding], dict[str, list[SimilarCase]], dict[str, list[PriorMeasurement]]
+]:
+    """Two nodules for the SR builder: one with similar cases and a prior, one with none."""
+    findings = [
+        NoduleFinding(
+            "1.2.3.4.100", "Nodule 1", (10.0, 20.0, -30.0), 8.2, 9.5, 290.0, 20.0, "solid", "right"
+        ),
+        NoduleFinding(
+            "1.2.3.4.101",
+            "Nodule 2",
+            (-50.0, 5.0, -80.0),
+            14.1,
+            16.0,
+            1468.0,
+            -520.0,
+            "ground-glass",
+            "left",
+        ),
+    ]
+    similar = {
+        "1.2.3.4.100": [
+            SimilarCase(1, 19, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12", 0.12),
+            SimilarCase(2, 14, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34", 0.31),
+        ],
+        "1.2.3.4.101": [],
+    }
+    priors = {"1.2.3.4.100": [PriorMeasurement("1.2.8", "20230101", 7.0, 1.2, 17.1)]}
+    return findings, similar, priors
+
+
+def sr_evidence(count: int = 80) -> list[Dataset]:
+    """CT slice headers (5 mm pixels, 1.25 mm apart) around both nodules of :func:`sr_inputs`."""
+    evidence = []
+    for index in range(count):
+        ds = ct_slice(index, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4")
+        ds.PixelSpacing = [5.0, 5.0]
+        del ds.PixelData
+        evidence.append(ds)
+    return evidence

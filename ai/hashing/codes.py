@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ai.classes import TEXTURES
+
 __all__ = [
     "LAYERS",
     "TEXTURES",
@@ -24,8 +26,6 @@ __all__ = [
 LAYERS: tuple[str, str, str] = ("shallow", "middle", "deep")
 """Hash layers, in code-row order (FCDN: contour, semantics, size/shape)."""
 
-TEXTURES: tuple[str, str, str] = ("solid", "part-solid", "ground-glass")
-"""Texture classes (index = label)."""
 
 
 def pack_signs(relaxed: npt.ArrayLike) -> npt.NDArray[np.uint8]:

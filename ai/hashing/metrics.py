@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ai.hashing.distance import joint_distance
+
 __all__ = [
     "PRCurve",
     "hamming_distances",
@@ -52,7 +54,7 @@ def hamming_distances(
 def joint_distances(
     queries: Sequence[npt.NDArray[np.uint8]], database: Sequence[npt.NDArray[np.uint8]]
 ) -> npt.NDArray[np.int32]:
-    """FCDN joint distance ``D_shallow + D_middle + D_deep`` of one-view queries.
+    """FCDN joint distance (:func:`ai.hashing.distance.joint_distance`) of one-view queries.
 
     Parameters
     ----------
@@ -61,10 +63,11 @@ def joint_distances(
     """
     if len(queries) != len(database):
         raise ValueError("queries and database need the same layers")
-    total = hamming_distances(queries[0], database[0])
-    for q, db in zip(queries[1:], database[1:], strict=True):
-        total += hamming_distances(q, db)
-    return total
+    per_layer = np.stack(
+        [hamming_distances(q, db) for q, db in zip(queries, database, strict=True)]
+    )
+    out: npt.NDArray[np.int32] = joint_distance(per_layer[None])
+    return out
 
 
 def label_relevance(

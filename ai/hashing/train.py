@@ -13,7 +13,6 @@ one. On CUDA, mixed precision (bfloat16 autocast) is used unless disabled.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from ai.hashing.metrics import (
     precision_at_k,
 )
 from ai.hashing.model import HashNet, HashNetConfig
+from ai.hashing.serialization import model_from_bytes, weights_to_bytes, weights_version
 
 __all__ = [
     "RoiSet",
@@ -399,28 +399,6 @@ def _batch(
     for key, dtype in (*dtypes.items(), ("diameter_mm", np.float32)):
         batch[key] = batch[key].astype(dtype)
     return batch
-
-
-def weights_to_bytes(model: HashNet) -> bytes:
-    """The model's state dict as safetensors bytes (deterministic for equal weights)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return bytes(save(state))
-
-
-def weights_version(weights: bytes) -> str:
-    """Version id of serialized weights: ``"hn-"`` + 16 hex digits of their SHA-256."""
-    return "hn-" + hashlib.sha256(weights).hexdigest()[:16]
-
-
-def model_from_bytes(weights: bytes, config: HashNetConfig) -> HashNet:
-    """A :class:`HashNet` in eval mode from :func:`weights_to_bytes` output."""
-    from safetensors.torch import load
-
-    model = HashNet(config)
-    model.load_state_dict(load(weights))
-    return model.eval()
 
 
 def evaluate_retrieval(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ai.classes import size_class
+from ai.classes import TEXTURES, size_class
 from ai.phantom.anatomy import Patient, lung_label_at
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TEXTURES: tuple[str, ...] = ("solid", "part-solid", "ground-glass")
 SHAPES: tuple[str, ...] = ("round", "lobulated", "spiculated")
 LOCATIONS: tuple[str, ...] = ("isolated", "juxtapleural", "juxtavascular")
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +16,10 @@ from dicom_node.errors import SettingsError
 from dicom_node.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from dicom_node.app import Node
     from storage.catalog import Catalog
+
+logger = logging.getLogger(__name__)
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, *, network: bool = False) -> None:
@@ -53,3 +59,48 @@ def open_catalog(settings: Settings) -> Iterator[Catalog]:
         yield catalog
     finally:
         catalog.close()
+
+
+def run_node(
+    settings: Settings, *, listen: bool, check: Callable[[Node], str | None] | None = None
+) -> int:
+    """Start a node (``listen``: serving; else as a worker), run it until SIGTERM or SIGINT.
+
+    Parameters
+    ----------
+    check : callable, optional
+        Given the built node before it starts; a message returned refuses the start.
+
+    Returns
+    -------
+    int
+        The exit status: 0 after a clean stop, 1 when it could not start.
+    """
+    from dicom_node.app import Node
+    from storage.errors import StorageError
+
+    name = "dicom-node" if listen else "dicom-node worker"
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        logger.info("signal %d received; stopping after the steps running now", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    try:
+        node = Node(settings)
+        refusal = check(node) if check is not None else None
+        if refusal is not None:
+            node.catalog.close()
+            print(f"{name}: {refusal}", file=sys.stderr)
+            return 1
+        node.start(listen=listen, only_workers=not listen)
+    except (OSError, StorageError) as exc:
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        stop.wait()
+    finally:
+        node.stop()
+    return 0

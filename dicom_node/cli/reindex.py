@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     with open_catalog(settings) as catalog:
-        uids = catalog.series_in_states([SeriesState(s) for s in wanted])
-        catalog.clear_jobs(uids)
+        uids = catalog.workflow.series_in_states([SeriesState(s) for s in wanted])
+        catalog.workflow.clear_jobs(uids)
         moved = sum(
-            catalog.transition(
+            catalog.workflow.transition(
                 uid,
                 SeriesState.COMPLETE,
                 from_states=[SeriesState(s) for s in wanted],
@@ -53,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
             )
             for uid in uids
         )
-    print(f"{moved} series queued for processing; a running node picks them up within 30 s")
+    print(
+        f"{moved} series queued for processing; running workers pick them up within "
+        f"worker.poll_seconds ({settings.worker.poll_seconds:g} s)"
+    )
     return 0

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     with open_catalog(settings) as catalog:
-        count = catalog.requeue_deliveries(
+        count = catalog.deliveries.requeue(
             sop_instance_uids=args.sop_instance_uids or None, include_done=args.include_delivered
         )
     print(f"{count} deliveries queued again")

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-import sys
-import threading
+import dataclasses
 from typing import Any
 
-from dicom_node.cli._common import add_settings_arguments, settings_from_args
-
-logger = logging.getLogger(__name__)
+from dicom_node.cli._common import add_settings_arguments, run_node, settings_from_args
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -22,6 +17,12 @@ def add_subparser(subparsers: Any) -> None:
         "or what the settings say.",
     )
     add_settings_arguments(parser, network=True)
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="receive and answer only; `dicom-node worker` processes do the processing "
+        "(the same as worker.threads = 0)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,25 +30,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from dicom_node.app import Node
-    from storage.errors import StorageError
-
-    stop = threading.Event()
-
-    def _request_stop(signum: int, _frame: object) -> None:
-        logger.info("signal %d received; stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
-    try:
-        node = Node(settings)
-        node.start()
-    except (OSError, StorageError) as exc:
-        print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
-        return 1
-    try:
-        stop.wait()
-    finally:
-        node.stop()
-    return 0
+    if args.no_worker:
+        settings = dataclasses.replace(
+            settings, worker=dataclasses.replace(settings.worker, threads=0)
+        )
+    return run_node(settings, listen=True)

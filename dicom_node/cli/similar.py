@@ -6,9 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ai.hashing.codes import LAYERS
 from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
+
+if TYPE_CHECKING:
+    from dicom_node.retrieval.privacy import PrivacyPolicy
+    from dicom_node.retrieval.similar import NoduleCases
+    from storage.catalog import NoduleRecord
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -23,7 +29,9 @@ def add_subparser(subparsers: Any) -> None:
     target.add_argument("--study", metavar="UID", help="StudyInstanceUID of the index study")
     target.add_argument("--series", metavar="UID", help="SeriesInstanceUID of the index series")
     target.add_argument("--nodule", type=int, metavar="ID", help="nodule id (from --json output)")
-    parser.add_argument("-k", type=int, default=5, help="matches per nodule (default 5)")
+    parser.add_argument(
+        "-k", type=int, help="matches per nodule (default: similarity.matches_per_nodule)"
+    )
     parser.add_argument(
         "--model-version", help="model version (default: the one with most nodules)"
     )
@@ -41,23 +49,25 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from dicom_node.similarity import PrivacyPolicy, SimilarityIndex
+    from dicom_node.retrieval.privacy import PrivacyPolicy
+    from dicom_node.retrieval.similar import SimilarityIndex, similar_cases
 
     with open_catalog(settings) as catalog:
-        versions = catalog.model_versions()
+        versions = catalog.nodules.model_versions()
         version = args.model_version or (versions[0] if len(versions) == 1 else None)
         if version is None:
             print(
                 "dicom-node: no indexed nodules yet"
                 if not versions
-                else f"dicom-node: several model versions {versions}; choose one with --model-version",
+                else f"dicom-node: several model versions {versions}; "
+                "choose one with --model-version",
                 file=sys.stderr,
             )
             return 1
         if args.nodule is not None:
-            queries = list(catalog.nodules_by_id([args.nodule]).values())
+            queries = list(catalog.nodules.by_id([args.nodule]).values())
         else:
-            queries = catalog.nodules_of(
+            queries = catalog.nodules.of(
                 model_version=version,
                 study_instance_uid=args.study,
                 series_instance_uid=args.series,
@@ -66,15 +76,15 @@ def run(args: argparse.Namespace) -> int:
             print("dicom-node: no nodules found for that query", file=sys.stderr)
             return 1
         policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
-        retriever = SimilarityIndex(catalog, version).retriever()
-        report = []
-        for query in queries:
-            study = catalog.study(query["study_instance_uid"]) or {}
-            matches = retriever.similar_nodules(
-                query, args.k, exclude_patient_id=study.get("patient_id")
-            )
-            priors = retriever.own_priors(query, study.get("patient_id"), study.get("study_date"))
-            report.append(_record(query, study, matches, priors, policy, args.show_phi))
+        cases = similar_cases(
+            # The node's snapshot and the rows after it; the node alone writes snapshots.
+            SimilarityIndex(
+                catalog, version, snapshot_dir=settings.index_dir, write_snapshots=False
+            ).retriever(),
+            queries,
+            matches_per_nodule=args.k or settings.similarity.matches_per_nodule,
+        )
+        report = [_record(case, policy, args.show_phi) for case in cases]
     if args.png:
         _gallery(report, args.png)
     _strip_thumbnails(report)
@@ -87,60 +97,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _patient(row: dict[str, Any], policy: Any, show_phi: bool) -> str:
-    return str(row.get("patient_id") or "") if show_phi else policy.case_id(row.get("patient_id"))
-
-
-def _record(
-    query: dict[str, Any],
-    study: dict[str, Any],
-    matches: list[Any],
-    priors: list[Any],
-    policy: Any,
-    show_phi: bool,
-) -> dict[str, Any]:
+def _nodule(nodule: NoduleRecord) -> dict[str, Any]:
     from ai.classes import SIZE_CLASS_LABELS
 
-    def nodule(row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "nodule_id": int(row["id"]),
-            "study_instance_uid": row["study_instance_uid"],
-            "series_instance_uid": row["series_instance_uid"],
-            "center_xyz_mm": [row["center_x"], row["center_y"], row["center_z"]],
-            "diameter_mm": round(float(row["diameter_mm"]), 2),
-            "long_axis_mm": round(float(row["long_axis_mm"]), 2),
-            "size_class": SIZE_CLASS_LABELS[int(row["size_class"])],
-            "texture": row["texture"],
-            "laterality": row["laterality"],
-            "thumbnail": row.get("thumbnail"),
-        }
-
     return {
-        "query": {**nodule(query), "study_date": study.get("study_date")},
+        "nodule_id": nodule.id,
+        "study_instance_uid": nodule.study_instance_uid,
+        "series_instance_uid": nodule.series_instance_uid,
+        "center_xyz_mm": list(nodule.center_xyz),
+        "diameter_mm": round(nodule.diameter_mm, 2),
+        "long_axis_mm": round(nodule.long_axis_mm, 2),
+        "size_class": SIZE_CLASS_LABELS[nodule.size_class],
+        "texture": nodule.texture,
+        "laterality": nodule.laterality,
+        "thumbnail": nodule.thumbnail,
+    }
+
+
+def _record(case: NoduleCases, policy: PrivacyPolicy, show_phi: bool) -> dict[str, Any]:
+    return {
+        "query": {**_nodule(case.nodule), "study_date": case.nodule.study_date},
         "matches": [
             {
                 "rank": m.rank,
                 "distance": m.distance,
-                "layer_distances": dict(
-                    zip(("shallow", "middle", "deep"), m.layer_distances, strict=True)
-                ),
+                "layer_distances": dict(zip(LAYERS, m.layer_distances, strict=True)),
                 "driving_layer": m.driving_layer,
                 "embedding_distance": round(m.embedding_distance, 4),
-                "study_date": m.nodule.get("study_date"),
-                "patient": _patient(m.nodule, policy, show_phi),
-                **nodule(m.nodule),
+                "study_date": m.nodule.study_date,
+                "patient": policy.label(
+                    m.nodule.patient_id, m.nodule.patient_name, reveal=show_phi
+                ).patient_id,
+                **_nodule(m.nodule),
             }
-            for m in matches
+            for m in case.similar
         ],
         "same_patient_priors": [
             {
                 "study_instance_uid": p.study_instance_uid,
                 "study_date": p.study_date,
-                "diameter_mm": round(float(p.nodule["diameter_mm"]), 2),
+                "diameter_mm": round(p.nodule.diameter_mm, 2),
                 "growth_mm": round(p.growth_mm, 2),
                 "growth_percent": round(p.growth_percent, 1),
             }
-            for p in priors
+            for p in case.priors
         ],
     }
 
@@ -153,20 +153,26 @@ def _strip_thumbnails(report: list[dict[str, Any]]) -> None:
 
 
 def _table(report: list[dict[str, Any]], version: str) -> str:
-    lines = [f"model {version}"]
+    lines = [
+        f"model {version}; matches in rank order: d = embedding distance, which ranks them; "
+        "h = joint Hamming distance of the hash codes, which found them (coarse search)"
+    ]
     for entry in report:
         q = entry["query"]
         lines.append(
-            f"\nnodule {q['nodule_id']} of study {q['study_instance_uid']} ({q['study_date'] or 'no date'}): "
-            f"{q['diameter_mm']:.1f} mm {q['texture']}, {q['laterality']} lung, class {q['size_class']}"
+            f"\nnodule {q['nodule_id']} of study {q['study_instance_uid']} "
+            f"({q['study_date'] or 'no date'}): {q['diameter_mm']:.1f} mm {q['texture']}, "
+            f"{q['laterality']} lung, class {q['size_class']}"
         )
         lines.append(
-            f"  {'rank':>4}  {'dist':>5}  {'layer':<7} {'date':<9} {'size':>8}  {'texture':<12} {'patient':<18} study UID"
+            f"  {'rank':>4}  {'d':>6}  {'h':>3}  {'layer':<7} {'date':<9} {'size':>8}  "
+            f"{'texture':<12} {'patient':<18} study UID"
         )
         for m in entry["matches"]:
             lines.append(
-                f"  {m['rank']:>4}  {m['distance']:>5.0f}  {m['driving_layer']:<7} {m['study_date'] or '':<9} "
-                f"{m['diameter_mm']:>5.1f} mm  {m['texture']:<12} {m['patient']:<18} {m['study_instance_uid']}"
+                f"  {m['rank']:>4}  {m['embedding_distance']:>6.3g}  {m['distance']:>3.0f}  "
+                f"{m['driving_layer']:<7} {m['study_date'] or '':<9} {m['diameter_mm']:>5.1f} mm  "
+                f"{m['texture']:<12} {m['patient']:<18} {m['study_instance_uid']}"
             )
         if not entry["matches"]:
             lines.append("  no similar nodule of another patient")
@@ -178,47 +184,40 @@ def _table(report: list[dict[str, Any]], version: str) -> str:
     return "\n".join(lines)
 
 
-def _gallery(report: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _thumbnail(nodule: dict[str, Any]) -> Any:
     import numpy as np
 
-    columns = 1 + max((len(e["matches"]) for e in report), default=0)
-    figure, axes = plt.subplots(
-        len(report), columns, figsize=(2.0 * columns, 2.2 * len(report)), squeeze=False
+    blob = nodule.get("thumbnail")
+    if not blob:
+        return np.zeros((64, 64), np.uint8)
+    side = int(round(len(blob) ** 0.5))
+    return np.frombuffer(blob, np.uint8).reshape(side, side)
+
+
+def _gallery(report: list[dict[str, Any]], path: Path) -> None:
+    """Each nodule beside its matches: the key-image montage's layout, as a PNG."""
+    import matplotlib.image
+
+    from dicom_node.results.montage import MontageRow, render_montage
+
+    rows = [
+        MontageRow(
+            label=f"query nodule {e['query']['nodule_id']}\n{e['query']['diameter_mm']:.1f} mm "
+            f"{e['query']['texture']}",
+            query=_thumbnail(e["query"]),
+            matches=[
+                (
+                    f"#{m['rank']} d={m['embedding_distance']:.3g}\n{m['diameter_mm']:.1f} mm "
+                    f"{m['study_date'] or ''}",
+                    _thumbnail(m),
+                )
+                for m in e["matches"]
+            ],
+        )
+        for e in report
+    ]
+    title = (
+        "Similar nodules of other patients, each query (red) followed by its matches in rank "
+        "order; d = embedding distance, which ranks them. Not for diagnosis."
     )
-    for row, entry in enumerate(report):
-        tiles = [
-            (
-                entry["query"],
-                f"query #{entry['query']['nodule_id']}\n{entry['query']['diameter_mm']:.1f} mm",
-            )
-        ]
-        tiles += [
-            (
-                m,
-                f"#{m['rank']} d={m['distance']:.0f}\n{m['diameter_mm']:.1f} mm {m['study_date'] or ''}",
-            )
-            for m in entry["matches"]
-        ]
-        for column in range(columns):
-            axis = axes[row][column]
-            axis.axis("off")
-            if column < len(tiles):
-                nodule, title = tiles[column]
-                blob = nodule.get("thumbnail")
-                if blob:
-                    side = int(round(len(blob) ** 0.5))
-                    axis.imshow(
-                        np.frombuffer(blob, np.uint8).reshape(side, side),
-                        cmap="gray",
-                        vmin=0,
-                        vmax=255,
-                    )
-                axis.set_title(title, fontsize=7, color="tab:red" if column == 0 else "black")
-    figure.suptitle("similar nodules (left: query); not for diagnosis", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    matplotlib.image.imsave(path, render_montage(rows, title))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import dcmtk, run_peer
 from tests.factories import write_ct_series
+from tests.peers import dcmtk, run_peer
 
 pytestmark = pytest.mark.integration
 
@@ -134,8 +134,8 @@ def test_c_cancel_stops_matching(archive) -> None:
     """
     from pydicom.dataset import Dataset
 
-    from dicom_node.handlers import handle_find
-    from dicom_node.status import Status
+    from dicom_node.net.handlers import handle_find
+    from dicom_node.net.status import Status
 
     node, _ = archive
     identifier = Dataset()

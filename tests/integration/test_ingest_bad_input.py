@@ -14,9 +14,9 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from dicom_node.status import Status
-from tests.conftest import dcmtk, run_peer
+from dicom_node.net.status import Status
 from tests.factories import ct_slice
+from tests.peers import dcmtk, run_peer
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def test_each_bad_dataset_gets_its_status_and_the_node_stays_up(
         Status.MISSING_UID,
         Status.SUCCESS,
     ]
-    assert node.catalog.instance_count() == 1
+    assert node.catalog.intake.instance_count() == 1
     assert not list(Path(tmp_path).rglob("etc"))
     echo = run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)])
     assert echo.returncode == 0
@@ -89,7 +89,7 @@ def test_same_uid_other_content_keeps_first_with_warning(make_settings, start_no
     second.PixelData = bytes(len(first.PixelData))
     statuses = _send_all(node.port, [first, second])
     assert statuses == [Status.SUCCESS, Status.ELEMENTS_DISCARDED]
-    (relative,) = node.catalog.instance_paths().values()
+    (relative,) = node.catalog.intake.instance_paths().values()
     import pydicom
 
     assert pydicom.dcmread(node.store.path_of(relative)).PixelData == first.PixelData
@@ -116,5 +116,5 @@ def test_undecodable_dataset_gets_cannot_understand(tmp_path, make_settings, sta
     finally:
         assoc.release()
     assert status and int(status.Status) == Status.CANNOT_UNDERSTAND
-    assert node.catalog.instance_count() == 0
+    assert node.catalog.intake.instance_count() == 0
     assert _send_all(node.port, [good]) == [Status.SUCCESS]

@@ -10,8 +10,8 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
 from storage.catalog import SeriesState
-from tests.conftest import dcmtk, run_peer, wait_until
 from tests.factories import PATIENT_ID, PATIENT_NAME, dataset_bytes, write_ct_series
+from tests.peers import dcmtk, run_peer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def test_storescu_series_arrives_identical_catalogued_then_complete(
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("Received Store Response (Success)") == 100
 
-    stored = node.catalog.instance_paths()
+    stored = node.catalog.intake.instance_paths()
     assert len(stored) == 100
     for path in paths:
         sop_instance_uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
@@ -61,10 +61,13 @@ def test_storescu_series_arrives_identical_catalogued_then_complete(
         assert dataset_bytes(kept) == dataset_bytes(path)
         assert pydicom.dcmread(kept).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
-    (summary,) = node.catalog.summaries()
+    (summary,) = node.catalog.workflow.summaries()
     assert summary.instance_count == 100 and summary.modality == "CT"
     wait_until(
-        lambda: node.catalog.series_state(summary.series_instance_uid)[0] is SeriesState.COMPLETE,
+        lambda: (
+            node.catalog.workflow.series_state(summary.series_instance_uid)[0]
+            is SeriesState.COMPLETE
+        ),
         what="series complete after the idle time",
     )
     # Patient names and IDs never reach the logs, pynetdicom's included.
@@ -84,7 +87,7 @@ def test_compressed_series_is_kept_as_sent(
     node = start_node(make_settings())
     result = _storescu(node.port, source, flag)
     assert result.returncode == 0, result.stderr
-    stored = node.catalog.instance_paths()
+    stored = node.catalog.intake.instance_paths()
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         kept = node.store.path_of(stored[ds.SOPInstanceUID])
@@ -101,12 +104,12 @@ def test_resent_identical_instance_succeeds_without_rewrite(
     paths = write_ct_series(tmp_path / "s", 2)
     node = start_node(make_settings())
     assert _storescu(node.port, paths).returncode == 0
-    kept = [node.store.path_of(p) for p in node.catalog.instance_paths().values()]
+    kept = [node.store.path_of(p) for p in node.catalog.intake.instance_paths().values()]
     mtimes = [p.stat().st_mtime_ns for p in kept]
     again = _storescu(node.port, paths)
     assert again.returncode == 0 and again.stderr.count("(Success)") == 2
     assert [p.stat().st_mtime_ns for p in kept] == mtimes
-    assert node.catalog.instance_count() == 2
+    assert node.catalog.intake.instance_count() == 2
 
 
 def test_calling_ae_not_on_allowlist_is_rejected(make_settings, start_node) -> None:
@@ -127,9 +130,13 @@ def test_wrong_called_ae_title_is_rejected(make_settings, start_node) -> None:
     wrong = run_peer([dcmtk("echoscu"), "-aec", "SOMEONE_ELSE", "127.0.0.1", str(node.port)])
     assert wrong.returncode != 0 and "Association Rejected" in wrong.stderr
     # The similarity AE answers only to its own title, on its own port.
-    sim = run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE_SIM", "127.0.0.1", str(node.similarity_port)])
+    sim = run_peer(
+        [dcmtk("echoscu"), "-aec", "DICOM_NODE_SIM", "127.0.0.1", str(node.similarity_port)]
+    )
     assert sim.returncode == 0, sim.stderr
-    crossed = run_peer([dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.similarity_port)])
+    crossed = run_peer(
+        [dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.similarity_port)]
+    )
     assert crossed.returncode != 0
 
 
@@ -148,7 +155,7 @@ def test_free_space_floor_refuses_with_a700_and_writes_nothing(
     node = start_node(make_settings(storage={"min_free_mb": 2**40}))
     result = _storescu(node.port, paths)
     assert "Received Store Response (Refused: OutOfResources)" in result.stderr, result.stderr
-    assert node.catalog.instance_count() == 0
+    assert node.catalog.intake.instance_count() == 0
     assert not [p for p in node.store.root.rglob("*") if p.is_file()]
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.outbox import Outbox
+from dicom_node.results.outbox import Outbox
 from dicom_node.settings import OutboxSettings
 from storage.catalog import DeliveryState
-from tests.conftest import PEER_ENV, dcmtk, free_port, wait_for_port, wait_until
-from tests.factories import ct_slice
+from tests.factories import keep_results
+from tests.peers import PEER_ENV, dcmtk, free_port, wait_for_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,6 @@ def _storescp(port: int, out: Path) -> subprocess.Popen:
     return proc
 
 
-def _kept_objects(node, count: int):
-    """Objects the node made, stored through Ingest.keep like an SR would be."""
-    kept = []
-    for index in range(count):
-        ds = ct_slice(index, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4")
-        kept.append((ds, node.ingest.keep(ds, calling_ae_title=node.settings.ae_title)))
-    return kept
-
-
 def test_destination_down_then_up_gets_every_object_once(
     tmp_path, make_settings, start_node
 ) -> None:
@@ -61,14 +52,17 @@ def test_destination_down_then_up_gets_every_object_once(
     node = start_node(dataclasses.replace(settings, outbox=OutboxSettings()))  # its own outbox idle
     clock = Clock()
     outbox = Outbox(
-        node.catalog, settings.instances_dir, settings.outbox, "DICOM_NODE", clock=clock, timeout=5
+        node.catalog.deliveries,
+        settings.instances_dir,
+        settings.outbox,
+        "DICOM_NODE",
+        clock=clock,
+        timeout=5,
     )
-    kept = _kept_objects(node, 3)
-    for ds, received in kept:
-        assert outbox.enqueue(ds.SOPInstanceUID, ds.SOPClassUID, received.relative_path) == 1
-        assert (
-            outbox.enqueue(ds.SOPInstanceUID, ds.SOPClassUID, received.relative_path) == 0
-        )  # once
+    kept = keep_results(node.ingest, tmp_path / "source", 3)
+    for result in kept:
+        assert outbox.enqueue(result) == 1
+        assert outbox.enqueue(result) == 0  # once
 
     # Down: every attempt fails and is rescheduled with a doubling wait.
     first = outbox.run_once()
@@ -76,12 +70,17 @@ def test_destination_down_then_up_gets_every_object_once(
     assert outbox.run_once() == []  # not due yet
     clock.now += 5
     assert len(outbox.run_once()) == 3
-    waits = {d.next_attempt_at - clock.now for d in node.catalog.deliveries()}
+    waits = {d.next_attempt_at - clock.now for d in node.catalog.deliveries.in_states()}
     assert waits == {10.0}
 
     # A restart: a new Outbox on the same catalog picks the rows up.
     outbox = Outbox(
-        node.catalog, settings.instances_dir, settings.outbox, "DICOM_NODE", clock=clock, timeout=5
+        node.catalog.deliveries,
+        settings.instances_dir,
+        settings.outbox,
+        "DICOM_NODE",
+        clock=clock,
+        timeout=5,
     )
     received_dir = tmp_path / "pacs"
     pacs = _storescp(port, received_dir)
@@ -97,7 +96,7 @@ def test_destination_down_then_up_gets_every_object_once(
     files = sorted(received_dir.iterdir())
     assert len(files) == 3
     assert sorted(pydicom.dcmread(f).SOPInstanceUID for f in files) == sorted(
-        ds.SOPInstanceUID for ds, _ in kept
+        r.sop_instance_uid for r in kept
     )
 
 
@@ -108,14 +107,16 @@ def test_failure_status_is_not_retried_and_resend_requeues(
     full = start_node(make_settings(data_dir=tmp_path / "full", storage={"min_free_mb": 2**40}))
     settings = make_settings(outbox={"destinations": [f"DICOM_NODE@127.0.0.1:{full.port}"]})
     node = start_node(dataclasses.replace(settings, outbox=OutboxSettings()))
-    outbox = Outbox(node.catalog, settings.instances_dir, settings.outbox, "DICOM_NODE", timeout=5)
-    ((ds, received),) = _kept_objects(node, 1)
-    outbox.enqueue(ds.SOPInstanceUID, ds.SOPClassUID, received.relative_path)
+    outbox = Outbox(
+        node.catalog.deliveries, settings.instances_dir, settings.outbox, "DICOM_NODE", timeout=5
+    )
+    (result,) = keep_results(node.ingest, tmp_path / "source", 1)
+    outbox.enqueue(result)
     ((_, state, error),) = outbox.run_once()
     assert state is DeliveryState.FAILED and "0xA700" in error
     assert outbox.run_once() == []
-    assert node.catalog.requeue_deliveries() == 1
-    assert [d.state for d in node.catalog.deliveries()] == [DeliveryState.PENDING]
+    assert node.catalog.deliveries.requeue() == 1
+    assert [d.state for d in node.catalog.deliveries.in_states()] == [DeliveryState.PENDING]
 
 
 def test_node_delivers_in_the_background(tmp_path, make_settings, start_node) -> None:
@@ -124,10 +125,10 @@ def test_node_delivers_in_the_background(tmp_path, make_settings, start_node) ->
     pacs = _storescp(port, received_dir)
     try:
         node = start_node(make_settings(outbox={"destinations": [f"PACS@127.0.0.1:{port}"]}))
-        ((ds, received),) = _kept_objects(node, 1)
-        node.outbox.enqueue(ds.SOPInstanceUID, ds.SOPClassUID, received.relative_path)
+        (result,) = keep_results(node.ingest, tmp_path / "source", 1)
+        node.outbox.enqueue(result)
         wait_until(
-            lambda: [d.state for d in node.catalog.deliveries()] == [DeliveryState.DONE],
+            lambda: [d.state for d in node.catalog.deliveries.in_states()] == [DeliveryState.DONE],
             what="delivered by the outbox thread",
         )
     finally:
@@ -148,14 +149,16 @@ def test_status_lists_failed_deliveries_and_resend_requeues(
         outbox={"destinations": [f"PACS@127.0.0.1:{port}"], "give_up_after_hours": 1e-9}
     )
     node = start_node(dataclasses.replace(settings, outbox=OutboxSettings()))
-    outbox = Outbox(node.catalog, settings.instances_dir, settings.outbox, "DICOM_NODE", timeout=5)
-    ((ds, received),) = _kept_objects(node, 1)
-    outbox.enqueue(ds.SOPInstanceUID, ds.SOPClassUID, received.relative_path)
+    outbox = Outbox(
+        node.catalog.deliveries, settings.instances_dir, settings.outbox, "DICOM_NODE", timeout=5
+    )
+    (result,) = keep_results(node.ingest, tmp_path / "source", 1)
+    outbox.enqueue(result)
     ((_, state, error),) = outbox.run_once()
     assert state is DeliveryState.FAILED and error.startswith("gave up after 1 attempts")
     assert main(["status", "--data-dir", str(settings.data_dir), "--json"]) == 0
     (delivery,) = json.loads(capsys.readouterr().out)["deliveries"]
-    assert delivery["state"] == "failed" and delivery["sop_instance_uid"] == ds.SOPInstanceUID
+    assert delivery["state"] == "failed" and delivery["sop_instance_uid"] == result.sop_instance_uid
     assert main(["resend", "--data-dir", str(settings.data_dir)]) == 0
     assert "1 deliveries queued again" in capsys.readouterr().out
-    assert [d.state for d in node.catalog.deliveries()] == [DeliveryState.PENDING]
+    assert [d.state for d in node.catalog.deliveries.in_states()] == [DeliveryState.PENDING]

@@ -8,10 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from dicom_node.montage import MontageRow, build_key_image_montage
-from tests.conftest import dcmtk
-from tests.factories import ct_slice
-from tests.unit.dicom_node.test_report import MODEL, UIDS, _inputs
+from dicom_node.results.montage import MontageRow, build_key_image_montage
+from tests.factories import SR_MODEL as MODEL
+from tests.factories import SR_UIDS as UIDS
+from tests.factories import sr_evidence, sr_inputs
+from tests.peers import dcmtk
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +31,10 @@ def _dciodvfy(path) -> list[str]:
 
 
 def test_sr_and_montage_pass_dciodvfy_and_dsrdump_renders(tmp_path) -> None:
-    from dicom_node.report import build_similarity_sr
+    from dicom_node.results.sr import build_similarity_sr
 
-    evidence = [
-        ct_slice(i, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4") for i in range(3)
-    ]
-    findings, similar, priors = _inputs()
+    evidence = sr_evidence()  # the nodules' centre slices are in it: image regions too
+    findings, similar, priors = sr_inputs()
     sr_path, montage_path = tmp_path / "sr.dcm", tmp_path / "montage.dcm"
     build_similarity_sr(evidence, findings, similar, priors, MODEL, UIDS).save_as(sr_path)
     roi = (np.arange(64 * 64) % 256).astype(np.uint8).reshape(64, 64)

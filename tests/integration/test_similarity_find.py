@@ -8,9 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.similarity import PRIVATE_CREATOR, SimilarityIndex, folder_id
-from tests.conftest import dcmtk, run_peer
-from tests.factories import near_code, nodule_row, write_ct_series
+from dicom_node.net.similarity import PRIVATE_CREATOR, folder_id
+from dicom_node.retrieval.similar import SimilarityIndex
+from tests.factories import near_code, new_nodule, write_ct_series
+from tests.peers import dcmtk, run_peer, wait_until
 
 pytestmark = pytest.mark.integration
 VERSION = "test-model-1"
@@ -58,11 +59,11 @@ def archive(tmp_path, make_settings, start_node):
         embedding = np.zeros(16, np.float32)
         embedding[0 if kind == "big" else 1] = 1.0
         embedding[2] = flips / 100
-        node.catalog.replace_nodules(
+        node.catalog.nodules.replace(
             ds.SeriesInstanceUID,
             VERSION,
             [
-                nodule_row(
+                new_nodule(
                     0,
                     near_code(rng, big if kind == "big" else small, flips),
                     embedding,
@@ -71,6 +72,8 @@ def archive(tmp_path, make_settings, start_node):
                 )
             ],
         )
+    # Stored as a worker would: the node's index takes them in at its next poll.
+    wait_until(lambda: node.similarity_index.index.ntotal == len(plan), what="index follows")
     yield node, studies
     catalog.close()
 

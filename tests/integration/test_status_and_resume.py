@@ -8,10 +8,15 @@ import pytest
 
 from dicom_node.cli import main
 from storage.catalog import SeriesState
-from tests.conftest import dcmtk, run_peer, wait_until
 from tests.factories import PATIENT_ID, write_ct_series
+from tests.peers import dcmtk, run_peer, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+def _finished(node, series_uid: str, step) -> bool:
+    job = node.catalog.workflow.job(series_uid, step.name, step.version)
+    return job is not None and job.finished
 
 
 def test_status_table_and_json_without_phi(tmp_path, make_settings, start_node, capsys) -> None:
@@ -24,13 +29,11 @@ def test_status_table_and_json_without_phi(tmp_path, make_settings, start_node, 
         ).returncode
         == 0
     )
-    series_uid = node.catalog.summaries()[0].series_instance_uid
+    series_uid = node.catalog.workflow.summaries()[0].series_instance_uid
+    step = node.steps[0]
     wait_until(
-        lambda: (
-            node.catalog.job(series_uid, node.processor.version) is not None
-            and node.catalog.job(series_uid, node.processor.version)["finished_at"] is not None
-        ),
-        what="processor ran on the completed series",
+        lambda: _finished(node, series_uid, step),
+        what="the step ran on the completed series",
     )
 
     assert main(["status", "--data-dir", str(settings.data_dir), "--json"]) == 0
@@ -75,44 +78,47 @@ def test_complete_but_unprocessed_work_is_picked_up_at_start(
         ).returncode
         == 0
     )
-    series_uid = first.catalog.summaries()[0].series_instance_uid
+    series_uid = first.catalog.workflow.summaries()[0].series_instance_uid
     wait_until(
-        lambda: first.catalog.series_state(series_uid)[0] is SeriesState.COMPLETE, what="complete"
+        lambda: first.catalog.workflow.series_state(series_uid)[0] is SeriesState.COMPLETE,
+        what="complete",
     )
     # Pretend the node died while processing: the state says processing.
-    first.catalog.transition(series_uid, SeriesState.PROCESSING)
+    first.catalog.workflow.transition(series_uid, SeriesState.PROCESSING)
     first.stop()
 
     second = start_node(make_settings())
     wait_until(
-        lambda: (
-            (second.catalog.job(series_uid, second.processor.version) or {}).get("finished_at")
-            is not None
-        ),
+        lambda: _finished(second, series_uid, second.steps[0]),
         what="interrupted series processed after restart",
     )
-    assert second.catalog.series_state(series_uid)[0] is SeriesState.COMPLETE
+    assert second.catalog.workflow.series_state(series_uid)[0] is SeriesState.COMPLETE
 
 
 def test_reindex_queues_processed_series_for_the_new_model(
     tmp_path, make_settings, start_node, capsys
 ) -> None:
-    from dicom_node.processing import Outcome
+    from dicom_node.processing.jobs import Outcome, SeriesJob
 
     class Versioned:
-        """A processor that indexes; its version stands for the model's."""
+        """A step that indexes; its version stands for the model's."""
+
+        name = "analysis"
+        requires = SeriesState.COMPLETE
+        produces = SeriesState.INDEXED
+        on_error = SeriesState.FAILED
 
         def __init__(self, version: str) -> None:
             self.version = version
             self.runs: list[str] = []
 
-        def process(self, series_instance_uid: str) -> Outcome:
-            self.runs.append(series_instance_uid)
+        def run(self, job: SeriesJob) -> Outcome:
+            self.runs.append(job.series_instance_uid)
             return Outcome(SeriesState.INDEXED, f"by {self.version}")
 
     settings = make_settings()
     first = Versioned("model-a")
-    node = start_node(settings, processor=first)
+    node = start_node(settings, steps=[first])
     paths = write_ct_series(tmp_path / "s", 2)
     assert (
         run_peer(
@@ -120,9 +126,9 @@ def test_reindex_queues_processed_series_for_the_new_model(
         ).returncode
         == 0
     )
-    uid = node.catalog.summaries()[0].series_instance_uid
+    uid = node.catalog.workflow.summaries()[0].series_instance_uid
     wait_until(
-        lambda: node.catalog.series_state(uid) == (SeriesState.INDEXED, "by model-a"),
+        lambda: node.catalog.workflow.series_state(uid) == (SeriesState.INDEXED, "by model-a"),
         what="indexed",
     )
     node.stop()
@@ -131,6 +137,6 @@ def test_reindex_queues_processed_series_for_the_new_model(
     assert main(["reindex", "--data-dir", str(settings.data_dir)]) == 0
     assert "1 series queued" in capsys.readouterr().out
     second = Versioned("model-b")
-    start_node(settings, processor=second)
+    start_node(settings, steps=[second])
     wait_until(lambda: second.runs == [uid], what="re-processed with the new version")
     assert main(["reindex", "--data-dir", str(settings.data_dir), "--states", "bogus"]) == 2

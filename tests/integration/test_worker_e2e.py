@@ -13,34 +13,14 @@ import subprocess
 
 import pydicom
 import pytest
-import torch
 
-from ai.hashing.model import HashNet, HashNetConfig
-from ai.hashing.train import weights_to_bytes, weights_version
 from ai.phantom import TEST_GEOMETRY, write_cohort
 from dicom_node.cli import main
-from dicom_node.model import CARD_FILE, MODEL_FILE
 from storage.catalog import DeliveryState, SeriesState
-from tests.conftest import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port, wait_until
 from tests.factories import write_ct_series
+from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = HashNetConfig(growth=4, stem_channels=8, embedding_dim=16)
-    weights = weights_to_bytes(HashNet(config).eval())
-    folder = tmp_path_factory.mktemp("model")
-    (folder / MODEL_FILE).write_bytes(weights)
-    card = {
-        "name": "untrained test model",
-        "version": weights_version(weights),
-        "config": {"model": config.__dict__},
-    }
-    (folder / CARD_FILE).write_text(json.dumps(card))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +51,7 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
             qualification={"min_lung_volume_ml": 100.0},
             outbox={"destinations": [f"PACS@127.0.0.1:{pacs_port}"]},
         )
-        node = start_node(settings, processor=None)  # the AI pipeline, from worker.model_dir
+        node = start_node(settings, steps=None)  # the AI and results steps, from worker.model_dir
         short = write_ct_series(tmp_path / "short", 5)
         sent = run_peer(
             [
@@ -90,7 +70,7 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
         assert sent.returncode == 0, sent.stderr[-2000:]
 
         def ct_series():
-            return [s for s in node.catalog.summaries() if s.modality == "CT"]
+            return node.catalog.workflow.summaries()
 
         def settled() -> bool:
             states = [s.state for s in ct_series()]
@@ -105,8 +85,8 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
         wait_until(settled, timeout=240, what="every CT series processed")
         wait_until(
             lambda: (
-                all(d.state is DeliveryState.DONE for d in node.catalog.deliveries())
-                and len(node.catalog.deliveries()) >= 4
+                all(d.state is DeliveryState.DONE for d in node.catalog.deliveries.in_states())
+                and len(node.catalog.deliveries.in_states()) >= 4
             ),
             timeout=60,
             what="results delivered to the PACS",
@@ -119,37 +99,62 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     indexed = [s for s in summaries.values() if s.state is SeriesState.REPORTED]
     assert len(indexed) == 4, [(s.state, s.reason) for s in summaries.values()]
     assert [s.reason for s in skipped] == ["5 images, fewer than 40"]
-    version = node.processor.version
+    version = node.steps[0].version
     for series in indexed:
         assert series.reason and "nodules" in series.reason
-        assert node.catalog.nodule_ids_of_series(series.series_instance_uid, version)
+        assert node.catalog.nodules.ids_of_series(series.series_instance_uid, version)
     assert node.similarity_index is not None
     assert node.similarity_index.index.ntotal == sum(
-        len(node.catalog.nodule_ids_of_series(s.series_instance_uid, version)) for s in indexed
+        len(node.catalog.nodules.ids_of_series(s.series_instance_uid, version)) for s in indexed
     )
     # The PACS got an SR and a key-image montage per reported series, once each,
-    # in the index study; our own SR/SC series are not processed as CT.
-    objects = [pydicom.dcmread(p) for p in received.iterdir()]
-    classes = sorted(str(ds.SOPClassUID) for ds in objects)
+    # in the index study.
+    objects = sorted(received.iterdir())
+    datasets = [pydicom.dcmread(p) for p in objects]
+    classes = sorted(str(ds.SOPClassUID) for ds in datasets)
     assert classes == ["1.2.840.10008.5.1.4.1.1.7"] * 4 + ["1.2.840.10008.5.1.4.1.1.88.34"] * 4
-    assert len({ds.SOPInstanceUID for ds in objects}) == 8
-    assert {ds.StudyInstanceUID for ds in objects} == {s.study_instance_uid for s in indexed}
-
-    def own() -> list:
-        return [s for s in node.catalog.summaries() if s.modality in ("SR", "OT")]
-
-    wait_until(
-        lambda: len(own()) == 8 and all(s.state is SeriesState.SKIPPED for s in own()),
-        what="our own SR and key-image series skipped",
+    assert len({ds.SOPInstanceUID for ds in datasets}) == 8
+    assert {ds.StudyInstanceUID for ds in datasets} == {s.study_instance_uid for s in indexed}
+    # A PACS forwarding the whole study sends them back: acknowledged, kept as
+    # results of their study, never a series of their own.
+    echo = run_peer(
+        [
+            dcmtk("storescu"),
+            "-R",  # propose the contexts of the files (Comprehensive 3D SR is not a default)
+            "-aec",
+            "DICOM_NODE",
+            "127.0.0.1",
+            str(node.port),
+            *map(str, objects),
+        ]
     )
-    assert {s.reason for s in own()} == {"modality SR is not CT", "modality OT is not CT"}
+    assert echo.returncode == 0, echo.stderr
+    assert sorted(s.series_instance_uid for s in node.catalog.workflow.summaries()) == sorted(
+        summaries
+    )
+    assert node.catalog.workflow.series_in_states([SeriesState.RECEIVING]) == []
 
-    # Status shows the skip reason; similar answers by study, never with the query patient.
+    # Status shows the skip reason, and our SR and key images as results of their
+    # studies (delivered), not as series; similar answers by study, never with
+    # the query patient.
     assert main(["status", "--data-dir", str(settings.data_dir), "--json"]) == 0
-    reasons = {
-        r["series_instance_uid"]: r["reason"] for r in json.loads(capsys.readouterr().out)["series"]
-    }
+    status = json.loads(capsys.readouterr().out)
+    reasons = {r["series_instance_uid"]: r["reason"] for r in status["series"]}
+    assert set(reasons) == set(summaries)
     assert reasons[skipped[0].series_instance_uid] == "5 images, fewer than 40"
+    results = status["results"]
+    assert sorted(r["kind"] for r in results) == ["key-images"] * 4 + ["similarity-sr"] * 4
+    assert {r["source_series_instance_uid"] for r in results} == {
+        s.series_instance_uid for s in indexed
+    }
+    assert all(
+        r["deliveries"] == [{"destination": f"PACS@127.0.0.1:{pacs_port}", "state": "done"}]
+        for r in results
+    )
+    assert main(["status", "--data-dir", str(settings.data_dir)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("result  similar-case SR of series #") == 4
+    assert "skipped" in table and "modality SR" not in table
     study = indexed[0].study_instance_uid
     png = tmp_path / "gallery.png"
     assert (
@@ -169,20 +174,21 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     )
     report = json.loads(capsys.readouterr().out)
     assert report["model_version"] == version and report["nodules"]
-    query_patient = node.catalog.study(study)["patient_id"]
+    query_patient = node.catalog.intake.study(study).patient_id
     matched_studies = {m["study_instance_uid"] for n in report["nodules"] for m in n["matches"]}
     assert matched_studies and all(
-        node.catalog.study(uid)["patient_id"] != query_patient for uid in matched_studies
+        node.catalog.intake.study(uid).patient_id != query_patient for uid in matched_studies
     )
     assert png.stat().st_size > 10_000
 
     # Reprocessing the same series (same model version) replaces, never duplicates, its nodules.
     before = node.similarity_index.index.ntotal
     uid = indexed[0].series_instance_uid
-    node.catalog.transition(uid, SeriesState.COMPLETE)
-    node.queue.submit(uid)
+    node.catalog.workflow.clear_jobs([uid])  # what dicom-node reindex does
+    node.catalog.workflow.transition(uid, SeriesState.COMPLETE)
+    node.workers.wake()
     wait_until(
-        lambda: node.catalog.series_state(uid)[0] is SeriesState.REPORTED,
+        lambda: node.catalog.workflow.series_state(uid)[0] is SeriesState.REPORTED,
         timeout=180,
         what="re-indexed",
     )

@@ -8,7 +8,7 @@ import torch
 
 from ai.lungs import LungMask, segment_lungs
 from ai.nodules import SPHERE_RESPONSE, NoduleCandidate, _eigenvalues, blobness, find_nodules
-from tests.unit.ai.test_lungs import Chest, make_chest
+from tests.unit.ai.chests import Chest, make_chest
 
 NODULES = (("right", "pleural", 12.0, 0.6), ("left", "solid", 9.0, 0.4), ("right", "ggo", 8.0, 0.25))
 

@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import InvalidQuery
-from dicom_node.query import Level, MatchKind, parse_identifier
+from dicom_node.net.query import Level, MatchKind, parse_identifier
 
 
 def _identifier(**keys) -> Dataset:

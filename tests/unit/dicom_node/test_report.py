@@ -9,22 +9,11 @@ import pydicom
 import pydicom.config
 import pytest
 
-from dicom_node.montage import MontageRow, build_key_image_montage
-from dicom_node.report import (
-    CODING_SCHEME,
-    ModelInfo,
-    NoduleFinding,
-    PriorMeasurement,
-    ReportUIDs,
-    SimilarCase,
-    build_similarity_sr,
-)
-from tests.factories import ct_slice
-
-MODEL = ModelInfo("dicom-node nodule hashing", "hn-0123456789abcdef")
-UIDS = ReportUIDs(
-    "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.9"
-)
+from dicom_node.results.montage import MontageRow, build_key_image_montage
+from dicom_node.results.sr import CODING_SCHEME, NoduleFinding, build_similarity_sr
+from tests.factories import SR_MODEL as MODEL
+from tests.factories import SR_UIDS as UIDS
+from tests.factories import ct_slice, sr_evidence, sr_inputs
 
 
 @pytest.fixture
@@ -32,34 +21,6 @@ def evidence():
     return [
         ct_slice(i, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4") for i in range(3)
     ]
-
-
-def _inputs():
-    findings = [
-        NoduleFinding(
-            "1.2.3.4.100", "Nodule 1", (10.0, 20.0, -30.0), 8.2, 9.5, 290.0, 20.0, "solid", "right"
-        ),
-        NoduleFinding(
-            "1.2.3.4.101",
-            "Nodule 2",
-            (-50.0, 5.0, -80.0),
-            14.1,
-            16.0,
-            1468.0,
-            -520.0,
-            "ground-glass",
-            "left",
-        ),
-    ]
-    similar = {
-        "1.2.3.4.100": [
-            SimilarCase(1, 14, "deep", 8.0, 4, "solid", "1.2.9", "20240101", "CASE-AB12"),
-            SimilarCase(2, 19, "middle", 7.6, 3, "part-solid", "1.2.10", None, "CASE-CD34"),
-        ],
-        "1.2.3.4.101": [],
-    }
-    priors = {"1.2.3.4.100": [PriorMeasurement("1.2.8", "20230101", 7.0, 1.2, 17.1)]}
-    return findings, similar, priors
 
 
 def _strict_round_trip(dataset) -> pydicom.Dataset:
@@ -93,7 +54,7 @@ def _items(ds, meaning: str):
 
 
 def test_sr_holds_every_nodule_its_similar_cases_and_priors(evidence) -> None:
-    findings, similar, priors = _inputs()
+    findings, similar, priors = sr_inputs()
     sr = _strict_round_trip(build_similarity_sr(evidence, findings, similar, priors, MODEL, UIDS))
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert sr.StudyInstanceUID == "1.2.3" and sr.PatientID == evidence[0].PatientID
@@ -102,6 +63,9 @@ def test_sr_holds_every_nodule_its_similar_cases_and_priors(evidence) -> None:
     assert len(_items(sr, "Similar prior cases (other patients)")) == 1
     assert [i.UID for i in _items(sr, "Study Instance UID")] == ["1.2.9", "1.2.10", "1.2.8"]
     assert [i.TextValue for i in _items(sr, "Matched patient")] == ["CASE-AB12", "CASE-CD34"]
+    # Rank 1 has the larger Hamming distance: the distance that ranks is there too.
+    ranking = _items(sr, "Embedding distance (ranks the cases)")
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in ranking] == [0.12, 0.31]
     growth = _items(sr, "Diameter change, percent")
     assert float(growth[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(17.1)
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == CODING_SCHEME
@@ -151,3 +115,72 @@ def test_montage_is_an_rgb_secondary_capture_in_the_index_study(evidence) -> Non
     assert montage.StudyInstanceUID == "1.2.3" and montage.PhotometricInterpretation == "RGB"
     pixels = montage.pixel_array
     assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 10
+
+
+def test_each_nodule_has_a_region_on_its_centre_slice_for_viewers() -> None:
+    evidence = sr_evidence()
+    findings, similar, priors = sr_inputs()
+    sr = _strict_round_trip(build_similarity_sr(evidence, findings, similar, priors, MODEL, UIDS))
+    regions = [i for i in _content_items(sr) if i.ValueType == "SCOORD"]
+    assert [r.GraphicType for r in regions] == ["CIRCLE", "CIRCLE"]
+    by_uid = {ds.SOPInstanceUID: ds for ds in evidence}
+    for finding, region in zip(findings, regions, strict=True):
+        (image,) = region.ContentSequence  # SELECTED FROM the slice through the centre
+        referenced = image.ReferencedSOPSequence[0]
+        ds = by_uid[referenced.ReferencedSOPInstanceUID]
+        assert referenced.ReferencedSOPClassUID == ds.SOPClassUID
+        assert abs(float(ds.ImagePositionPatient[2]) - finding.center_xyz[2]) <= 1.25 / 2
+        # The circle's centre maps back to the nodule's centre (within half a pixel),
+        # its radius is half the diameter (at least one pixel).
+        x, y, edge_x, _ = (float(v) for v in region.GraphicData)
+        world_x = float(ds.ImagePositionPatient[0]) + (x - 0.5) * float(ds.PixelSpacing[1])
+        world_y = float(ds.ImagePositionPatient[1]) + (y - 0.5) * float(ds.PixelSpacing[0])
+        assert (
+            abs(world_x - finding.center_xyz[0]) <= 2.5
+            and abs(world_y - finding.center_xyz[1]) <= 2.5
+        )
+        assert (edge_x - x) * 5.0 == pytest.approx(max(finding.diameter_mm / 2, 5.0))
+    # The planar group tracks the same lesion as the volumetric one.
+    tracking = [i.UID for i in _items(sr, "Tracking Unique Identifier")]
+    assert tracking == [f.tracking_uid for f in findings for _ in (0, 1)]
+    # Every image the SR references is a slice of its own CT series.
+    images = [i for i in _content_items(sr) if i.ValueType == "IMAGE"]
+    assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images} <= set(by_uid)
+
+
+def test_no_region_when_the_centre_is_outside_the_series() -> None:
+    findings, similar, priors = sr_inputs()
+    few = sr_evidence(3)  # z 0 .. -2.5 mm: both centres are far below
+    sr = build_similarity_sr(few, findings, similar, priors, MODEL, UIDS)
+    assert not [i for i in _content_items(sr) if i.ValueType == "SCOORD"]
+    assert len(_items(sr, "Tracking Identifier")) == 2
+
+
+@pytest.mark.parametrize(("rows", "matches"), [(1, 0), (1, 1), (1, 10), (3, 4), (8, 10)])
+def test_montage_layout_never_overlaps(rows: int, matches: int) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dicom_node.results.montage import montage_figure
+
+    roi = np.zeros((64, 64), np.uint8)
+    caption = "#10 d=0.123\n12.5 mm 2024-01-01 a caption long enough to be wrapped and cut"
+    figure = montage_figure(
+        [
+            MontageRow(f"Nodule {r}\n12.3 mm part-solid", roi, [(caption, roi)] * matches)
+            for r in range(rows)
+        ],
+        "Similar prior cases of other patients, model hn-0123456789abcdef. " * 3,
+    )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in figure.texts]
+    boxes += [a.get_window_extent(renderer) for a in figure.axes]
+    assert len(figure.axes) == rows * (1 + matches)
+    whole = figure.bbox
+    for i, box in enumerate(boxes):
+        assert (
+            whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 and box.y1 <= whole.y1
+        )
+        for other in boxes[i + 1 :]:
+            assert not box.overlaps(other), (box, other)

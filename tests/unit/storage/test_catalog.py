@@ -1,97 +1,120 @@
-"""Catalog statements on SQLite and on a real PostgreSQL server."""
+"""Catalog statements on SQLite (tests/system runs them on PostgreSQL)."""
 
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 
-from dicom_node.series import complete_idle_series
-from storage.catalog import Catalog, InstanceRecord, SeriesState
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
-def catalog(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgresql_url")
-        engine = sa.create_engine(url)
-        with engine.begin() as connection:
-            connection.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
-    catalog = Catalog(url)
-    yield catalog
-    catalog.close()
-
-
-def _record(sop: str, series: str = "1.2.3", study: str = "1.2", number: int = 1) -> InstanceRecord:
-    return InstanceRecord(
-        study_instance_uid=study,
-        series_instance_uid=series,
-        sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        relative_path=f"{study}/{series}/{sop}.dcm",
-        size=10,
-        sha256="0" * 64,
-        modality="CT",
-        instance_number=number,
-        patient_name="Doe^Jane",
-        study_date="20260101",
-    )
+from storage.catalog import Catalog, Claim, Finished, JobState, SeriesState, StepKey
+from tests.factories import generated_result, instance_record
 
 
 def test_record_is_idempotent_and_counts(catalog) -> None:
-    assert catalog.record_instance(_record("1.2.3.1"), now=100.0)
-    assert not catalog.record_instance(_record("1.2.3.1"), now=101.0)
-    assert catalog.record_instance(_record("1.2.3.2", number=2), now=102.0)
-    (summary,) = catalog.summaries()
+    assert catalog.intake.record_instance(instance_record("1.2.3.1"), now=100.0)
+    assert not catalog.intake.record_instance(instance_record("1.2.3.1"), now=101.0)
+    assert catalog.intake.record_instance(instance_record("1.2.3.2", number=2), now=102.0)
+    (summary,) = catalog.workflow.summaries()
     assert summary.instance_count == 2
     assert summary.state is SeriesState.RECEIVING
     assert summary.last_received_at == 102.0
-    assert catalog.series_instance_paths("1.2.3") == [
+    assert catalog.workflow.series_instance_paths("1.2.3") == [
         "1.2/1.2.3/1.2.3.1.dcm",
         "1.2/1.2.3/1.2.3.2.dcm",
     ]
 
 
-def test_idle_series_complete_and_late_instance_reopens(catalog) -> None:
-    catalog.record_instance(_record("1.2.3.1"), now=100.0)
-    assert complete_idle_series(catalog, 30, now=120.0) == []
-    assert complete_idle_series(catalog, 30, now=131.0) == ["1.2.3"]
-    assert catalog.series_state("1.2.3") == (SeriesState.COMPLETE, None)
-    catalog.record_instance(_record("1.2.3.9", number=9), now=140.0)
-    assert catalog.series_state("1.2.3")[0] is SeriesState.RECEIVING
-    assert complete_idle_series(catalog, 30, now=171.0) == ["1.2.3"]
-
-
 def test_transition_is_conditional(catalog) -> None:
-    catalog.record_instance(_record("1.2.3.1"), now=100.0)
-    assert not catalog.transition(
+    catalog.intake.record_instance(instance_record("1.2.3.1"), now=100.0)
+    assert not catalog.workflow.transition(
         "1.2.3", SeriesState.PROCESSING, from_states=[SeriesState.COMPLETE]
     )
-    assert catalog.transition(
+    assert catalog.workflow.transition(
         "1.2.3", SeriesState.COMPLETE, from_states=[SeriesState.RECEIVING], idle_before=100.0
     )
-    assert catalog.transition("1.2.3", SeriesState.PROCESSING, from_states=[SeriesState.COMPLETE])
-    assert catalog.series_in_states([SeriesState.PROCESSING]) == ["1.2.3"]
+    assert catalog.workflow.transition(
+        "1.2.3", SeriesState.PROCESSING, from_states=[SeriesState.COMPLETE]
+    )
+    assert catalog.workflow.series_in_states([SeriesState.PROCESSING]) == ["1.2.3"]
 
 
-def test_jobs_record_runs_per_processor_version(catalog) -> None:
-    from dicom_node.processing import Outcome, run_series
+def test_claim_and_finish_move_series_and_job_together(catalog) -> None:
+    catalog.intake.record_instance(instance_record("1.2.3.1"), now=100.0)
+    catalog.workflow.transition("1.2.3", SeriesState.COMPLETE)
+    workflow = catalog.workflow
+    analysis = StepKey("analysis", "v1", SeriesState.COMPLETE)
 
-    catalog.record_instance(_record("1.2.3.1"), now=100.0)
-    complete_idle_series(catalog, 0, now=101.0)
+    def claim(state: SeriesState) -> Claim | None:
+        key = StepKey("analysis", "v1", state)
+        return workflow.claim("1.2.3", key, worker="w1", lease_seconds=60, now=102.0)
 
-    class Failing:
-        version = "v-test"
+    assert claim(SeriesState.INDEXED) is None  # wrong state: nothing changes
+    assert workflow.job("1.2.3", "analysis", "v1") is None
+    held = claim(SeriesState.COMPLETE)
+    assert held == Claim("1.2.3", "analysis", "v1", "w1", 1)
+    assert workflow.series_state("1.2.3") == (SeriesState.PROCESSING, None)
+    job = workflow.job("1.2.3", "analysis", "v1")
+    assert job is not None and job.state is JobState.RUNNING and job.attempts == 1
+    assert job.lease_expires_at == 162.0
+    assert [j.step for j in workflow.jobs_in_states([JobState.RUNNING])] == ["analysis"]
+    assert workflow.finish(
+        held,
+        JobState.DONE,
+        outcome=SeriesState.INDEXED,
+        detail="3 nodules",
+        series_reason="3 nodules",
+        now=103.0,
+    ) == (Finished.MOVED, None)
+    job = workflow.job("1.2.3", "analysis", "v1")
+    assert job is not None and job.finished and job.outcome is SeriesState.INDEXED
+    assert workflow.series_state("1.2.3") == (SeriesState.INDEXED, "3 nodules")
+    # A second run of the same step and version replaces the job, counting attempts.
+    workflow.transition("1.2.3", SeriesState.COMPLETE)
+    held = claim(SeriesState.COMPLETE)
+    job = workflow.job("1.2.3", "analysis", "v1")
+    assert held is not None and job is not None and job.attempts == 2 and not job.finished
+    # Another worker cannot finish it: nothing changes.
+    stranger = Claim("1.2.3", "analysis", "v1", "w2", 2)
+    assert workflow.finish(
+        stranger, JobState.DONE, outcome=SeriesState.INDEXED, detail=None, series_reason=None
+    ) == (Finished.LOST, None)
+    assert workflow.series_state("1.2.3")[0] is SeriesState.PROCESSING
+    # A late instance reopened the series meanwhile: finishing does not move it.
+    catalog.intake.record_instance(instance_record("1.2.3.2", number=2), now=104.0)
+    assert workflow.finish(
+        held,
+        JobState.DONE,
+        outcome=SeriesState.INDEXED,
+        detail=None,
+        series_reason=None,
+        then=analysis,
+    ) == (Finished.REOPENED, None)
+    assert workflow.series_state("1.2.3")[0] is SeriesState.RECEIVING
 
-        def process(self, uid: str) -> Outcome:
-            raise RuntimeError("model exploded")
 
-    outcome = run_series(catalog, Failing(), "1.2.3")
-    assert outcome is not None and outcome.state is SeriesState.FAILED
-    assert catalog.series_state("1.2.3") == (SeriesState.FAILED, "RuntimeError: model exploded")
-    job = catalog.job("1.2.3", "v-test")
-    assert job is not None and job["state"] == "failed" and job["finished_at"] is not None
-    assert run_series(catalog, Failing(), "1.2.3") is None  # not complete any more: not claimed
+def test_generated_results_belong_to_their_study_not_to_a_series(catalog) -> None:
+    catalog.intake.record_instance(instance_record("1.2.3.1"), now=100.0)
+    result = generated_result()
+    assert catalog.intake.record_result(result)
+    assert not catalog.intake.record_result(result)
+    assert catalog.intake.generated_results("1.2") == [result]
+    assert catalog.intake.generated_result("1.2.99.1") == result
+    assert [s.series_instance_uid for s in catalog.workflow.summaries()] == ["1.2.3"]
+    assert catalog.deliveries.enqueue("PACS@h:104", result, now=106.0)
+    assert not catalog.deliveries.enqueue("PACS@h:104", result, now=107.0)
+    (delivery,) = catalog.deliveries.in_states()
+    assert delivery.transfer_syntax_uid == result.transfer_syntax_uid
+
+
+def test_a_catalog_of_another_schema_is_refused_with_the_reason(tmp_path) -> None:
+    import sqlalchemy as sa
+
+    from storage.errors import CatalogError
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:  # the jobs table of an earlier version
+        connection.execute(
+            sa.text("CREATE TABLE jobs (series_instance_uid VARCHAR(64), processor_version TEXT)")
+        )
+    engine.dispose()
+    with pytest.raises(CatalogError, match=r"missing jobs\.id, jobs\.step"):
+        Catalog(url)

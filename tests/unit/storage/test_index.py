@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from storage.errors import DuplicateIdError, IndexFileError
-from storage.index import HashIndex, HashIndexRegistry, pack_layers, unpack_layers
+from storage.index import HashIndex, pack_layers, unpack_layers
 
 
 def _codes(rng: np.random.Generator, n: int, n_bits: int, n_layers: int = 3) -> np.ndarray:
@@ -138,7 +138,7 @@ def test_torch_backend_equals_numpy_backend() -> None:
 
 def test_torch_popcount_matches_numpy() -> None:
     torch = pytest.importorskip("torch")
-    from storage._index_torch import popcount64
+    from storage.index.torch_backend import popcount64
 
     words = np.random.default_rng(4).integers(
         0, 2**64 - 1, size=1000, dtype=np.uint64, endpoint=True
@@ -234,22 +234,21 @@ def test_search_reranked_orders_the_shortlist_by_l2() -> None:
         assert nbr[i, 0] == ids[i]
 
 
-def test_registry_partitions_by_model_version(tmp_path) -> None:
+def test_a_file_saved_by_one_backend_loads_in_the_other(tmp_path) -> None:
     rng = np.random.default_rng(9)
-    registry = HashIndexRegistry(tmp_path, n_bits=32)
-    registry.get("fcdn-a1").add([1, 2], _codes(rng, 2, 32))
-    registry.get("fcdn-b2").add([1], _codes(rng, 1, 32))
-    with pytest.raises(ValueError):
-        registry.get("../escape")
-    registry.save_all()
-    again = HashIndexRegistry(tmp_path, n_bits=32)
-    again.load_all()
-    assert again.versions() == ["fcdn-a1", "fcdn-b2"]
-    assert again.get("fcdn-a1").ntotal == 2 and again.get("fcdn-b2").ntotal == 1
-    again.drop("fcdn-b2")
-    assert not (tmp_path / "fcdn-b2.npz").exists() and "fcdn-b2" not in again
-    with pytest.raises(KeyError):
-        again.get("fcdn-b2", create=False)
+    db = _clustered(rng, 400)
+    ids = np.arange(400, dtype=np.int64) * 3 + 1
+    torch_index = HashIndex(64, backend="torch", embedding_dim=4)
+    torch_index.add(ids, db, rng.normal(size=(400, 4)).astype(np.float32), labels=ids % 8)
+    torch_index.save(tmp_path / "t.npz")
+    numpy_index = HashIndex.load(tmp_path / "t.npz", backend="numpy")
+    q = db[[5, 77]]
+    for pool in (0, 40):
+        d_t, i_t = torch_index.search(q, 7, pool=pool, allowed_labels=[{0, 1}, None])
+        d_n, i_n = numpy_index.search(q, 7, pool=pool, allowed_labels=[{0, 1}, None])
+        np.testing.assert_array_equal(d_t, d_n)
+        np.testing.assert_array_equal(i_t, i_n)
+    assert i_n[0][0] == ids[5] and set((i_n[0][i_n[0] >= 0] % 8).tolist()) <= {0, 1}
 
 
 def test_misleading_first_chunk_triggers_an_exact_rescan() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from storage.errors import InstanceConflict, InsufficientStorage, UnsafeUIDError
@@ -58,9 +60,14 @@ def test_free_space_floor_leaves_nothing_behind(tmp_path) -> None:
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-def test_recover_removes_partial_files(tmp_path) -> None:
+def test_recover_removes_this_hosts_partial_files_only(tmp_path) -> None:
     store = InstanceStore(tmp_path)
-    (tmp_path / ".tmp" / "abc.part").write_bytes(b"half")
+    here = tmp_path / ".tmp" / socket.gethostname()
+    (here / "abc.part").write_bytes(b"half")
+    # Another machine writing to the same shared root: its write is in progress.
+    (tmp_path / ".tmp" / "other-host").mkdir()
+    (tmp_path / ".tmp" / "other-host" / "def.part").write_bytes(b"half")
     assert InstanceStore(tmp_path).recover() == 1
-    assert not list((tmp_path / ".tmp").iterdir())
+    assert not list(here.iterdir())
     assert store.recover() == 0
+    assert (tmp_path / ".tmp" / "other-host" / "def.part").exists()

@@ -1,0 +1,120 @@
+"""The node's two listening AEs, each served in a thread: the main AE and the similarity AE.
+
+The main AE (Verification, Storage, Study Root C-FIND, C-MOVE and C-GET)
+hands C-STORE to :class:`dicom_node.intake.ingest.Ingest`, C-FIND to the
+catalog and retrieves to :class:`dicom_node.net.retrieve.RetrieveService`; the
+similarity AE answers similar-case folders through
+:class:`dicom_node.net.similarity.SimilarityService`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.intake.ingest import Ingest
+from dicom_node.net.handlers import handle_find, handle_find_similar, handle_store
+from dicom_node.net.retrieve import RetrieveService, handle_get, handle_move
+from dicom_node.net.scp import build_ae, build_similarity_ae, make_server
+from dicom_node.net.similarity import SimilarityService
+from dicom_node.settings import Settings
+from storage.catalog import Catalog
+
+__all__ = ["DicomServers"]
+
+logger = logging.getLogger(__name__)
+
+
+class DicomServers:
+    """Bind, serve and stop the node's AEs.
+
+    Parameters
+    ----------
+    settings : Settings
+    ingest : Ingest
+        Receives C-STORE requests.
+    catalog : Catalog
+        Answers Study Root C-FIND on the main AE.
+    similarity : SimilarityService
+        Answers the similarity AE (not started when ``similarity.port`` is -1).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: Ingest,
+        catalog: Catalog,
+        similarity: SimilarityService,
+    ) -> None:
+        self.settings = settings
+        self._ingest = ingest
+        self._catalog = catalog
+        self._similarity = similarity
+        self._main: ThreadedAssociationServer | None = None
+        self._similar: ThreadedAssociationServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Bind both AEs and serve them in threads.
+
+        Raises
+        ------
+        OSError
+            A port cannot be bound.
+        """
+        settings = self.settings
+        retrieve = RetrieveService(self._catalog, settings.instances_dir, settings.retrieve)
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, handle_store, [self._ingest]),
+            (evt.EVT_C_FIND, handle_find, [self._catalog]),
+            (evt.EVT_C_GET, handle_get, [retrieve]),
+            (evt.EVT_C_MOVE, handle_move, [retrieve]),
+        ]
+        self._main = make_server(build_ae(settings), settings, handlers)
+        self._serve(self._main, "dicom-scp")
+        if settings.similarity.port >= 0:
+            self._similar = make_server(
+                build_similarity_ae(settings),
+                settings,
+                [(evt.EVT_C_FIND, handle_find_similar, [self._similarity])],
+                port=settings.similarity.port,
+            )
+            self._serve(self._similar, "dicom-similarity-scp")
+
+    def _serve(self, server: ThreadedAssociationServer, name: str) -> None:
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    @property
+    def port(self) -> int:
+        """The main AE's TCP port (useful with ``port = 0``)."""
+        if self._main is None:
+            raise RuntimeError("the node is not started")
+        return int(self._main.server_address[1])
+
+    @property
+    def similarity_port(self) -> int | None:
+        """The similarity AE's TCP port, or None when it is off."""
+        return None if self._similar is None else int(self._similar.server_address[1])
+
+    @property
+    def association_count(self) -> int:
+        """Associations currently open with the main AE as acceptor."""
+        return 0 if self._main is None else len(self._main.active_associations)
+
+    def stop(self) -> None:
+        """Stop listening and abort open associations."""
+        for server in (self._main, self._similar):
+            if server is not None:
+                server.shutdown()
+        self._main = self._similar = None
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
