@@ -4,7 +4,7 @@ Family B (other vessels, real LIDC shapes, another scanner) was never seen
 in training; a model that only learned family A's look would rank B's
 nodules no better than raw pixels. The full-size figures (both ways) are in
 the README; this keeps the property in CI at a small size (about 4 minutes on
-a loaded 2-core machine, most of it drawing the phantoms).
+this loaded 2-core machine: 221 s and 288 s in two runs).
 
 At this size the margin over raw pixels is thin and depends on the seeds:
 mAP 0.526 against 0.372 for ITQ (train A seed 1, B seed 2 split in two) and
