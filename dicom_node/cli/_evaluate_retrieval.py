@@ -72,14 +72,17 @@ def add_retrieval(evaluations: argparse._SubParsersAction[argparse.ArgumentParse
         help="train each fold's model on the other folds (+ phantoms) with the shipped recipe",
     )
     parser.add_argument(
-        "--epochs", type=int, default=40, help="epochs per fold model with --train-folds (40)"
+        "--epochs",
+        type=int,
+        default=30,  # ai.hashing.recipe.EPOCHS (not imported here: it loads torch)
+        help="epochs per fold model with --train-folds (the shipped model's: 30)",
     )
     parser.add_argument(
         "--train-phantoms",
         type=int,
-        default=1500,
+        default=500,  # ai.hashing.recipe.PHANTOMS
         metavar="N",
-        help="phantom ROIs per family for --train-folds (default 1500; 0: real crops only)",
+        help="phantom ROIs per family for --train-folds (the shipped model's: 500; 0: none)",
     )
     parser.add_argument(
         "--seed",

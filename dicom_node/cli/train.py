@@ -64,9 +64,9 @@ def add_subparser(subparsers: Any) -> None:
     data.add_argument(
         "--with-phantoms",
         type=int,
-        default=1500,
+        default=500,  # ai.hashing.recipe.PHANTOMS (not imported here: it loads torch)
         metavar="N",
-        help="with --nodules: phantom ROIs of each family beside the crops (default 1500)",
+        help="with --nodules: phantom ROIs of each family beside the crops (500)",
     )
     data.add_argument(
         "--family", choices=("a", "b"), default="a", help="with --phantom: phantom family (a)"
@@ -100,7 +100,7 @@ def add_subparser(subparsers: Any) -> None:
     model.add_argument(
         "--bits", type=int, default=64, choices=(24, 32, 48, 64), help="bits per hash layer"
     )
-    model.add_argument("--epochs", type=int, default=30)
+    model.add_argument("--epochs", type=int, default=30)  # also ai.hashing.recipe.EPOCHS
     model.add_argument("--batch-size", type=int, default=64)
     model.add_argument("--lr", type=float, default=2e-3)
     model.add_argument(

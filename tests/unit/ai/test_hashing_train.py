@@ -222,3 +222,20 @@ def test_augmentation_moves_masks_with_the_image_and_is_reproducible() -> None:
         inside, outside = x1[i][m1[i] > 0.5], x1[i][m1[i] < 0.5]
         assert m1[i].sum() == masks[i].sum()
         assert inside.mean() > outside.mean() + 0.5
+
+
+def test_the_cli_defaults_are_the_shipped_recipe() -> None:
+    """``train --nodules`` and ``evaluate retrieval --train-folds`` default to the recipe.
+
+    The CLI cannot import :mod:`ai.hashing.recipe` to build its parser (it loads
+    torch), so it repeats the two numbers; this keeps them equal.
+    """
+    from ai.hashing.recipe import EPOCHS, PHANTOMS, recipe
+    from dicom_node.cli import build_parser
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--nodules", "x", "--out", "y"])
+    folds = parser.parse_args(["evaluate", "retrieval", "--nodules", "x", "--train-folds"])
+    assert (train.epochs, train.with_phantoms) == (EPOCHS, PHANTOMS) == (30, 500)
+    assert (folds.epochs, folds.train_phantoms) == (EPOCHS, PHANTOMS)
+    assert recipe().epochs == EPOCHS
