@@ -9,8 +9,8 @@ Two checks with thresholds, each on nodules its model never saw:
   well above ITQ on raw pixels of the same ROIs;
 - ``dicom-node evaluate retrieval --nodules DIR --json`` runs the k-fold
   protocol with the shipped model and reports every relevance with its spread
-  (the shipped model was trained on all these crops, so its figures here test
-  the plumbing, not the quality: the closing figures come from
+  (a shipped model trained on all these crops must know them well, which
+  says little of its quality: the closing figures come from
   ``--train-folds``).
 """
 
@@ -28,6 +28,7 @@ from ai.hashing.infer import encode
 from ai.hashing.recipe import recipe, train_recipe
 from ai.readers.lidc_crops import patient_folds
 from dicom_node.cli import main
+from dicom_node.model import load_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,7 +80,8 @@ def test_kfold_command_reports_every_relevance_with_spread(
     ours = metrics["rows"]["ours joint 64"]
     for key in ("map", "map_malignancy", "map_texture", "map_size_texture", "map@100", "p@10"):
         assert f"{key}_sd" in ours
-    # the shipped model has seen these crops: it must know them well
-    assert ours["map"] >= 0.6 and ours["map_malignancy"] >= 0.85
-    assert ours["map"] >= metrics["rows"]["ITQ raw pixels 64"]["map"] + 0.2
     assert len(metrics["per_fold"]) == 5
+    if "LIDC-IDRI" in load_model("").card.get("training_data", ""):
+        # the shipped model has seen these crops: it must know them well
+        assert ours["map"] >= 0.6 and ours["map_malignancy"] >= 0.85
+        assert ours["map"] >= metrics["rows"]["ITQ raw pixels 64"]["map"] + 0.2
