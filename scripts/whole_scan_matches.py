@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the crop's top-10 matches found again in the scan's top-10: {shared}")
     group = ("benign", "malignant")
     middle = crops.rois.shape[1] // 2
-    figure, axes = plt.subplots(2, 5, figsize=(10, 4.6))
+    figure, axes = plt.subplots(2, 5, figsize=(10, 5.2))
     tiles = [
         (analysis.rois[found, middle], f"{args.patient}\nwhole scan (node)", "tab:red"),
         (crops.rois[own[0], middle], f"{args.patient}\nits crop", "tab:red"),
