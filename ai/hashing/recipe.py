@@ -16,12 +16,14 @@ shipped model comes from models trained exactly like it.
 - batches: half real crops, half phantoms of both families (the phantoms
   never carry a malignancy label); flips, turns, shifts of 2 pixels and the
   scanner augmentation of :mod:`ai.hashing.augment`;
-- the shipped model: :data:`EPOCHS` (30) epochs, :data:`PHANTOMS` (500)
+- the model to ship: :data:`EPOCHS` (30) epochs, :data:`PHANTOMS` (500)
   phantom ROIs of each family beside the 595 crops, seed 0 (``dicom-node
   train --nodules DIR`` with its defaults); ``evaluate retrieval --nodules
   --train-folds`` trains each fold's model with the same settings. Fewer
   phantoms and epochs than in the tuning below, so that the five fold models
-  and the shipped one train on this project's 2 shared cores in hours.
+  and the shipped one train on this project's 2 shared cores in hours (their
+  figures are not in this docstring: they were not measured when it was
+  written).
 
 Chosen on fold 0 of the real crops (patient folds of
 ``ai.readers.lidc_crops.patient_folds``, 40 epochs, joint distance at 64
