@@ -30,7 +30,8 @@ from ai.readers.lidc_crops import patient_folds
 from dicom_node.cli import main
 from dicom_node.model import load_model
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Each test trains or encodes the 595 crops: minutes on 2 shared cores, past the default 300 s.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

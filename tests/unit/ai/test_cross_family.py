@@ -26,7 +26,8 @@ from ai.hashing.losses import LossConfig
 from ai.hashing.recipe import phantom_pool, recipe
 from ai.hashing.train import train
 
-pytestmark = pytest.mark.slow
+# Draws 352 phantom ROIs and trains a network: minutes on 2 shared cores, past the default 300 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_trained_on_family_a_retrieves_family_b_by_size_class() -> None:
