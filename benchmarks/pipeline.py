@@ -200,7 +200,7 @@ def _throughput(
         done = (SeriesState.REPORTED, SeriesState.SKIPPED, SeriesState.FAILED)
         cores = os.cpu_count() or 1
         for label, count, read_ahead in CONFIGURATIONS:
-            catalog.workflow.clear_jobs(uids)
+            catalog.workflow.requeue(uids, list(SeriesState), send_results=False, reason="bench")
             for uid in uids:  # not claimable until the clock starts
                 catalog.workflow.transition(uid, SeriesState.RECEIVING)
             env = {

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 "DICOM_NODE_STORAGE_CATALOG_URL": url,
                 "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
                 "DICOM_NODE_WORKER_MODEL_DIR": "",
+                "DICOM_NODE_ACCESS_AE_TITLES": "FINDSCU=similarity",  # findscu's own title
             }
             data_dir = root / "node"
             # The folder of a study of the archive (accession number A<i>).

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dicom-node-sim-bench-") as tmp:
         root = Path(tmp)
         settings = load_settings(
-            environ={}, overrides={"data_dir": root / "node", "port": 0, "host": "127.0.0.1"}
+            environ={"DICOM_NODE_ACCESS_AE_TITLES": "FINDSCU=similarity"},  # findscu's own title
+            overrides={"data_dir": root / "node", "port": 0, "host": "127.0.0.1"},
         )
         settings = dataclasses.replace(
             settings,

@@ -17,27 +17,32 @@ running the steps in order: ``processing.analysis.AnalysisStep``
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from dicom_node import __version__
 from dicom_node.intake.ingest import Ingest
+from dicom_node.intake.orphans import OrphanReport, adopt_orphans
 from dicom_node.intake.series import SeriesWatcher, complete_idle_series
 from dicom_node.net.servers import DicomServers
 from dicom_node.net.similarity import SimilarityService
 from dicom_node.processing.jobs import JobRunner, RecordingStep, Step
 from dicom_node.processing.queue import Workers
+from dicom_node.results.identity import result_series_uid
 from dicom_node.results.outbox import Outbox
-from dicom_node.retrieval.privacy import PrivacyPolicy
+from dicom_node.retrieval.privacy import PrivacyPolicy, privacy_key
 from dicom_node.retrieval.similar import SimilarityIndex
 from dicom_node.settings import Settings
-from storage.catalog import Catalog
+from storage.catalog import Catalog, ResultKind
 from storage.instances import InstanceStore
+from storage.lock import DataDirectoryLock
 
-__all__ = ["Node", "shared_key_file"]
+__all__ = ["Node"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,18 @@ class Node:
         model, a step that only records that it ran).
     similarity_index : SimilarityIndex, optional
         The hash index answering similarity queries (default: the model's).
+    lock : DataDirectoryLock, optional
+        The data directory's lock, already held (``dicom-node serve`` takes it
+        before loading anything); by default the node takes it here.
+    exclusive : bool
+        False for ``dicom-node worker``: it shares the data directory (or its
+        catalog and instance files) with the node that holds the lock, takes
+        no lock and may only ``start(only_workers=True)``.
+
+    Raises
+    ------
+    DataDirectoryInUse
+        Another node holds the data directory.
     """
 
     def __init__(
@@ -62,8 +79,28 @@ class Node:
         *,
         steps: Sequence[Step] | None = None,
         similarity_index: SimilarityIndex | None = None,
+        lock: DataDirectoryLock | None = None,
+        exclusive: bool = True,
     ) -> None:
         self.settings = settings
+        # One node per data directory: the lock comes before anything reads or
+        # writes there (catalog, recovery), and a second node fails here at once.
+        if lock is None and exclusive:
+            lock = DataDirectoryLock(settings.data_dir)
+            lock.acquire()
+        self.lock = lock
+        try:
+            self._build(steps, similarity_index)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _build(
+        self, steps: Sequence[Step] | None, similarity_index: SimilarityIndex | None
+    ) -> None:
+        settings = self.settings
+        self.recovery: dict[str, float] = {}
         self.store = InstanceStore(
             settings.instances_dir,
             min_free_bytes=settings.storage.min_free_mb * 2**20,
@@ -75,7 +112,8 @@ class Node:
             self.catalog.deliveries, settings.instances_dir, settings.outbox, settings.ae_title
         )
         self.policy = PrivacyPolicy(
-            settings.privacy, shared_key_file(self.catalog, settings.data_dir / "privacy.key")
+            settings.access,
+            privacy_key(self.catalog, legacy_file=settings.data_dir / "privacy.key"),
         )
         self.similarity_index = similarity_index
         if steps is None:
@@ -175,11 +213,50 @@ class Node:
         return self.servers.association_count
 
     def resume(self) -> None:
-        """Pick up what a stopped or killed node left unfinished (the workers claim it)."""
-        self.store.recover()
+        """Pick up what a stopped or killed node left unfinished (the workers claim it).
+
+        Partial files go, orphan files (renamed into place, never catalogued)
+        are catalogued or removed, interrupted jobs are due again; what was
+        found is kept in :attr:`recovery` (``dicom-node status`` shows it).
+        """
+        partial = self.store.recover()
+        orphans = self._adopt_orphans()
+        self.recovery = {
+            "at": time.time(),
+            "partial_files_removed": partial,
+            "orphans_catalogued": orphans.catalogued,
+            "orphans_removed": orphans.removed,
+            "series_scanned": orphans.series_scanned,
+        }
         self.runner.recover()
         complete_idle_series(self.catalog, self.settings.series.idle_seconds)
         self.workers.wake()
+
+    def _adopt_orphans(self) -> OrphanReport:
+        """Check the files written since the last node was killed (all on a first start)."""
+        assert self.lock is not None, "only the node holding the data directory adopts orphans"
+        since = 0.0 if self.lock.previous is None else self.lock.unscanned_since
+        if since is None:
+            return OrphanReport()
+        report = adopt_orphans(self.ingest, since=since, is_result_series=self._is_result_series)
+        self.lock.mark_scanned()
+        if report.catalogued or report.removed:
+            logger.warning(
+                "%d orphan file(s) catalogued, %d removed (left by a node that was killed)",
+                report.catalogued,
+                report.removed,
+            )
+        return report
+
+    def _is_result_series(self, study_instance_uid: str, series_instance_uid: str) -> bool:
+        """True for a series of the node's own results (catalogued, or of a current version)."""
+        if self.catalog.intake.is_result_series(series_instance_uid):
+            return True
+        return series_instance_uid in {
+            result_series_uid(study_instance_uid, step.version, kind)
+            for step in self.runner.steps
+            for kind in ResultKind
+        }
 
     def start(self, *, listen: bool = True, only_workers: bool = False) -> None:
         """Load the index, resume work, start the workers, then (``listen``) serve.
@@ -195,6 +272,8 @@ class Node:
             ``dicom-node worker``: only the workers and the index run; no
             association is accepted, no series completed, nothing sent.
         """
+        if self.lock is None and not only_workers:
+            raise RuntimeError("a node without the data directory's lock may only run workers")
         settings = self.settings
         logger.info(
             "dicom-node %s starting%s: %s",
@@ -213,21 +292,25 @@ class Node:
             self.runner.recover()
             self.workers.start()
             return
-        if not settings.security.allowed_calling_ae_titles:
-            logger.warning(
-                "any calling AE title may store to this node; set "
-                "security.allowed_calling_ae_titles to restrict it"
-            )
-        self.workers.start()
-        self.outbox.start()
-        self.resume()
-        self.watcher.start()
-        self._watching = True
-        if not listen:
-            logger.info("started without listening (backfill)")
-            return
-        self.servers.start()
-        self._listening = True
+        try:
+            if listen:
+                self._warn_about_exposure()
+                # The ports first: a port in use stops the node before it
+                # recovers or processes anything.
+                self.servers.bind()
+                self._listening = True
+            self.workers.start()
+            self.outbox.start()
+            self.resume()
+            self.watcher.start()
+            self._watching = True
+            if not listen:
+                logger.info("started without listening (backfill)")
+                return
+            self.servers.serve()
+        except BaseException:
+            self.stop()
+            raise
         logger.info(
             "listening as %s on %s:%d%s%s",
             settings.ae_title,
@@ -240,11 +323,37 @@ class Node:
         )
         self._write_runtime_file()
 
+    def _warn_about_exposure(self) -> None:
+        """Say at start what anyone may do, and where the node can be reached."""
+        settings = self.settings
+        for rule in settings.access.ae_titles:
+            logger.info(
+                "access: %s may %s%s",
+                rule.ae_title,
+                ", ".join(sorted(p.value for p in rule.permissions)) or "nothing",
+                f" (TLS subjects {'; '.join(rule.tls_subjects)})" if rule.tls_subjects else "",
+            )
+        unlisted = sorted(p.value for p in settings.access.unlisted)
+        if unlisted:
+            logger.warning(
+                "calling AE titles not listed in [access.ae_titles] may: %s "
+                "(access.unlisted; set it to [] to accept listed AEs only)",
+                ", ".join(unlisted),
+            )
+        if ipaddress.ip_address(settings.host).is_loopback:
+            logger.warning(
+                "listening on %s only: no other machine (the PACS) can reach the node; "
+                'set host = "0.0.0.0" (or --host) to listen on every interface',
+                settings.host,
+            )
+
     def _write_runtime_file(self) -> None:
         runtime = {
+            "pid": os.getpid(),
             "ae_title": self.settings.ae_title,
             "host": self.settings.host,
             "port": self.port,
+            "recovery": self.recovery,
         }
         if self.servers.similarity_port is not None:
             runtime |= {
@@ -254,7 +363,8 @@ class Node:
         (Path(self.settings.data_dir) / "node.json").write_text(json.dumps(runtime))
 
     def stop(self) -> None:
-        """Stop listening, then the watcher, the workers and the index (saving a snapshot)."""
+        """Stop listening, then the watcher, the workers and the index (saving a snapshot);
+        release the data directory."""
         if self._listening:
             self.servers.stop()
         if self._watching:
@@ -265,33 +375,6 @@ class Node:
             self.similarity_index.stop()
         self.catalog.close()
         self._listening = self._watching = False
+        if self.lock is not None:
+            self.lock.release()
         logger.info("stopped")
-
-
-def shared_key_file(catalog: Catalog, path: Path) -> Path:
-    """``path`` holding the privacy key every machine of the catalog shares.
-
-    Case ids (``CASE-…``) are a keyed hash: the SR a worker writes and the
-    similarity AE of a receiving node must use the same key. The first
-    process proposes its file's key (an existing node keeps its case ids) or
-    a random one; the catalog keeps the first proposal and every process
-    writes that one to its own ``path``.
-    """
-    proposal = path.read_bytes() if path.exists() else os.urandom(32)
-    key = catalog.secrets.agree("privacy-key", proposal)
-    if key != proposal or not path.exists():
-        if path.exists():
-            logger.warning(
-                "%s differs from the privacy key of the catalog; replaced by the catalog's "
-                "(case ids are the same on every machine of the catalog)",
-                path,
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    return path

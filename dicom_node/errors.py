@@ -9,6 +9,8 @@
      │    ├── UIDMismatch        dataset UID differs from the DIMSE command's
      │    └── SOPClassMismatch   dataset SOP class differs from the command's
      ├── InvalidQuery       a C-FIND identifier we cannot answer (0xA900)
+     ├── NotAuthorized      the calling AE lacks the permission for a request (0x0124)
+     ├── ListenError        an AE cannot listen on its address and port
      ├── ArchiveError       the archive a backfill reads is unreachable or refuses
      ├── HandoffError       the running node refused instances a backfill handed it
      └── IndexNotReady      the similarity index is still loading after a start (0xC310)
@@ -25,8 +27,10 @@ __all__ = [
     "IndexNotReady",
     "InvalidDataset",
     "InvalidQuery",
+    "ListenError",
     "MissingUID",
     "NodeError",
+    "NotAuthorized",
     "SOPClassMismatch",
     "SettingsError",
     "UIDMismatch",
@@ -59,6 +63,14 @@ class SOPClassMismatch(InvalidDataset):
 
 class InvalidQuery(NodeError):
     """A C-FIND identifier is malformed or asks for something unsupported."""
+
+
+class NotAuthorized(NodeError):
+    """The calling AE title may not make this request (``[access]``)."""
+
+
+class ListenError(NodeError, OSError):
+    """An AE cannot bind its address and port; the message names the AE and the port."""
 
 
 class ArchiveError(NodeError):

@@ -9,6 +9,7 @@
      ├── InstanceConflict        same SOP Instance UID already stored with other content
      ├── CatalogError            the catalog database refused or failed a statement
      │    └── LeaseLost            a worker's job was taken over; its writes are refused
+     ├── DataDirectoryInUse      another node holds the data directory's lock
      └── HashIndexError          the in-memory hash index was misused or its file is bad
           ├── DuplicateIdError     an id added to a hash index is already in it
           └── IndexFileError       a saved hash index is missing, corrupt or of another layout
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "CatalogError",
+    "DataDirectoryInUse",
     "DuplicateIdError",
     "HashIndexError",
     "IndexFileError",
@@ -94,3 +96,7 @@ class DuplicateIdError(HashIndexError, ValueError):
 
 class IndexFileError(HashIndexError):
     """A saved hash index is missing, truncated, or was written with another layout."""
+
+
+class DataDirectoryInUse(StorageError):
+    """Another process holds the data directory's lock; the message names its pid."""

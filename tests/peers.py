@@ -143,3 +143,23 @@ def postgresql_server(root: Path, *, fsync: bool = False) -> Iterator[str]:
         server.terminate()
         server.wait(30)
         log.close()
+
+
+def start_storescp(
+    port: int, out: Path, *, ae_title: str = "PACS", unique_files: bool = False
+) -> subprocess.Popen[bytes]:
+    """dcmtk ``storescp`` receiving into ``out`` on ``port``, listening when this returns.
+
+    ``unique_files`` (``-uf``): one file per received object, so that an
+    object received twice shows as two files. The caller terminates it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    options = ["-uf"] if unique_files else []
+    proc = subprocess.Popen(
+        [dcmtk("storescp"), *options, "-od", str(out), "-aet", ae_title, str(port)],
+        env=PEER_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, process=proc)
+    return proc

@@ -59,10 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.debug:
         level = logging.DEBUG
     configure_logging(level)
+    from dicom_node.errors import NodeError
+    from storage.errors import StorageError
+
     try:
         return int(func(args))
     except KeyboardInterrupt:
         return 130
+    except (NodeError, StorageError) as exc:
+        print(f"dicom-node: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,12 @@ def add_subparser(subparsers: Any) -> None:
     )
     add_settings_arguments(parser)
     parser.add_argument(
+        "--send-results",
+        action="store_true",
+        help="send the results this makes to outbox.destinations (default: keep them in the "
+        "node; a result whose content did not change is never sent again)",
+    )
+    parser.add_argument(
         "--states",
         default="indexed,reported,failed",
         help=f"comma-separated series states to queue again (from {', '.join(STATES)}; "
@@ -41,20 +47,22 @@ def run(args: argparse.Namespace) -> int:
             f"dicom-node reindex: unknown state(s) {', '.join(unknown)}; choose from {', '.join(STATES)}"
         )
         return 2
+    states = [SeriesState(s) for s in wanted]
     with open_catalog(settings) as catalog:
-        uids = catalog.workflow.series_in_states([SeriesState(s) for s in wanted])
-        catalog.workflow.clear_jobs(uids)
-        moved = sum(
-            catalog.workflow.transition(
-                uid,
-                SeriesState.COMPLETE,
-                from_states=[SeriesState(s) for s in wanted],
-                reason="queued again by dicom-node reindex",
-            )
-            for uid in uids
+        uids = catalog.workflow.series_in_states(states)
+        moved = catalog.workflow.requeue(
+            uids,
+            states,
+            send_results=args.send_results,
+            reason="queued again by dicom-node reindex",
         )
+    sending = (
+        "changed results will be sent"
+        if args.send_results
+        else "results are kept in the node, not sent (--send-results sends changed ones)"
+    )
     print(
         f"{moved} series queued for processing; running workers pick them up within "
-        f"worker.poll_seconds ({settings.worker.poll_seconds:g} s)"
+        f"worker.poll_seconds ({settings.worker.poll_seconds:g} s); {sending}"
     )
     return 0

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings is None:
         return 2
-    from dicom_node.retrieval.privacy import PrivacyPolicy
+    from dicom_node.retrieval.privacy import PrivacyPolicy, privacy_key
     from dicom_node.retrieval.similar import SimilarityIndex, similar_cases
 
     with open_catalog(settings) as catalog:
@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         if not queries:
             print("dicom-node: no nodules found for that query", file=sys.stderr)
             return 1
-        policy = PrivacyPolicy(settings.privacy, settings.data_dir / "privacy.key")
+        policy = PrivacyPolicy(
+            settings.access, privacy_key(catalog, legacy_file=settings.data_dir / "privacy.key")
+        )
         cases = similar_cases(
             # The node's snapshot and the rows after it; the node alone writes snapshots.
             SimilarityIndex(

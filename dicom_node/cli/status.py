@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import defaultdict
 from typing import Any
 
 from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
+from dicom_node.settings import Settings
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     with open_catalog(settings) as catalog:
         rows = catalog.workflow.summaries()
-        generated = catalog.intake.generated_results()
+        generated = catalog.intake.generated_results(current_only=True)
         deliveries = catalog.deliveries.in_states()
         accessions = {}
         for uid in dict.fromkeys(r.study_instance_uid for r in rows):
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             "kind": r.kind.value,
             "source_series_instance_uid": r.source_series_instance_uid,
             "model_version": r.model_version,
+            "revision": r.revision,
             "created_at": r.created_at,
             "deliveries": delivered[r.sop_instance_uid],
         }
@@ -107,13 +110,21 @@ def run(args: argparse.Namespace) -> int:
         for d in delivery_records
         if d["state"] in (DeliveryState.PENDING.value, DeliveryState.FAILED.value)
     ]
+    node = _node_record(settings)
     if args.json:
         print(
             json.dumps(
-                {"series": records, "results": result_records, "deliveries": unfinished}, indent=2
+                {
+                    "node": node,
+                    "series": records,
+                    "results": result_records,
+                    "deliveries": unfinished,
+                },
+                indent=2,
             )
         )
         return 0
+    print(_node_lines(node))
     print(
         _table(records, result_records, show_phi=args.show_phi)
         if records
@@ -132,6 +143,52 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_record(settings: Settings) -> dict[str, Any]:
+    """The node itself: running or not, its log file, what its last start recovered."""
+    from dicom_node.cli._logging import log_file
+    from storage.lock import read_record
+
+    record = read_record(settings.data_dir)
+    running = record is not None and not record.clean and _alive(record.pid)
+    runtime: dict[str, Any] = {}
+    try:
+        runtime = json.loads((settings.data_dir / "node.json").read_text())
+    except (OSError, ValueError):
+        pass
+    path = log_file(settings)
+    return {
+        "data_dir": str(settings.data_dir.resolve()),
+        "running_pid": record.pid if running and record is not None else None,
+        "log_file": None if path is None else str(path.resolve()),
+        "last_start": runtime.get("recovery"),
+    }
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _node_lines(node: dict[str, Any]) -> str:
+    state = f"running (pid {node['running_pid']})" if node["running_pid"] else "not running"
+    lines = [f"node {state}; data {node['data_dir']}; log {node['log_file'] or '(stderr only)'}"]
+    start = node["last_start"]
+    if start:
+        lines.append(
+            f"last start recovered: {start['partial_files_removed']} partial file(s) removed, "
+            f"{start['orphans_catalogued']} orphan file(s) catalogued, "
+            f"{start['orphans_removed']} removed"
+        )
+    return "\n".join(lines) + "\n"
+
+
 _KIND_LABELS = {"similarity-sr": "similar-case SR", "key-images": "key images"}
 
 
@@ -141,9 +198,11 @@ def _result_line(result: dict[str, Any], series_numbers: dict[str, Any]) -> str:
         or "kept here (no destination)"
     )
     source = series_numbers.get(result["source_series_instance_uid"])
+    revision = f" revision {result['revision']}" if result["revision"] > 1 else ""
     return (
-        f"  result  {_KIND_LABELS.get(result['kind'], result['kind'])} of series #{source}, "
-        f"model {result['model_version']}: {sent}    {result['sop_instance_uid']}"
+        f"  result  {_KIND_LABELS.get(result['kind'], result['kind'])}{revision} "
+        f"(series #{source}), model {result['model_version']}: {sent}    "
+        f"{result['sop_instance_uid']}"
     )
 
 

@@ -21,9 +21,9 @@ from pydicom.uid import UID
 
 from dicom_node.errors import InvalidDataset, MissingUID, SOPClassMismatch, UIDMismatch
 from storage.catalog import Catalog, GeneratedResult, InstanceRecord, ResultKind
-from storage.errors import CatalogError
+from storage.errors import CatalogError, InstanceConflict
 from storage.instances import InstanceStore, PutOutcome, StoredInstance
-from storage.uids import validate_uid
+from storage.uids import instance_relative_path, is_valid_uid, validate_uid
 
 __all__ = ["Ingest", "Received"]
 
@@ -93,6 +93,12 @@ def _series_attributes(dataset: Dataset) -> dict[str, Any]:
         "study_description": _text(dataset, "StudyDescription"),
         "referring_physician_name": _text(dataset, "ReferringPhysicianName"),
     }
+
+
+def _shown_uid(value: str) -> str:
+    """A UID from a request as it may appear in a message (and a log): never verbatim
+    when it is not a UID, since it could hold anything the peer put there."""
+    return value if is_valid_uid(value) else f"(not a UID, {len(value)} characters)"
 
 
 def _required_uid(dataset: Dataset, keyword: str) -> str:
@@ -187,12 +193,13 @@ class Ingest:
         series_instance_uid = _required_uid(dataset, "SeriesInstanceUID")
         if sop_class_uid != affected_sop_class_uid:
             raise SOPClassMismatch(
-                f"dataset SOPClassUID {sop_class_uid} is not the request's {affected_sop_class_uid}"
+                f"dataset SOPClassUID {sop_class_uid} is not the request's "
+                f"{_shown_uid(affected_sop_class_uid)}"
             )
         if sop_instance_uid != affected_sop_instance_uid:
             raise UIDMismatch(
                 f"dataset SOPInstanceUID {sop_instance_uid} is not the request's "
-                f"{affected_sop_instance_uid}"
+                f"{_shown_uid(affected_sop_instance_uid)}"
             )
         _check_pixel_data(dataset, transfer_syntax_uid)
         # Study and series attributes only matter for the first instance of a
@@ -233,6 +240,8 @@ class Ingest:
         kind: ResultKind,
         source_series_instance_uid: str,
         model_version: str,
+        revision: int = 1,
+        content_digest: str | None = None,
     ) -> GeneratedResult:
         """Store an object the node made (SR, key images) as a result of its study.
 
@@ -246,8 +255,12 @@ class Ingest:
             A complete dataset with file meta (highdicom objects have one).
         kind : ResultKind
         source_series_instance_uid : str
-            The received series it describes.
+            The received series whose processing made it.
         model_version : str
+        revision : int
+            1, or the revision this one replaces plus one.
+        content_digest : str, optional
+            What the content was made from (equal digests, equal content).
 
         Returns
         -------
@@ -263,9 +276,17 @@ class Ingest:
         study_instance_uid = _required_uid(dataset, "StudyInstanceUID")
         series_instance_uid = _required_uid(dataset, "SeriesInstanceUID")
         sop_instance_uid = _required_uid(dataset, "SOPInstanceUID")
-        stored = self.store.put(
-            study_instance_uid, series_instance_uid, sop_instance_uid, buffer.getvalue()
-        )
+        data = buffer.getvalue()
+        try:
+            stored = self.store.put(study_instance_uid, series_instance_uid, sop_instance_uid, data)
+        except InstanceConflict:
+            # Our UIDs are derived from the result's inputs: a file there without
+            # a catalog row is this very result, left by an interrupted run.
+            if self.catalog.intake.generated_result(sop_instance_uid) is not None:
+                raise
+            path = instance_relative_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+            self.store.remove(path.as_posix())
+            stored = self.store.put(study_instance_uid, series_instance_uid, sop_instance_uid, data)
         result = GeneratedResult(
             sop_instance_uid=sop_instance_uid,
             study_instance_uid=study_instance_uid,
@@ -279,6 +300,8 @@ class Ingest:
             size=stored.size,
             sha256=stored.sha256,
             created_at=time.time(),
+            revision=revision,
+            content_digest=content_digest,
         )
         self._catalogue(stored, lambda: self.catalog.intake.record_result(result))
         return result

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from dicom_node.errors import InvalidDataset
+from dicom_node.errors import InvalidDataset, NotAuthorized
 from dicom_node.intake.ingest import Ingest
 from dicom_node.net.query import parse_identifier, response_identifier
 from dicom_node.net.similarity import (
@@ -21,7 +21,8 @@ from dicom_node.net.similarity import (
     index_study_of_query,
     similar_study_identifier,
 )
-from dicom_node.net.status import Status, find_guard, status_dataset, store_guard
+from dicom_node.net.status import FindResponse, Status, find_guard, status_dataset, store_guard
+from dicom_node.settings import AccessSettings, Permission
 from storage.catalog import Catalog
 
 __all__ = ["handle_find", "handle_find_similar", "handle_store"]
@@ -29,8 +30,18 @@ __all__ = ["handle_find", "handle_find_similar", "handle_store"]
 logger = logging.getLogger(__name__)
 
 
+def _authorize(event: Event, access: AccessSettings, permission: Permission) -> None:
+    """Raise NotAuthorized unless the calling AE title has ``permission``."""
+    calling = event.assoc.requestor.ae_title
+    if not access.allows(calling, permission):
+        raise NotAuthorized(
+            f"calling AE {calling.strip()!r} lacks the {permission.value!r} permission "
+            "([access] settings)"
+        )
+
+
 @store_guard
-def handle_store(event: Event, ingest: Ingest) -> Dataset:
+def handle_store(event: Event, ingest: Ingest, access: AccessSettings) -> Dataset:
     """Handle a C-STORE request: store durably, catalog, then acknowledge.
 
     Parameters
@@ -38,6 +49,8 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
     event : pynetdicom.events.Event
         ``EVT_C_STORE``.
     ingest : Ingest
+    access : AccessSettings
+        The calling AE title needs ``store``.
 
     Returns
     -------
@@ -48,6 +61,8 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
     ------
     0x0000 Success
         Stored and catalogued (or an identical copy already was).
+    0x0124 Refused - Not Authorized
+        The calling AE title lacks the ``store`` permission.
     0xB006 Warning - Elements discarded
         Same SOP Instance UID already stored with other content; kept the first.
     0xA700 Refused - Out of resources
@@ -61,6 +76,7 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
     0xC0FF Error - Cannot understand
         Unexpected failure (logged with a trace).
     """
+    _authorize(event, access, Permission.STORE)
     try:
         dataset = event.dataset
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's data
@@ -79,7 +95,7 @@ def handle_store(event: Event, ingest: Ingest) -> Dataset:
 
 
 @find_guard
-def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset | None]]:
+def handle_find(event: Event, catalog: Catalog, access: AccessSettings) -> Iterator[FindResponse]:
     """Handle a Study Root C-FIND request over the catalog.
 
     Parameters
@@ -87,6 +103,8 @@ def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset |
     event : pynetdicom.events.Event
         ``EVT_C_FIND``.
     catalog : Catalog
+    access : AccessSettings
+        The calling AE title needs ``find``.
 
     Yields
     ------
@@ -101,12 +119,15 @@ def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset |
         The peer sent C-CANCEL; matching stopped.
     0x0000 Success
         Matching is complete (sent by pynetdicom after the last pending).
+    0x0124 Refused - Not Authorized
+        The calling AE title lacks the ``find`` permission.
     0xA900 Failed - Identifier does not match SOP class
         Missing or unknown level, a missing upper-level unique key, a malformed
         date, time or UID, sequence matching.
     0xC300 Failed - Unable to process
         Anything else (logged with a trace).
     """
+    _authorize(event, access, Permission.FIND)
     query = parse_identifier(event.identifier)
     for row in catalog.find.match(query.level.value, query.matches):
         if event.is_cancelled:
@@ -116,9 +137,7 @@ def handle_find(event: Event, catalog: Catalog) -> Iterator[tuple[int, Dataset |
 
 
 @find_guard
-def handle_find_similar(
-    event: Event, service: SimilarityService
-) -> Iterator[tuple[int, Dataset | None]]:
+def handle_find_similar(event: Event, service: SimilarityService) -> Iterator[FindResponse]:
     """Handle a C-FIND on the similarity AE: the similar-case folder of an index study.
 
     Parameters
@@ -140,6 +159,8 @@ def handle_find_similar(
         C-CANCEL received.
     0x0000 Success
         Complete (no match: an unknown folder or a study without nodules).
+    0x0124 Refused - Not Authorized
+        The calling AE title lacks the ``similarity`` permission.
     0xA900 Failed - Identifier does not match SOP class
         Not a STUDY-level query.
     0xC310 Failed - Unable to process
@@ -147,9 +168,15 @@ def handle_find_similar(
     0xC300 Failed - Unable to process
         Anything else (logged with a trace).
     """
+    _authorize(event, service.policy.access, Permission.SIMILARITY)
     query = index_study_of_query(event.identifier)
     index_uid, folder, similar = service.answer(query)
     calling = event.assoc.requestor.ae_title
+    if index_uid is not None and query.study_instance_uid is None:
+        # Asked by folder: the index study's UID is shown as the policy allows.
+        index_uid = service.policy.study_uid(
+            index_uid, reveal=service.policy.may_see_identity(calling)
+        )
     for study in similar:
         if event.is_cancelled:
             yield int(Status.CANCEL), None

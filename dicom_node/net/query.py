@@ -106,8 +106,9 @@ def _match_for(keyword: str, value: str) -> Match | None:
         pattern = _TIME if keyword == "StudyTime" else _DATE
         for part in (low, high):
             if part and not pattern.match(part):
+                # Never quote the value: a malformed PatientBirthDate is still PHI.
                 raise InvalidQuery(
-                    f"{keyword} range {value!r} is not {'HHMMSS' if pattern is _TIME else 'YYYYMMDD'}"
+                    f"{keyword} range bounds are not {'HHMMSS' if pattern is _TIME else 'YYYYMMDD'}"
                 )
         if not low and not high:
             raise InvalidQuery(f"{keyword} range has neither bound")
@@ -115,7 +116,10 @@ def _match_for(keyword: str, value: str) -> Match | None:
     if keyword in _RANGE_KEYS:
         pattern = _TIME if keyword == "StudyTime" else _DATE
         if not pattern.match(value):
-            raise InvalidQuery(f"{keyword} {value!r} is not a valid value")
+            raise InvalidQuery(
+                f"{keyword} is not a valid {'time' if keyword == 'StudyTime' else 'date'} "
+                f"({len(value)} characters; {'HHMMSS' if pattern is _TIME else 'YYYYMMDD'})"
+            )
     if "\\" in value:
         raise InvalidQuery(f"{keyword}: value lists are only supported for UIDs")
     if "*" in value or "?" in value:
@@ -148,9 +152,8 @@ def parse_identifier(identifier: Dataset) -> StudyQuery:
     try:
         level = Level(raw_level)
     except ValueError as exc:
-        raise InvalidQuery(
-            f"QueryRetrieveLevel {raw_level!r} is not STUDY, SERIES or IMAGE"
-        ) from exc
+        shown = raw_level if raw_level in {"PATIENT", "FRAME"} else f"{len(raw_level)} characters"
+        raise InvalidQuery(f"QueryRetrieveLevel ({shown}) is not STUDY, SERIES or IMAGE") from exc
     allowed = {k for lvl in _levels_up_to(level) for k in KEYS[lvl]}
     matches: list[Match] = []
     return_keys: list[str] = []

@@ -2,8 +2,8 @@
 
 A Q/R viewer browsing a similar-case folder on the similarity AE gets real
 StudyInstanceUIDs; it opens one by retrieving it from the node's main AE.
-Who may retrieve is a setting (:class:`dicom_node.settings.RetrieveSettings`:
-closed until calling AE titles are listed), and so is where C-MOVE may send:
+Who may retrieve is the ``retrieve`` permission of ``[access]`` (closed until
+granted, and only with ``identities``), and where C-MOVE may send is a setting:
 the Move Destination AE title is looked up in ``retrieve.move_destinations``,
 never taken from the request. The files are sent as stored (their own
 transfer syntax, with Explicit and Implicit VR Little Endian offered beside
@@ -36,7 +36,7 @@ from pynetdicom.presentation import build_context
 from dicom_node.errors import InvalidQuery
 from dicom_node.net.query import UNIQUE_KEY, MatchKind, parse_identifier
 from dicom_node.net.status import Status, status_dataset
-from dicom_node.settings import Destination, RetrieveSettings
+from dicom_node.settings import AccessSettings, Destination, Permission, RetrieveSettings
 from storage.catalog import Catalog, Level, StoredFile
 
 __all__ = ["RetrieveService", "handle_get", "handle_move", "retrieve_guard"]
@@ -56,16 +56,26 @@ class RetrieveService:
     instances_root : pathlib.Path
         Root of the instance store.
     settings : RetrieveSettings
+        Where C-MOVE may send.
+    access : AccessSettings
+        Who may retrieve (the ``retrieve`` permission).
     """
 
-    def __init__(self, catalog: Catalog, instances_root: Path, settings: RetrieveSettings) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        instances_root: Path,
+        settings: RetrieveSettings,
+        access: AccessSettings,
+    ) -> None:
         self.catalog = catalog
         self.root = Path(instances_root)
         self.settings = settings
+        self.access = access
 
     def may_retrieve(self, calling_ae_title: str) -> bool:
-        """True if the calling AE is listed in ``retrieve.allowed_ae_titles``."""
-        return calling_ae_title.strip() in self.settings.allowed_ae_titles
+        """True if the calling AE has the ``retrieve`` permission (``[access]``)."""
+        return self.access.allows(calling_ae_title, Permission.RETRIEVE)
 
     def destination(self, ae_title: str) -> Destination | None:
         """The configured address of a Move Destination AE title, or None."""
@@ -228,8 +238,8 @@ def handle_get(event: Event, service: RetrieveService) -> Iterator[Any]:
         All sent / some sub-operations failed (sent by pynetdicom).
     0xFE00 Cancel
         C-CANCEL received.
-    0x0124 Refused - Not Authorised
-        The calling AE is not in ``retrieve.allowed_ae_titles``.
+    0x0124 Refused - Not Authorized
+        The calling AE lacks the ``retrieve`` permission (``[access]``).
     0xA900 Failed - Identifier does not match SOP class
         No level, a missing unique key, wildcards, malformed UIDs.
     0xC5FF Failed - Unable to process
@@ -237,9 +247,9 @@ def handle_get(event: Event, service: RetrieveService) -> Iterator[Any]:
     """
     calling = event.assoc.requestor.ae_title
     if not service.may_retrieve(calling):
-        logger.warning("C-GET from %r refused: not in retrieve.allowed_ae_titles", calling)
+        logger.warning("C-GET from %r refused: no 'retrieve' permission ([access])", calling)
         yield 1
-        yield status_dataset(Status.NOT_AUTHORISED, f"{calling} may not retrieve"), None
+        yield status_dataset(Status.NOT_AUTHORIZED, f"{calling} may not retrieve"), None
         return
     files = service.files(event.identifier)
     logger.info("C-GET from %r: %d instances", calling, len(files))
@@ -272,7 +282,7 @@ def handle_move(event: Event, service: RetrieveService) -> Iterator[Any]:
         C-CANCEL received.
     0xA801 Failed - Move destination unknown
         The Move Destination is not in ``retrieve.move_destinations``, or the
-        calling AE is not in ``retrieve.allowed_ae_titles`` (logged as such).
+        calling AE lacks the ``retrieve`` permission (logged as such).
     0xA900 Failed - Identifier does not match SOP class
     0xC5FF Failed - Unable to process
     """
@@ -282,7 +292,7 @@ def handle_move(event: Event, service: RetrieveService) -> Iterator[Any]:
     target = str(request.MoveDestination or "").strip()
     destination = service.destination(target)
     if not service.may_retrieve(calling):
-        logger.warning("C-MOVE from %r refused: not in retrieve.allowed_ae_titles", calling)
+        logger.warning("C-MOVE from %r refused: no 'retrieve' permission ([access])", calling)
         yield None, None
         return
     if destination is None:

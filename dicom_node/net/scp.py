@@ -43,11 +43,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicom_node.errors import ListenError
+from dicom_node.net.access import AssociationGate, Service
 from dicom_node.settings import Settings
 
 __all__ = [
+    "MAX_ASSOCIATE_PDU",
+    "MAX_CONNECTIONS",
     "STORAGE_TRANSFER_SYNTAXES",
     "build_ae",
     "build_similarity_ae",
@@ -128,17 +132,27 @@ def build_similarity_ae(settings: Settings) -> AE:
     return ae
 
 
+#: Connections (associated or not) an AE holds at once; more are closed at once.
+#: Established associations are limited by ``network.max_associations`` in
+#: :class:`dicom_node.net.access.AssociationGate`, which does not count
+#: connections still silent, so idle sockets cannot lock senders out.
+MAX_CONNECTIONS = 2048
+#: Largest PDU accepted before an association is established (an
+#: A-ASSOCIATE-RQ with every storage context is about 100 KB).
+MAX_ASSOCIATE_PDU = 1 << 20
+
+
 def _apply_network_settings(ae: AE, settings: Settings) -> None:
     net = settings.network
-    ae.maximum_associations = net.max_associations
+    # pynetdicom counts every connection, silent ones too, against this limit;
+    # the gate applies network.max_associations to established associations.
+    ae.maximum_associations = MAX_CONNECTIONS
     ae.acse_timeout = net.acse_timeout
     ae.dimse_timeout = net.dimse_timeout
     ae.network_timeout = net.network_timeout
     ae.maximum_pdu_size = net.max_pdu
     # Each AE answers only to its own title (the two share the host, not the port).
     ae.require_called_aet = True
-    if settings.security.allowed_calling_ae_titles:
-        ae.require_calling_aet = list(settings.security.allowed_calling_ae_titles)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -157,25 +171,76 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class _BoundedAssociationSocket(AssociationSocket):
+    """pynetdicom's association socket with a ceiling on announced PDU lengths.
+
+    pynetdicom reads a PDU's 6-byte header, then ``recv(length)`` for its
+    body, growing a buffer until the announced length has arrived. A peer
+    announcing 4 GiB would make it buffer whatever it sends. Here a length
+    above what we accept (:data:`MAX_ASSOCIATE_PDU` before association, our
+    maximum PDU length after it) closes the connection before any of the body
+    is read; pynetdicom then aborts the association.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        ceiling = self._ceiling()
+        if nr_bytes > ceiling:
+            logger.warning(
+                "connection from %s closed: a PDU of %d bytes announced, at most %d accepted",
+                self.assoc.requestor.address,
+                nr_bytes,
+                ceiling,
+            )
+            raise ConnectionAbortedError("PDU longer than the maximum accepted")
+        return super().recv(nr_bytes)
+
+    def _ceiling(self) -> int:
+        if not self.assoc.is_established:
+            return MAX_ASSOCIATE_PDU
+        maximum = int(self.assoc.acceptor.maximum_length or 0)
+        # 0 = unlimited (network.max_pdu = 0); otherwise PS3.8 9.3.1: the
+        # P-DATA-TF variable field never exceeds our Maximum Length Received.
+        return 2**32 - 1 if maximum == 0 else maximum
+
+
+class _RequestHandler(RequestHandler):
+    """pynetdicom's request handler, with :class:`_BoundedAssociationSocket`."""
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        # pynetdicom makes the AssociationSocket inside _create_association and
+        # offers no factory: the new instance becomes our subclass, which only
+        # adds the length check to recv().
+        assoc.dul.socket.__class__ = _BoundedAssociationSocket
+        return assoc
+
+
 class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server with a peer-address allowlist."""
+    """pynetdicom's threaded server: peer-address allowlist, bounded PDUs and
+    connections, TLS handshakes off the accepting thread."""
 
     def __init__(self, *args: Any, allowed_networks: tuple[Any, ...] = (), **kwargs: Any) -> None:
         self._allowed_networks = allowed_networks
+        kwargs["request_handler"] = _RequestHandler
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        # Accept the TCP connection before the TLS handshake so that a peer
-        # outside the allowlist is dropped without one, and a failed handshake
-        # closes only that connection.
+        # The TLS handshake happens in the connection's own thread
+        # (finish_request): a peer that never completes it must not hold up
+        # the accepting thread, and one outside the allowlist gets none.
         assert self.socket is not None
         client_socket, address = self.socket.accept()
-        if not self._peer_allowed(address[0]):
-            return client_socket, address
-        if self.ssl_context:
+        if self.ssl_context and self._peer_allowed(address[0]):
             client_socket.settimeout(self.ae.acse_timeout)
-            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True)
+            client_socket = self.ssl_context.wrap_socket(
+                client_socket, server_side=True, do_handshake_on_connect=False
+            )
         return client_socket, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.do_handshake()
+        super().finish_request(request, client_address)
 
     def _peer_allowed(self, host: str) -> bool:
         if not self._allowed_networks:
@@ -184,10 +249,17 @@ class _Server(ThreadedAssociationServer):
         return any(address in network for network in self._allowed_networks)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        allowed = self._peer_allowed(client_address[0])
-        if not allowed:
+        if not self._peer_allowed(client_address[0]):
             logger.warning("connection from %s refused: address not allowed", client_address[0])
-        return allowed
+            return False
+        if len(self.active_associations) >= MAX_CONNECTIONS:
+            logger.warning(
+                "connection from %s refused: %d connections open",
+                client_address[0],
+                MAX_CONNECTIONS,
+            )
+            return False
+        return True
 
     def shutdown(self) -> None:
         # The AE did not make this server (ae.make_server, not start_server),
@@ -219,24 +291,51 @@ ASSOCIATION_LOG_HANDLERS: list[EventHandlerType] = [
 
 
 def make_server(
-    ae: AE, settings: Settings, handlers: list[EventHandlerType], *, port: int | None = None
+    ae: AE,
+    settings: Settings,
+    handlers: list[EventHandlerType],
+    *,
+    service: Service,
+    port: int | None = None,
 ) -> ThreadedAssociationServer:
     """Bind the listening socket and return the (not yet serving) server.
 
+    Parameters
+    ----------
+    ae : AE
+        From :func:`build_ae` or :func:`build_similarity_ae`.
+    settings : Settings
+    handlers : list
+        The AE's request handlers; the association gate
+        (:class:`~dicom_node.net.access.AssociationGate`) and logging are added.
+    service : Service
+        Which AE this is (decides which permissions its callers need).
+    port : int, optional
+        Default ``settings.port``.
+
     Raises
     ------
-    OSError
-        The address cannot be bound (port in use, permission).
+    ListenError
+        The address cannot be bound (port in use, permission); the message
+        names the AE title, the address and the port.
     """
     networks = tuple(
         ipaddress.ip_network(a, strict=False) for a in settings.security.allowed_peer_addresses
     )
-    server: ThreadedAssociationServer = ae.make_server(
-        (settings.host, settings.port if port is None else port),
-        ssl_context=tls_context(settings),
-        evt_handlers=[*ASSOCIATION_LOG_HANDLERS, *handlers],
-        server_class=_Server,
-        allowed_networks=networks,
-    )
+    gate = AssociationGate(settings.access, service, settings.network.max_associations)
+    address = (settings.host, settings.port if port is None else port)
+    try:
+        server: ThreadedAssociationServer = ae.make_server(
+            address,
+            ssl_context=tls_context(settings),
+            evt_handlers=[(evt.EVT_REQUESTED, gate), *ASSOCIATION_LOG_HANDLERS, *handlers],
+            server_class=_Server,
+            allowed_networks=networks,
+        )
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen as {ae.ae_title} on {address[0]}:{address[1]}: "
+            f"{exc.strerror or exc} (another program, or another dicom-node, uses the port)"
+        ) from exc
     logger.debug("pynetdicom %s server bound", pynetdicom.__version__)
     return server

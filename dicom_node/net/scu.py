@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +25,14 @@ from pynetdicom.status import code_to_category
 
 from dicom_node.settings import Destination
 
-__all__ = ["Outgoing", "PynetdicomStoreSCU", "SendReport", "StoreResponse", "StoreSCU"]
+__all__ = [
+    "OnResponse",
+    "Outgoing",
+    "PynetdicomStoreSCU",
+    "SendReport",
+    "StoreResponse",
+    "StoreSCU",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +69,25 @@ class SendReport:
     """One per object, in order; shorter than the batch when the association broke."""
 
 
+#: Called with (position in the batch, answer) as soon as each answer arrives.
+OnResponse = Callable[[int, StoreResponse], None]
+
+
 class StoreSCU(Protocol):
     """Sends a batch of stored objects to one destination."""
 
-    def send(self, destination: Destination, objects: Sequence[Outgoing]) -> SendReport:
-        """Send ``objects`` over one association and report each answer."""
+    def send(
+        self,
+        destination: Destination,
+        objects: Sequence[Outgoing],
+        on_response: OnResponse | None = None,
+    ) -> SendReport:
+        """Send ``objects`` over one association and report each answer.
+
+        ``on_response`` is called for each answer before the next object is
+        sent, so the caller can record an acknowledgement at once (a node
+        killed mid-batch then resends only what was not acknowledged).
+        """
         ...
 
 
@@ -90,7 +111,12 @@ class PynetdicomStoreSCU:
         self.calling_ae_title = calling_ae_title
         self.timeout = timeout
 
-    def send(self, destination: Destination, objects: Sequence[Outgoing]) -> SendReport:
+    def send(
+        self,
+        destination: Destination,
+        objects: Sequence[Outgoing],
+        on_response: OnResponse | None = None,
+    ) -> SendReport:
         """Send ``objects`` over one association (see the module docstring)."""
         ae = AE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
@@ -111,19 +137,20 @@ class PynetdicomStoreSCU:
             )
         responses: list[StoreResponse] = []
         try:
-            for item in objects:
+            for position, item in enumerate(objects):
                 status = assoc.send_c_store(item.path)
                 if not status:
-                    responses.append(StoreResponse(None, None, "no response (timeout or abort)"))
-                    if not _established(assoc):
-                        break
-                    continue
-                code = int(status.Status)
-                responses.append(
-                    StoreResponse(
+                    response = StoreResponse(None, None, "no response (timeout or abort)")
+                else:
+                    code = int(status.Status)
+                    response = StoreResponse(
                         code, code_to_category(code), str(status.get("ErrorComment", "")) or None
                     )
-                )
+                responses.append(response)
+                if on_response is not None:
+                    on_response(position, response)
+                if not status and not _established(assoc):
+                    break
         finally:
             if _established(assoc):
                 assoc.release()

@@ -16,7 +16,9 @@ from pynetdicom import evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.errors import ListenError
 from dicom_node.intake.ingest import Ingest
+from dicom_node.net.access import Service
 from dicom_node.net.handlers import handle_find, handle_find_similar, handle_store
 from dicom_node.net.retrieve import RetrieveService, handle_get, handle_move
 from dicom_node.net.scp import build_ae, build_similarity_ae, make_server
@@ -58,32 +60,55 @@ class DicomServers:
         self._similar: ThreadedAssociationServer | None = None
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        """Bind both AEs and serve them in threads.
+    def bind(self) -> None:
+        """Bind both AEs' ports (nothing is served yet).
 
         Raises
         ------
-        OSError
-            A port cannot be bound.
+        ListenError
+            A port cannot be bound; the message names the AE and the port.
         """
         settings = self.settings
-        retrieve = RetrieveService(self._catalog, settings.instances_dir, settings.retrieve)
+        access = settings.access
+        retrieve = RetrieveService(self._catalog, settings.instances_dir, settings.retrieve, access)
         handlers: list[EventHandlerType] = [
-            (evt.EVT_C_STORE, handle_store, [self._ingest]),
-            (evt.EVT_C_FIND, handle_find, [self._catalog]),
+            (evt.EVT_C_STORE, handle_store, [self._ingest, access]),
+            (evt.EVT_C_FIND, handle_find, [self._catalog, access]),
             (evt.EVT_C_GET, handle_get, [retrieve]),
             (evt.EVT_C_MOVE, handle_move, [retrieve]),
         ]
-        self._main = make_server(build_ae(settings), settings, handlers)
-        self._serve(self._main, "dicom-scp")
+        self._main = make_server(build_ae(settings), settings, handlers, service=Service.MAIN)
         if settings.similarity.port >= 0:
-            self._similar = make_server(
-                build_similarity_ae(settings),
-                settings,
-                [(evt.EVT_C_FIND, handle_find_similar, [self._similarity])],
-                port=settings.similarity.port,
-            )
+            try:
+                self._similar = make_server(
+                    build_similarity_ae(settings),
+                    settings,
+                    [(evt.EVT_C_FIND, handle_find_similar, [self._similarity])],
+                    service=Service.SIMILARITY,
+                    port=settings.similarity.port,
+                )
+            except ListenError:
+                self._main.server_close()
+                self._main = None
+                raise
+
+    def serve(self) -> None:
+        """Accept associations on the bound AEs, each in its thread."""
+        if self._main is None:
+            raise RuntimeError("bind() the AEs before serving them")
+        self._serve(self._main, "dicom-scp")
+        if self._similar is not None:
             self._serve(self._similar, "dicom-similarity-scp")
+
+    def start(self) -> None:
+        """Bind both AEs and serve them.
+
+        Raises
+        ------
+        ListenError
+        """
+        self.bind()
+        self.serve()
 
     def _serve(self, server: ThreadedAssociationServer, name: str) -> None:
         thread = threading.Thread(
@@ -111,9 +136,13 @@ class DicomServers:
 
     def stop(self) -> None:
         """Stop listening and abort open associations."""
+        serving = bool(self._threads)
         for server in (self._main, self._similar):
             if server is not None:
-                server.shutdown()
+                if serving:
+                    server.shutdown()
+                else:  # bound, never served: shutdown() would wait for serve_forever
+                    server.server_close()
         self._main = self._similar = None
         for thread in self._threads:
             thread.join()

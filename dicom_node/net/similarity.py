@@ -81,9 +81,8 @@ def index_study_of_query(identifier: Dataset) -> FolderQuery:
     """
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if level != "STUDY":
-        raise InvalidQuery(
-            f"the similarity AE answers STUDY level queries only, not {level or '(none)'}"
-        )
+        shown = level if level in {"PATIENT", "SERIES", "IMAGE"} else "(none or not a level)"
+        raise InvalidQuery(f"the similarity AE answers STUDY level queries only, not {shown}")
     index_uid = None
     try:
         block = identifier.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
@@ -117,7 +116,12 @@ def similar_study_identifier(
     policy: PrivacyPolicy,
     calling_ae_title: str | None,
 ) -> Dataset:
-    """The C-FIND response identifier of one similar prior study."""
+    """The C-FIND response identifier of one similar prior study.
+
+    Without the ``identities`` permission the caller sees a case id for the
+    patient and an opaque UID for the study (:class:`PrivacyPolicy`);
+    ``index_study_instance_uid`` is what the caller may see of the index study.
+    """
     best = similar.matches[0]
     nodule = best.nodule
     # The distance beside the rank is the one that ranks (the float embedding's).
@@ -127,8 +131,9 @@ def similar_study_identifier(
     )[:64]
     reveal = policy.may_see_identity(calling_ae_title)
     label = policy.label(nodule.patient_id, nodule.patient_name, reveal=reveal)
+    study_instance_uid = policy.study_uid(similar.study_instance_uid, reveal=reveal)
     values: dict[str, Any] = {
-        "StudyInstanceUID": similar.study_instance_uid,
+        "StudyInstanceUID": study_instance_uid,
         "StudyDate": similar.study_date or "",
         "StudyDescription": description,
         # Ordinary matching semantics: every study of the folder has its PatientID.
@@ -145,7 +150,7 @@ def similar_study_identifier(
             setattr(result, keyword, values[keyword])
         elif keyword:
             setattr(result, keyword, "")
-    result.StudyInstanceUID = similar.study_instance_uid
+    result.StudyInstanceUID = study_instance_uid
     block = result.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(RANK, "IS", similar.rank)
     block.add_new(DISTANCE, "DS", f"{best.distance:.1f}")

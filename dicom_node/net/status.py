@@ -16,7 +16,15 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from dicom_node.errors import InvalidDataset, MissingUID, SOPClassMismatch, UIDMismatch
+from dicom_node.errors import (
+    IndexNotReady,
+    InvalidDataset,
+    InvalidQuery,
+    MissingUID,
+    NotAuthorized,
+    SOPClassMismatch,
+    UIDMismatch,
+)
 from storage.errors import (
     CatalogError,
     InstanceConflict,
@@ -25,7 +33,14 @@ from storage.errors import (
     UnsafeUIDError,
 )
 
-__all__ = ["Status", "find_guard", "status_dataset", "store_guard", "store_status_for"]
+__all__ = [
+    "FindResponse",
+    "Status",
+    "find_guard",
+    "status_dataset",
+    "store_guard",
+    "store_status_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +50,9 @@ class Status(IntEnum):
 
     SUCCESS = 0x0000
     """Success (PS3.7 C.1)."""
+    NOT_AUTHORIZED = 0x0124
+    """Refused: Not Authorized, the calling AE title lacks the permission for this
+    request (PS3.7 C.5.x general status; ``[access]``)."""
     PENDING = 0xFF00
     """C-FIND: matches are continuing (PS3.4 C.4.1.1.4)."""
     CANCEL = 0xFE00
@@ -69,8 +87,6 @@ class Status(IntEnum):
     ELEMENTS_DISCARDED = 0xB006
     """C-STORE warning: an instance with this SOP Instance UID and other
     content is already stored; the first was kept, this one discarded (PS3.4 B.2.3)."""
-    NOT_AUTHORISED = 0x0124
-    """C-GET refused: the calling AE may not retrieve from this node (PS3.7 C.5, general)."""
     MOVE_DESTINATION_UNKNOWN = 0xA801
     """C-MOVE failed: the Move Destination is not configured (or the calling AE may
     not retrieve: the destination is checked first) (PS3.4 C.4.2.1.5)."""
@@ -93,6 +109,7 @@ def status_dataset(status: Status, comment: str | None = None) -> Dataset:
 
 # Exception class -> status, most specific first.
 _STORE_TABLE: tuple[tuple[type[BaseException], Status], ...] = (
+    (NotAuthorized, Status.NOT_AUTHORIZED),
     (InsufficientStorage, Status.OUT_OF_RESOURCES),
     (InstanceConflict, Status.ELEMENTS_DISCARDED),
     (UnsafeUIDError, Status.UNSAFE_UID),
@@ -142,8 +159,8 @@ def store_guard(func: F) -> F:
 
 def find_failure_for(exc: BaseException) -> Status:
     """The C-FIND failure status for an exception raised while answering."""
-    from dicom_node.errors import IndexNotReady, InvalidQuery
-
+    if isinstance(exc, NotAuthorized):
+        return Status.NOT_AUTHORIZED
     if isinstance(exc, InvalidQuery):
         return Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     if isinstance(exc, IndexNotReady):
@@ -151,7 +168,11 @@ def find_failure_for(exc: BaseException) -> Status:
     return Status.UNABLE_TO_PROCESS
 
 
-G = TypeVar("G", bound=Callable[..., Iterator[tuple[int, Dataset | None]]])
+#: What a C-FIND handler yields: ``(status, identifier)``, the status as a code
+#: or as a Dataset with an Error Comment (pynetdicom accepts both).
+FindResponse = tuple[int | Dataset, Dataset | None]
+
+G = TypeVar("G", bound=Callable[..., Iterator[FindResponse]])
 
 
 def find_guard(func: G) -> G:
@@ -163,7 +184,7 @@ def find_guard(func: G) -> G:
     """
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Iterator[tuple[int, Dataset | None]]:
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[FindResponse]:
         try:
             yield from func(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the one mapping point for C-FIND
@@ -172,6 +193,8 @@ def find_guard(func: G) -> G:
                 logger.exception("C-FIND failed unexpectedly")
             else:
                 logger.warning("C-FIND answered 0x%04X: %s", int(status), exc)
-            yield int(status), status_dataset(status, str(exc))
+            # The status as a Dataset carries the Error Comment (0000,0902);
+            # a failure has no identifier.
+            yield status_dataset(status, str(exc)), None
 
     return wrapper  # type: ignore[return-value]

@@ -276,6 +276,17 @@ class JobRunner:
         job.claim = None
         return job
 
+    def pending(self) -> list[str]:
+        """Series with a step due: in the step's ``requires`` state and not run since
+        their last instance arrived (:meth:`WorkflowCatalog.due_for_step`)."""
+        due: list[str] = []
+        workflow = self.catalog.workflow
+        for step in self.steps:
+            for uid in workflow.due_for_step(step.requires, step.name, step.version):
+                if uid not in due:
+                    due.append(uid)
+        return due
+
     def _earlier_reasons(self, series_instance_uid: str, position: int) -> list[str]:
         """The reason the step before ``position`` gave, when a run starts past the first step."""
         if position == 0:

@@ -82,7 +82,8 @@ class Workers:
         self._stopping.set()
         self._wake.set()
         for thread in self._threads:
-            thread.join(timeout)
+            if thread.is_alive():
+                thread.join(timeout)
 
     def _claim(self, reader: ThreadPoolExecutor | None) -> _Claimed | None:
         try:

@@ -8,9 +8,11 @@ passes. The sending itself is the :class:`dicom_node.net.scu.StoreSCU`'s
 module is the policy: no association or no response → retry later; Failure
 → no retry, reason kept; Success or Warning → done (a Warning logged).
 
-Delivery is at-least-once: if the node dies after the destination answered
-Success but before the row is marked done, the object is sent again after the
-restart; a PACS stores an identical SOP Instance again without change.
+Each answer is committed as it arrives, before the next object is sent: an
+object whose acknowledgement was recorded is never sent again, across a
+SIGKILL at any point. Only an acknowledgement lost in flight (the node killed
+between the destination's answer and the commit) makes the object go again,
+with the same SOP Instance UID and the same bytes, which a PACS recognises.
 """
 
 from __future__ import annotations
@@ -144,6 +146,14 @@ class Outbox:
                 )
         if not ready:
             return results
+        answered: list[SendResult] = []
+
+        def record(position: int, response: StoreResponse) -> None:
+            # Each answer is committed before the next object is sent: an
+            # acknowledged object is never sent again, even if the node is
+            # killed in the middle of the batch.
+            answered.append(self._answer(destination, ready[position], response))
+
         report = self.scu.send(
             destination,
             [
@@ -155,13 +165,13 @@ class Outbox:
                 )
                 for d in ready
             ],
+            record,
         )
         if report.refused is not None:
             return results + [self._retry(d, f"{destination}: {report.refused}") for d in ready]
-        for delivery, response in zip(ready, report.responses, strict=False):
-            results.append(self._answer(destination, delivery, response))
+        results += answered
         # deliveries after a broken association are retried
-        for delivery in ready[len(report.responses) :]:
+        for delivery in ready[len(answered) :]:
             results.append(self._retry(delivery, f"{destination}: association lost"))
         return results
 

@@ -142,6 +142,8 @@ class NoduleFinding:
     """``solid``, ``part-solid`` or ``ground-glass``."""
     laterality: str
     """``right`` or ``left`` (the patient's)."""
+    series_instance_uid: str | None = None
+    """The CT series it was found in; None: the evidence's only series."""
 
 
 @dataclass(frozen=True)
@@ -410,13 +412,15 @@ def build_similarity_sr(
     *,
     series_number: int = 9001,
     instance_number: int = 1,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the similar-case SR of one CT series (see the module docstring).
+    """Build the similar-case SR of a study's CT series (see the module docstring).
 
     Parameters
     ----------
     evidence : sequence of pydicom.dataset.Dataset
-        The CT series' datasets (headers suffice); patient and study come from them.
+        The datasets (headers suffice) of the study's analysed CT series;
+        patient and study come from them.
     findings : sequence of NoduleFinding
         May be empty: the report then holds one TID 1501 group saying all
         algorithms succeeded without findings.
@@ -424,6 +428,12 @@ def build_similarity_sr(
         By ``tracking_uid``.
     model : ModelInfo
     uids : ReportUIDs
+    series_number, instance_number : int
+        The SR's; the instance number counts its revisions.
+    predecessors : sequence of pydicom.dataset.Dataset
+        Earlier versions this SR replaces (their Study, Series, SOP Instance
+        and SOP Class UIDs), listed in the Predecessor Documents Sequence
+        (PS3.3 C.17.2) so a PACS or viewer can tell the current one.
 
     Returns
     -------
@@ -432,16 +442,16 @@ def build_similarity_sr(
     Raises
     ------
     ValueError
-        Evidence missing or of several series, a texture, laterality or
-        code layer not in the vocabularies above.
+        Evidence missing or of several studies, a finding of a series not
+        in the evidence (or without its series when the evidence has
+        several), a texture, laterality or code layer not in the vocabularies above.
     """
     if not evidence:
         raise ValueError("the SR needs the CT series' datasets as evidence")
-    series_uids = {str(ds.SeriesInstanceUID) for ds in evidence}
-    if len(series_uids) != 1:
-        raise ValueError(f"evidence must be one series, got {len(series_uids)}")
-    (series_instance_uid,) = series_uids
-    frame_of_reference_uid = str(evidence[0].FrameOfReferenceUID)
+    if len({str(ds.StudyInstanceUID) for ds in evidence}) != 1:
+        raise ValueError("the evidence must be of one study")
+    frames = {str(ds.SeriesInstanceUID): str(ds.FrameOfReferenceUID) for ds in evidence}
+    only_series = next(iter(frames)) if len(frames) == 1 else None
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -458,17 +468,21 @@ def build_similarity_sr(
         | hd.sr.MeasurementsAndQualitativeEvaluations
     ] = []
     for finding in findings:
+        series_instance_uid = finding.series_instance_uid or only_series
+        if series_instance_uid not in frames:
+            raise ValueError(f"{finding.tracking_id}: its series is not in the evidence")
         groups.append(
             _group(
                 finding,
-                frame_of_reference_uid,
+                frames[series_instance_uid],
                 series_instance_uid,
                 algorithm,
                 similar.get(finding.tracking_uid, ()),
                 priors.get(finding.tracking_uid, ()),
             )
         )
-        region = _centre_region(evidence, finding.center_xyz, finding.diameter_mm)
+        of_series = [ds for ds in evidence if str(ds.SeriesInstanceUID) == series_instance_uid]
+        region = _centre_region(of_series, finding.center_xyz, finding.diameter_mm)
         if region is not None:
             groups.append(_planar_group(finding, region, algorithm))
     report = hd.sr.MeasurementReport(
@@ -486,6 +500,7 @@ def build_similarity_sr(
         manufacturer=model.manufacturer,
         series_description="Similar prior cases (dicom-node)",
         is_complete=True,
+        previous_versions=list(predecessors) or None,
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = CODING_SCHEME

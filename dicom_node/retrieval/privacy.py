@@ -3,7 +3,16 @@
 One policy labels every other patient the node shows: in the similar-case
 SR and montage (identities only if every destination may see them), in the
 similarity AE's C-FIND answers (if the calling AE may), and in
-``dicom-node similar`` (with ``--show-phi``).
+``dicom-node similar`` (with ``--show-phi``). Whoever lacks the
+``identities`` permission (``[access]``) sees a case id instead of the
+patient's name and ID, and an opaque UID instead of the other patient's
+real Study Instance UID: nothing in the answer leads back to the patient,
+and the opaque UID is known to no archive.
+
+Both are keyed hashes. The key is one for every machine of the catalog
+(:func:`privacy_key`, kept in the catalog's ``secrets``): the SR a
+``dicom-node worker`` writes and the similarity AE of the receiving node
+give the same case ids.
 """
 
 from __future__ import annotations
@@ -15,9 +24,35 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.settings import PrivacySettings
+from dicom_node.settings import AccessSettings, Permission
+from storage.catalog import Catalog
 
-__all__ = ["PatientLabel", "PrivacyPolicy"]
+__all__ = ["KEY_NAME", "PatientLabel", "PrivacyPolicy", "privacy_key"]
+
+KEY_NAME = "privacy-key"
+"""The name of the key in the catalog's secrets."""
+
+
+def privacy_key(catalog: Catalog, *, legacy_file: Path | None = None) -> bytes:
+    """The key of case ids and opaque UIDs: the same for every machine of the catalog.
+
+    Parameters
+    ----------
+    catalog : Catalog
+    legacy_file : pathlib.Path, optional
+        ``data_dir/privacy.key`` of a node older than the shared key: its key
+        is proposed first, so that node keeps its case ids.
+
+    Returns
+    -------
+    bytes
+        The first key any process proposed; concurrent first callers agree.
+    """
+    if legacy_file is not None and legacy_file.exists():
+        proposal = legacy_file.read_bytes()
+    else:
+        proposal = os.urandom(32)
+    return catalog.secrets.agree(KEY_NAME, proposal)
 
 
 @dataclass(frozen=True)
@@ -33,29 +68,38 @@ class PrivacyPolicy:
 
     Parameters
     ----------
-    settings : PrivacySettings
-    key_file : pathlib.Path
-        A random key made at first start (kept in the data directory), so
-        pseudonyms are stable for this node and not reversible by guessing IDs.
+    access : AccessSettings
+        AE titles with the ``identities`` permission see identities.
+    key : bytes
+        A random key (:func:`privacy_key`), so pseudonyms are stable for the
+        catalog and not reversible by guessing IDs.
     """
 
-    def __init__(self, settings: PrivacySettings, key_file: Path) -> None:
-        self.visible_to = set(settings.identities_visible_to)
-        if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(os.urandom(32))
-        self._key = key_file.read_bytes()
+    def __init__(self, access: AccessSettings, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the privacy key must be at least 16 bytes")
+        self.access = access
+        self._key = key
 
     def may_see_identity(self, ae_title: str | None) -> bool:
-        """True if ``ae_title`` may see other patients' names and IDs."""
-        return ae_title is not None and ae_title.strip() in self.visible_to
+        """True if ``ae_title`` may see other patients' names, IDs and study UIDs."""
+        return ae_title is not None and self.access.allows(ae_title, Permission.IDENTITIES)
 
     def all_may_see_identity(self, ae_titles: Iterable[str]) -> bool:
         """True if there is at least one AE title and every one may see identities."""
         titles = list(ae_titles)
         return bool(titles) and all(self.may_see_identity(title) for title in titles)
+
+    def study_uid(self, study_instance_uid: str, *, reveal: bool) -> str:
+        """The study's real UID when ``reveal``, else an opaque UID (``2.25.``, PS3.5 B.2).
+
+        The opaque UID is stable for this node and cannot be turned back into
+        the real one without the node's key.
+        """
+        if reveal:
+            return study_instance_uid
+        digest = hmac.new(self._key, b"study\0" + study_instance_uid.encode(), hashlib.sha256)
+        return "2.25." + str(int.from_bytes(digest.digest()[:16], "big"))
 
     def case_id(self, patient_id: str | None) -> str:
         """A stable de-identified id for a patient."""

@@ -11,13 +11,14 @@ One settings object is created at start (``dicom-node serve``) and passed down.
 
 from __future__ import annotations
 
+from dicom_node.settings.access import AccessRule, AccessSettings, Permission
 from dicom_node.settings.loading import check_files, load_settings, settings_from_table
 from dicom_node.settings.sections import (
     Destination,
     IndexSettings,
+    LoggingSettings,
     NetworkSettings,
     OutboxSettings,
-    PrivacySettings,
     QualificationSettings,
     RetrieveSettings,
     SecuritySettings,
@@ -30,11 +31,14 @@ from dicom_node.settings.sections import (
 )
 
 __all__ = [
+    "AccessRule",
+    "AccessSettings",
     "Destination",
+    "LoggingSettings",
     "IndexSettings",
     "NetworkSettings",
     "OutboxSettings",
-    "PrivacySettings",
+    "Permission",
     "QualificationSettings",
     "RetrieveSettings",
     "SecuritySettings",

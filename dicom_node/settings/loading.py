@@ -21,10 +21,12 @@ import tempfile
 import tomllib
 import typing
 from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import SettingsError
+from dicom_node.settings.access import AccessRule
 from dicom_node.settings.sections import Destination, Settings
 
 __all__ = ["ENV_PREFIX", "check_files", "load_settings", "settings_from_table"]
@@ -32,6 +34,23 @@ __all__ = ["ENV_PREFIX", "check_files", "load_settings", "settings_from_table"]
 ENV_PREFIX = "DICOM_NODE_"
 
 Table = dict[str, Any]
+
+#: Keys of earlier versions, and where their meaning went (named in the error).
+MOVED_KEYS = {
+    "security.allowed_calling_ae_titles": "list the AE titles in [access.ae_titles] with "
+    "their permissions, and set access.unlisted = [] to refuse every other calling AE",
+    "privacy": "grant the 'identities' permission in [access.ae_titles] instead of "
+    "privacy.identities_visible_to",
+    "privacy.identities_visible_to": "grant the 'identities' permission in "
+    "[access.ae_titles] instead",
+    "retrieve.allowed_ae_titles": "grant the 'retrieve' permission (with 'identities') in "
+    "[access.ae_titles] instead; retrieve.move_destinations stays where C-MOVE may send",
+}
+
+
+def _moved(key: str, where: str) -> None:
+    if key in MOVED_KEYS:
+        raise SettingsError(f"{where}: {key} is no longer a setting: {MOVED_KEYS[key]}")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -75,22 +94,51 @@ def _convert(value: Any, tp: Any, where: str, *, from_env: bool) -> Any:
             return Path(value)
         raise SettingsError(f"{where}: expected a path, got {value!r}")
     if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        if item is AccessRule:
+            return _access_rules(value, where, from_env=from_env)
         if from_env and isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            if typing.get_args(tp)[0] is Destination:
+            if item is Destination:
                 return tuple(Destination.parse(text, where) for text in value)
+            if isinstance(item, type) and issubclass(item, Enum):
+                return tuple(_enum_value(item, text, where) for text in value)
             return tuple(value)
         raise SettingsError(f"{where}: expected a list of strings, got {value!r}")
     raise SettingsError(f"{where}: unsupported type {tp}")  # pragma: no cover
 
 
-def _typed_table(cls: type, values: Mapping[str, Any], where: str) -> Table:
+def _enum_value(enum: type[Enum], text: str, where: str) -> Any:
+    try:
+        return enum(text.strip().lower())
+    except ValueError as exc:
+        known = ", ".join(str(member.value) for member in enum)
+        raise SettingsError(f"{where}: unknown value {text!r} (known: {known})") from exc
+
+
+def _access_rules(value: Any, where: str, *, from_env: bool) -> tuple[AccessRule, ...]:
+    """``[access.ae_titles]`` rows: a TOML table, or ``AE=perm+perm,AE2=perm`` (environment)."""
+    if from_env and isinstance(value, str):
+        rows: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            title, equals, permissions = item.partition("=")
+            if not equals:
+                raise SettingsError(f"{where}: {item!r} is not AE=permission+permission")
+            rows[title.strip()] = permissions.strip()
+        value = rows
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{where}: expected a table of AE titles, got {value!r}")
+    return tuple(AccessRule.parse(title, row, where) for title, row in value.items())
+
+
+def _typed_table(cls: type, values: Mapping[str, Any], where: str, section: str = "") -> Table:
     """Check the keys of a TOML-like table and convert its values to the field types."""
     hints = _hints(cls)
     table: Table = {}
     for key, value in values.items():
         if key not in hints:
+            _moved(f"{section}.{key}" if section else key, where)
             raise SettingsError(
                 f"{where}: unknown key {key!r} (known keys: {', '.join(sorted(hints))})"
             )
@@ -98,7 +146,7 @@ def _typed_table(cls: type, values: Mapping[str, Any], where: str) -> Table:
         if _is_section(tp):
             if not isinstance(value, Mapping):
                 raise SettingsError(f"{where}: [{key}] must be a table")
-            table[key] = _typed_table(tp, value, f"{where} [{key}]".strip())
+            table[key] = _typed_table(tp, value, f"{where} [{key}]".strip(), key)
         else:
             table[key] = _convert(value, tp, f"{where} {key}".strip(), from_env=False)
     return table
@@ -126,6 +174,9 @@ def _env_table(environ: Mapping[str, str]) -> Table:
                 )
                 break
         else:
+            for moved in MOVED_KEYS:
+                if key == moved.replace(".", "_"):
+                    _moved(moved, f"environment variable {name}")
             raise SettingsError(f"environment variable {name} is not a known setting")
     return table
 

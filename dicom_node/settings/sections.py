@@ -13,17 +13,21 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from dicom_node.errors import SettingsError
+from dicom_node.settings.access import AccessSettings
+from dicom_node.settings.checks import require as _require
+from dicom_node.settings.checks import validate_ae_title
 
 __all__ = [
     "Destination",
     "IndexSettings",
+    "LoggingSettings",
     "NetworkSettings",
     "OutboxSettings",
-    "PrivacySettings",
     "QualificationSettings",
     "RetrieveSettings",
     "SecuritySettings",
@@ -34,23 +38,6 @@ __all__ = [
     "WorkerSettings",
     "validate_ae_title",
 ]
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise SettingsError(message)
-
-
-def validate_ae_title(value: str, where: str) -> None:
-    """Raise SettingsError unless ``value`` is a valid AE title (PS3.5 AE VR)."""
-    _require(bool(value.strip()), f"{where}: an AE title must not be empty")
-    _require(
-        len(value) <= 16, f"{where}: AE title {value!r} is {len(value)} characters (maximum 16)"
-    )
-    _require(
-        "\\" not in value and all(32 <= ord(c) <= 126 for c in value),
-        f"{where}: AE title {value!r} has a backslash or a non-printable character",
-    )
 
 
 @dataclass(frozen=True)
@@ -80,10 +67,8 @@ class NetworkSettings:
 
 @dataclass(frozen=True)
 class SecuritySettings:
-    """``[security]``: who may associate, and DICOM TLS."""
+    """``[security]``: which networks may connect, and DICOM TLS (AE permissions: ``[access]``)."""
 
-    allowed_calling_ae_titles: tuple[str, ...] = ()
-    """Calling AE titles accepted; empty = any (a warning is logged at start)."""
     allowed_peer_addresses: tuple[str, ...] = ()
     """Peer IP addresses or networks (CIDR) accepted; empty = any."""
     tls_certificate: str = ""
@@ -96,8 +81,6 @@ class SecuritySettings:
     """With a CA bundle: refuse peers without a valid client certificate."""
 
     def __post_init__(self) -> None:
-        for title in self.allowed_calling_ae_titles:
-            validate_ae_title(title, "security.allowed_calling_ae_titles")
         for address in self.allowed_peer_addresses:
             try:
                 ipaddress.ip_network(address, strict=False)
@@ -266,16 +249,19 @@ class IndexSettings:
 
 
 @dataclass(frozen=True)
-class PrivacySettings:
-    """``[privacy]``: who may see other patients' identity in results."""
+class LoggingSettings:
+    """``[logging]``: the node's log file (it also logs to stderr, e.g. the journal)."""
 
-    identities_visible_to: tuple[str, ...] = ()
-    """Calling (or destination) AE titles that see other patients' names and IDs;
-    everyone else gets de-identified case ids (``CASE-…``)."""
+    file: str = "logs/dicom-node.log"
+    """Log file of ``dicom-node serve``, relative to ``data_dir`` (or absolute); empty = none."""
+    max_mb: int = 10
+    """The file is rotated when it reaches this size (MiB) ..."""
+    backups: int = 5
+    """... keeping this many older files (``dicom-node.log.1`` ...)."""
 
     def __post_init__(self) -> None:
-        for title in self.identities_visible_to:
-            validate_ae_title(title, "privacy.identities_visible_to")
+        _require(self.max_mb >= 1, "logging.max_mb must be at least 1")
+        _require(self.backups >= 0, "logging.backups must not be negative")
 
 
 @dataclass(frozen=True)
@@ -339,21 +325,18 @@ class OutboxSettings:
 
 @dataclass(frozen=True)
 class RetrieveSettings:
-    """``[retrieve]``: who may C-MOVE and C-GET what the node holds, and where C-MOVE may send.
+    """``[retrieve]``: where C-MOVE may send what the node holds.
 
-    Retrieval hands out whole studies, identities included, so it is closed
-    until AE titles are listed here.
+    Who may C-MOVE and C-GET is the ``retrieve`` permission of ``[access]``
+    (closed until granted: retrieval hands out whole studies, identities
+    included).
     """
 
-    allowed_ae_titles: tuple[str, ...] = ()
-    """Calling AE titles allowed to C-MOVE and C-GET; empty = nobody."""
     move_destinations: tuple[Destination, ...] = ()
     """Where C-MOVE may send, as ``AE@host:port``; a Move Destination not listed
     is refused (0xA801): the address never comes from the request."""
 
     def __post_init__(self) -> None:
-        for title in self.allowed_ae_titles:
-            validate_ae_title(title, "retrieve.allowed_ae_titles")
         _require(
             all(isinstance(d, Destination) for d in self.move_destinations),
             "retrieve.move_destinations: give Destination values (Destination.parse)",
@@ -371,8 +354,8 @@ class Settings:
 
     ae_title: str = "DICOM_NODE"
     """Our AE title (1 to 16 characters)."""
-    host: str = "0.0.0.0"
-    """Address the SCP listens on."""
+    host: str = "127.0.0.1"
+    """Address the SCPs listen on: loopback until configured (``0.0.0.0`` = every interface)."""
     port: int = 11112
     """TCP port the SCP listens on (0 = any free port)."""
     data_dir: Path = Path("./dicom-node-data")
@@ -385,8 +368,9 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     qualification: QualificationSettings = field(default_factory=QualificationSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
-    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
 
     def __post_init__(self) -> None:
@@ -402,6 +386,24 @@ class Settings:
             not (sim.port == self.port and sim.port > 0),
             f"similarity.port: {sim.port} must be -1, 0 or a free TCP port other than port",
         )
+        self._check_tls_bindings()
+
+    def _check_tls_bindings(self) -> None:
+        """With client certificates every listed AE title is bound to its certificates."""
+        verified = bool(self.security.tls_ca_certificates)
+        for rule in self.access.ae_titles:
+            where = f"access.ae_titles.{rule.ae_title}"
+            _require(
+                verified or not rule.tls_subjects,
+                f"{where}: tls_subjects need DICOM TLS with client certificates "
+                "(security.tls_certificate, tls_private_key and tls_ca_certificates)",
+            )
+            _require(
+                not verified or bool(rule.tls_subjects),
+                f"{where}: with client certificates (security.tls_ca_certificates) name the "
+                "certificate subject(s) that may use this AE title, e.g. "
+                '{ permissions = [...], tls_subjects = ["CN=pacs.hospital.example"] }',
+            )
 
     @property
     def instances_dir(self) -> Path:
@@ -436,6 +438,10 @@ class Settings:
 def _to_dict(value: Any) -> Any:
     if isinstance(value, Destination):
         return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, frozenset):
+        return sorted(_to_dict(v) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Path):

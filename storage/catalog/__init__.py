@@ -99,6 +99,9 @@ class Catalog:
     url : str
         SQLAlchemy URL: ``sqlite:///path/catalog.sqlite3`` (default embedded)
         or ``postgresql+psycopg://user@host/db``.
+    create : bool
+        Create the schema if missing (the node); False for commands that
+        must find an existing catalog (``dicom-node status``, ...).
 
     Attributes
     ----------
@@ -112,9 +115,9 @@ class Catalog:
     secrets : SecretCatalog
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
-        self.database = Database(url)
+        self.database = Database(url, create=create)
         self.intake = IntakeCatalog(self.database)
         self.workflow = WorkflowCatalog(self.database)
         self.find = FindCatalog(self.database)

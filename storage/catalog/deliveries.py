@@ -101,6 +101,25 @@ class DeliveryCatalog:
                 deliveries.update().where(deliveries.c.id == delivery_id).values(**values)
             )
 
+    def supersede(self, sop_instance_uid: str, by_sop_instance_uid: str) -> int:
+        """Stop pending deliveries of an object a newer revision replaced; return how many."""
+        with self._db.begin() as connection:
+            return int(
+                connection.execute(
+                    deliveries.update()
+                    .where(deliveries.c.sop_instance_uid == sop_instance_uid)
+                    .where(
+                        deliveries.c.state.in_(
+                            [DeliveryState.PENDING.value, DeliveryState.FAILED.value]
+                        )
+                    )
+                    .values(
+                        state=DeliveryState.SUPERSEDED.value,
+                        last_error=f"superseded by {by_sop_instance_uid}",
+                    )
+                ).rowcount
+            )
+
     def requeue(
         self,
         *,

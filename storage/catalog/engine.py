@@ -8,6 +8,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,17 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _require_existing(url: str) -> None:
+    """Raise CatalogError if ``url`` names a SQLite file that does not exist."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not os.path.exists(parsed.database):
+            raise CatalogError(
+                f"there is no catalog at {parsed.database}: is that the data directory of a "
+                "node that has run? (--data-dir, data_dir or storage.catalog_url)"
+            )
+
+
 def _missing_columns(engine: Engine) -> list[str]:
     """``table.column`` of our schema that the database's existing tables lack.
 
@@ -45,8 +57,12 @@ def _missing_columns(engine: Engine) -> list[str]:
     counts as missing its key (its ids could be reused).
     """
     inspector = sa.inspect(engine)
+    tables = set(inspector.get_table_names())
     missing = []
     for table in metadata.sorted_tables:
+        if table.name not in tables:
+            missing.append(f"{table.name} (table)")
+            continue
         present = {column["name"] for column in inspector.get_columns(table.name)}
         missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
     if engine.dialect.name == "sqlite":
@@ -71,20 +87,28 @@ class Database:
     url : str
         ``sqlite:///path/catalog.sqlite3`` (embedded default) or
         ``postgresql+psycopg://user@host/db``.
+    create : bool
+        Create the schema (the node does). Commands that only read or
+        edit an existing catalog pass False: a SQLite file that does not
+        exist is then an error, never a new empty catalog.
 
     Raises
     ------
     CatalogError
-        The database cannot be opened or its tables created.
+        The database cannot be opened or its tables created; with
+        ``create=False``, there is no catalog at ``url``.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
+        if not create:
+            _require_existing(url)
         try:
             self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _on_sqlite_connect)
-            metadata.create_all(self.engine)
+            if create:
+                metadata.create_all(self.engine)
             missing = _missing_columns(self.engine)
         except SQLAlchemyError as exc:
             raise CatalogError(f"cannot open the catalog: {exc.__class__.__name__}: {exc}") from exc

@@ -44,6 +44,9 @@ def _result(row: Any) -> GeneratedResult:
         size=int(row.size),
         sha256=row.sha256,
         created_at=float(row.created_at),
+        revision=int(row.revision),
+        content_digest=row.content_digest,
+        superseded_by=row.superseded_by,
     )
 
 
@@ -75,6 +78,7 @@ class IntakeCatalog:
                 last_received_at=sa.bindparam("now"),
                 state=SeriesState.RECEIVING.value,
                 reason=None,
+                send_results=True,
                 state_changed_at=sa.case(
                     (series.c.state == SeriesState.RECEIVING.value, series.c.state_changed_at),
                     else_=sa.bindparam("now"),
@@ -132,6 +136,7 @@ class IntakeCatalog:
                         "series_description": record.series_description,
                         "calling_ae_title": record.calling_ae_title,
                         "state": SeriesState.RECEIVING.value,
+                        "send_results": True,
                         "instance_count": 0,
                         "first_received_at": now,
                         "last_received_at": now,
@@ -181,7 +186,38 @@ class IntakeCatalog:
                     "size": result.size,
                     "sha256": result.sha256,
                     "created_at": result.created_at,
+                    "revision": result.revision,
+                    "content_digest": result.content_digest,
+                    "superseded_by": result.superseded_by,
                 },
+            )
+
+    def current_result(
+        self, study_instance_uid: str, model_version: str, kind: ResultKind
+    ) -> GeneratedResult | None:
+        """The latest revision of one kind of result of a study and model version, or None."""
+        with self._db.begin() as connection:
+            row = connection.execute(
+                sa.select(results)
+                .where(results.c.study_instance_uid == study_instance_uid)
+                .where(results.c.model_version == model_version)
+                .where(results.c.kind == kind.value)
+                .order_by(results.c.revision.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _result(row)
+
+    def supersede(self, replaced: GeneratedResult, by_sop_instance_uid: str) -> None:
+        """Record that a newer revision replaced ``replaced`` (and every older one)."""
+        with self._db.begin() as connection:
+            connection.execute(
+                results.update()
+                .where(results.c.study_instance_uid == replaced.study_instance_uid)
+                .where(results.c.model_version == replaced.model_version)
+                .where(results.c.kind == replaced.kind.value)
+                .where(results.c.revision <= replaced.revision)
+                .where(results.c.superseded_by.is_(None))
+                .values(superseded_by=by_sop_instance_uid)
             )
 
     def generated_result(self, sop_instance_uid: str) -> GeneratedResult | None:
@@ -192,11 +228,16 @@ class IntakeCatalog:
             ).first()
         return None if row is None else _result(row)
 
-    def generated_results(self, study_instance_uid: str | None = None) -> list[GeneratedResult]:
-        """Generated objects (of one study, or all), oldest first."""
+    def generated_results(
+        self, study_instance_uid: str | None = None, *, current_only: bool = False
+    ) -> list[GeneratedResult]:
+        """Generated objects (of one study, or all), oldest first; optionally only
+        the current revisions (those not superseded)."""
         query = sa.select(results).order_by(results.c.created_at, results.c.sop_instance_uid)
         if study_instance_uid is not None:
             query = query.where(results.c.study_instance_uid == study_instance_uid)
+        if current_only:
+            query = query.where(results.c.superseded_by.is_(None))
         with self._db.begin() as connection:
             return [_result(r) for r in connection.execute(query).all()]
 
@@ -214,6 +255,30 @@ class IntakeCatalog:
             return int(
                 connection.execute(sa.select(sa.func.count()).select_from(instances)).scalar_one()
             )
+
+    def is_result_series(self, series_instance_uid: str) -> bool:
+        """True if the series holds generated results (the node's own SR or key images)."""
+        with self._db.begin() as connection:
+            row = connection.execute(
+                sa.select(results.c.sop_instance_uid)
+                .where(results.c.series_instance_uid == series_instance_uid)
+                .limit(1)
+            ).first()
+        return row is not None
+
+    def paths_in_series(self, series_instance_uid: str) -> set[str]:
+        """Relative paths of the catalogued files (instances and results) of a series."""
+        with self._db.begin() as connection:
+            rows = connection.execute(
+                sa.select(instances.c.relative_path)
+                .where(instances.c.series_instance_uid == series_instance_uid)
+                .union_all(
+                    sa.select(results.c.relative_path).where(
+                        results.c.series_instance_uid == series_instance_uid
+                    )
+                )
+            ).all()
+        return {str(row[0]) for row in rows}
 
     def instance_paths(self) -> dict[str, str]:
         """``{sop_instance_uid: relative_path}`` for every instance."""

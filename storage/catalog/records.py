@@ -195,6 +195,13 @@ class GeneratedResult:
     size: int
     sha256: str
     created_at: float
+    revision: int = 1
+    """1 for the first object of its study, model version and kind; each
+    replacement (content changed) is the next revision, in the same series."""
+    content_digest: str | None = None
+    """SHA-256 of what the content was made from: equal digests, equal content."""
+    superseded_by: str | None = None
+    """SOP Instance UID of the revision that replaced this one; None while current."""
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ class DeliveryState(str, Enum):
     """The destination answered Success or Warning."""
     FAILED = "failed"
     """The destination answered Failure, or retries ran out; ``last_error`` says why."""
+    SUPERSEDED = "superseded"
+    """A newer revision of the object was made before this one was delivered; not sent."""
 
 
 class BackfillStudyState(StrEnum):
@@ -135,6 +137,9 @@ series = sa.Table(
     sa.Column("first_received_at", sa.Float, nullable=False),
     sa.Column("last_received_at", sa.Float, nullable=False),
     sa.Column("state_changed_at", sa.Float, nullable=False),
+    # False after `dicom-node reindex` without --send-results: the results made
+    # by that run are kept, not sent. A new instance sets it again.
+    sa.Column("send_results", sa.Boolean, nullable=False, default=True),
     # The oldest series waiting in a state: what a worker claims next.
     sa.Index("ix_series_state_changed", "state", "state_changed_at"),
 )
@@ -214,6 +219,12 @@ results = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False, default=1),
+    sa.Column("content_digest", sa.String(64)),
+    sa.Column("superseded_by", UID),
+    sa.UniqueConstraint(
+        "study_instance_uid", "model_version", "kind", "revision", name="uq_result_revision"
+    ),
 )
 
 

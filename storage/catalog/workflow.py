@@ -88,6 +88,40 @@ class WorkflowCatalog:
             changed = connection.execute(statement).rowcount
         return bool(changed)
 
+    def send_results(self, series_instance_uid: str) -> bool:
+        """False when the series was queued again by ``reindex`` without ``--send-results``
+        and no instance arrived since: its results are kept, not sent."""
+        query = sa.select(series.c.send_results).where(
+            series.c.series_instance_uid == series_instance_uid
+        )
+        with self._db.begin() as connection:
+            row = connection.execute(query).first()
+        return True if row is None else bool(row[0])
+
+    def requeue(
+        self, uids: Sequence[str], from_states: Sequence[SeriesState], *, send_results: bool,
+        reason: str, now: float | None = None,
+    ) -> int:  # fmt: skip
+        """Put series back to ``complete`` (their jobs forgotten) to run again; return how many."""
+        now = time.time() if now is None else now
+        moved = 0
+        with self._db.begin() as connection:
+            for start in range(0, len(uids), 500):
+                chunk = list(uids[start : start + 500])
+                connection.execute(jobs.delete().where(jobs.c.series_instance_uid.in_(chunk)))
+                moved += connection.execute(
+                    series.update()
+                    .where(series.c.series_instance_uid.in_(chunk))
+                    .where(series.c.state.in_([s.value for s in from_states]))
+                    .values(
+                        state=SeriesState.COMPLETE.value,
+                        reason=reason,
+                        state_changed_at=now,
+                        send_results=send_results,
+                    )
+                ).rowcount
+        return moved
+
     def series_in_states(self, states: Sequence[SeriesState]) -> list[str]:
         """Series UIDs in any of ``states``, oldest change first."""
         with self._db.begin() as connection:
@@ -97,6 +131,34 @@ class WorkflowCatalog:
                 .order_by(series.c.state_changed_at)
             ).all()
         return [str(row[0]) for row in rows]
+
+    def due_for_step(self, state: SeriesState, step: str, version: str) -> list[str]:
+        """Series in ``state`` that the step (of this version) has yet to run on, oldest first.
+
+        Due means: no job row, a job not finished, or a job finished before
+        the series' last instance arrived (a late instance reopened it after
+        the step ran; after a restart it must run again, not be skipped).
+        """
+        finished = [JobState.DONE.value, JobState.FAILED.value]
+        of_step = (jobs.c.step == step) & (jobs.c.version == version)
+        joined = series.outerjoin(
+            jobs, (jobs.c.series_instance_uid == series.c.series_instance_uid) & of_step
+        )
+        query = (
+            sa.select(series.c.series_instance_uid)
+            .select_from(joined)
+            .where(series.c.state == state.value)
+            .where(
+                sa.or_(
+                    jobs.c.id.is_(None),
+                    jobs.c.state.not_in(finished),
+                    jobs.c.finished_at < series.c.last_received_at,
+                )
+            )
+            .order_by(series.c.state_changed_at)
+        )
+        with self._db.begin() as connection:
+            return [str(row[0]) for row in connection.execute(query).all()]
 
     def series_state(self, series_instance_uid: str) -> tuple[SeriesState, str | None] | None:
         """The state and reason of a series, or None if unknown."""
@@ -498,18 +560,6 @@ class WorkflowCatalog:
                 connection, claim.series_instance_uid, then, claim.worker, lease_seconds, now
             )
             return Finished.MOVED, following
-
-    def clear_jobs(self, series_instance_uids: Sequence[str]) -> None:
-        """Forget the jobs of some series (they run again when complete)."""
-        with self._db.begin() as connection:
-            for start in range(0, len(series_instance_uids), 500):
-                connection.execute(
-                    jobs.delete().where(
-                        jobs.c.series_instance_uid.in_(
-                            list(series_instance_uids[start : start + 500])
-                        )
-                    )
-                )
 
     def job(self, series_instance_uid: str, step: str, version: str) -> JobRecord | None:
         """The job of a step on a series for a version, or None."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers import free_port, wait_for_port
+from tests.peers import free_port, wait_for_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,6 +75,20 @@ class NodeProcess:
                 cwd=REPO,
             )
         wait_for_port(self.port, process=self.process)
+        # The port is bound before recovery; node.json is written once serving.
+        wait_until(lambda: self.runtime().get("pid") == self.pid, what="the node serving")
+
+    def runtime(self) -> dict[str, Any]:
+        """``node.json`` of the running node ({} before it is written)."""
+        try:
+            return dict(json.loads((self.data_dir / "node.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return int(self.process.pid)
 
     def kill(self) -> None:
         assert self.process is not None

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def archive(tmp_path, make_settings, start_node):
-    """A node holding three studies of two patients."""
-    node = start_node(make_settings())
+    """A node holding three studies of two patients; findscu's AE title may query it."""
+    node = start_node(make_settings(access={"ae_titles": {"FINDSCU": ["find", "identities"]}}))
     studies = {}
     for name, pid, date, slices in (
         ("Doe^Jane", "P1", "20240105", 3),
@@ -132,6 +132,8 @@ def test_c_cancel_stops_matching(archive) -> None:
     Over loopback the node sends a few hundred matches before dcmtk's cancel
     arrives, so the cancel flag is driven through the event seam here.
     """
+    from types import SimpleNamespace
+
     from pydicom.dataset import Dataset
 
     from dicom_node.net.handlers import handle_find
@@ -146,6 +148,7 @@ def test_c_cancel_stops_matching(archive) -> None:
         def __init__(self) -> None:
             self.identifier = identifier
             self.sent = 0
+            self.assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="FINDSCU"))
 
         @property
         def is_cancelled(self) -> bool:
@@ -153,7 +156,7 @@ def test_c_cancel_stops_matching(archive) -> None:
 
     event = Event()
     statuses = []
-    for status, _identifier in handle_find(event, node.catalog):
+    for status, _identifier in handle_find(event, node.catalog, node.settings.access):
         statuses.append(status)
         event.sent += 1
     assert statuses == [Status.PENDING, Status.CANCEL]

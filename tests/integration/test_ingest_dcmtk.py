@@ -112,13 +112,15 @@ def test_resent_identical_instance_succeeds_without_rewrite(
     assert node.catalog.intake.instance_count() == 2
 
 
-def test_calling_ae_not_on_allowlist_is_rejected(make_settings, start_node) -> None:
-    node = start_node(make_settings(security={"allowed_calling_ae_titles": ["PACS"]}))
+def test_only_listed_calling_aes_associate_when_unlisted_is_empty(
+    make_settings, start_node
+) -> None:
+    node = start_node(make_settings(access={"unlisted": [], "ae_titles": {"PACS": ["store"]}}))
     refused = run_peer(
         [dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
     )
     assert refused.returncode != 0
-    assert "Association Rejected" in refused.stderr
+    assert "Calling AE Title Not Recognized" in refused.stderr, refused.stderr
     allowed = run_peer(
         [dcmtk("echoscu"), "-aet", "PACS", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
     )
@@ -126,16 +128,24 @@ def test_calling_ae_not_on_allowlist_is_rejected(make_settings, start_node) -> N
 
 
 def test_wrong_called_ae_title_is_rejected(make_settings, start_node) -> None:
-    node = start_node(make_settings())
+    node = start_node(make_settings(access={"ae_titles": {"VIEWER": ["similarity"]}}))
     wrong = run_peer([dcmtk("echoscu"), "-aec", "SOMEONE_ELSE", "127.0.0.1", str(node.port)])
     assert wrong.returncode != 0 and "Association Rejected" in wrong.stderr
     # The similarity AE answers only to its own title, on its own port.
     sim = run_peer(
-        [dcmtk("echoscu"), "-aec", "DICOM_NODE_SIM", "127.0.0.1", str(node.similarity_port)]
+        [
+            dcmtk("echoscu"),
+            *("-aet", "VIEWER", "-aec", "DICOM_NODE_SIM"),
+            *("127.0.0.1", str(node.similarity_port)),
+        ]
     )
     assert sim.returncode == 0, sim.stderr
     crossed = run_peer(
-        [dcmtk("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(node.similarity_port)]
+        [
+            dcmtk("echoscu"),
+            *("-aet", "VIEWER", "-aec", "DICOM_NODE"),
+            *("127.0.0.1", str(node.similarity_port)),
+        ]
     )
     assert crossed.returncode != 0
 

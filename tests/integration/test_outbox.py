@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -13,7 +11,7 @@ from dicom_node.results.outbox import Outbox
 from dicom_node.settings import OutboxSettings
 from storage.catalog import DeliveryState
 from tests.factories import keep_results
-from tests.peers import PEER_ENV, dcmtk, free_port, wait_for_port, wait_until
+from tests.peers import free_port, start_storescp, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,18 +22,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _storescp(port: int, out: Path) -> subprocess.Popen:
-    out.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [dcmtk("storescp"), "-od", str(out), "-aet", "PACS", str(port)],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, process=proc)
-    return proc
 
 
 def test_destination_down_then_up_gets_every_object_once(
@@ -83,7 +69,7 @@ def test_destination_down_then_up_gets_every_object_once(
         timeout=5,
     )
     received_dir = tmp_path / "pacs"
-    pacs = _storescp(port, received_dir)
+    pacs = start_storescp(port, received_dir)
     try:
         clock.now += 10
         results = outbox.run_once()
@@ -122,7 +108,7 @@ def test_failure_status_is_not_retried_and_resend_requeues(
 def test_node_delivers_in_the_background(tmp_path, make_settings, start_node) -> None:
     port = free_port()
     received_dir = tmp_path / "pacs"
-    pacs = _storescp(port, received_dir)
+    pacs = start_storescp(port, received_dir)
     try:
         node = start_node(make_settings(outbox={"destinations": [f"PACS@127.0.0.1:{port}"]}))
         (result,) = keep_results(node.ingest, tmp_path / "source", 1)

@@ -51,8 +51,11 @@ class CountedFile:
 class AcceptAll:
     """A destination that acknowledges everything (the outbox's SCU seam)."""
 
-    def send(self, destination, objects) -> SendReport:
-        return SendReport(None, tuple(StoreResponse(0, "Success") for _ in objects))
+    def send(self, destination, objects, on_response=None) -> SendReport:
+        responses = tuple(StoreResponse(0, "Success") for _ in objects)
+        for position, response in enumerate(responses):
+            on_response(position, response)
+        return SendReport(None, responses)
 
 
 def _series_of(node: Node, cohort: Path) -> dict[str, str]:
@@ -129,6 +132,7 @@ def test_a_processed_series_is_read_headers_once_and_pixel_data_once(
         assert counts and max(counts) == 2, counts
     finally:
         node.catalog.close()
+        node.lock.release()
 
 
 def _measurement_groups(document: pydicom.Dataset) -> list[pydicom.Dataset]:

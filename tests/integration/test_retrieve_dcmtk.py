@@ -1,8 +1,10 @@
 """A viewer opens a similar study the similarity AE lists: dcmtk getscu and movescu on the main AE.
 
-Retrieval hands out whole studies, identities included: only AEs in
-``retrieve.allowed_ae_titles`` may do it, and C-MOVE sends only to
-``retrieve.move_destinations``, whatever the request says.
+Retrieval hands out whole studies, identities included: only AEs with the
+``retrieve`` permission of ``[access]`` (which needs ``identities``) may do it,
+and C-MOVE sends only to ``retrieve.move_destinations``, whatever the request
+says. An AE that may only browse similar cases gets opaque UIDs there and
+cannot retrieve at all.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from dicom_node.retrieval.similar import SimilarityIndex
 from storage.catalog import Catalog
 from tests.factories import near_code, new_nodule, receive_files, write_ct_series
-from tests.peers import PEER_ENV, dcmtk, free_port, run_peer, wait_for_port
+from tests.peers import dcmtk, free_port, run_peer, start_storescp
 
 pytestmark = pytest.mark.integration
 VERSION = "test-model-1"
@@ -25,13 +27,17 @@ SLICES = 4
 
 @pytest.fixture
 def node_with_priors(tmp_path, make_settings, start_node):
-    """An index study (P1) and two similar prior studies of P2 and P3; VIEWER may retrieve."""
+    """An index study (P1) and two similar prior studies of P2 and P3; VIEWER may retrieve,
+    BROWSER may only browse similar cases."""
     viewer_port = free_port()
     settings = make_settings(
-        retrieve={
-            "allowed_ae_titles": ["VIEWER"],
-            "move_destinations": [f"VIEWER@127.0.0.1:{viewer_port}"],
-        }
+        access={
+            "ae_titles": {
+                "VIEWER": ["similarity", "identities", "retrieve"],
+                "BROWSER": ["similarity"],
+            }
+        },
+        retrieve={"move_destinations": [f"VIEWER@127.0.0.1:{viewer_port}"]},
     )
     rng = np.random.default_rng(3)
     centre = rng.integers(0, 2, 192, dtype=np.uint8)
@@ -61,17 +67,18 @@ def node_with_priors(tmp_path, make_settings, start_node):
                 )
             ],
         )
+    node.similarity_index.sync()  # rows written here, not by a step: no waiting on the poll
     yield node, studies, viewer_port
     catalog.close()
 
 
-def _similar_studies(node, tmp_path) -> list[str]:
-    """The folder SIM-IDX1 as a viewer lists it: similar studies, rank by rank."""
-    out = tmp_path / "find"
+def _similar_studies(node, tmp_path, calling: str = "VIEWER") -> list[str]:
+    """The folder SIM-IDX1 as ``calling`` lists it: similar studies, rank by rank."""
+    out = tmp_path / f"find-{calling}"
     out.mkdir()
     result = run_peer(
         [
-            dcmtk("findscu"), "-S", "-aet", "VIEWER", "-aec", "DICOM_NODE_SIM", "-X",
+            dcmtk("findscu"), "-S", "-aet", calling, "-aec", "DICOM_NODE_SIM", "-X",
             "-od", str(out), "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=SIM-IDX1",
             "-k", "StudyInstanceUID", "-k", "StudyDescription",
             "127.0.0.1", str(node.similarity_port),
@@ -120,31 +127,36 @@ def test_getscu_retrieves_a_listed_similar_study_for_an_allowed_ae_only(
     assert {ds.StudyInstanceUID for ds in received} == {listed[0]}
     assert {str(ds.PatientName) for ds in received} == {"Name^P2"}
 
+    # An unknown AE may store (access.unlisted), so its association is accepted for
+    # the storage contexts getscu proposes; the C-GET itself is refused.
     refused = _getscu(node, "STRANGER", listed[0], tmp_path / "stranger")
     assert list((tmp_path / "stranger").iterdir()) == []
-    assert "0x124" in refused.stderr, refused.stderr  # 0x0124 Refused: Not Authorised
+    assert "0x124" in refused.stderr, refused.stderr  # 0x0124 Refused: Not Authorized
+
+    # A browser of similar cases sees opaque UIDs, and may not retrieve even a real one.
+    browsed = _similar_studies(node, tmp_path, "BROWSER")
+    assert len(browsed) == 2 and not set(browsed) & set(listed)
+    for study, out in ((browsed[0], "opaque"), (listed[0], "real")):
+        denied = _getscu(node, "BROWSER", study, tmp_path / out)
+        assert denied.returncode != 0 and "Association Rejected" in denied.stderr
+        assert list((tmp_path / out).iterdir()) == []
 
 
 def test_movescu_sends_to_the_configured_destination_only(node_with_priors, tmp_path) -> None:
     node, studies, viewer_port = node_with_priors
     study = _similar_studies(node, tmp_path)[0]
     inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    viewer = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", "VIEWER", "-od", str(inbox), str(viewer_port)],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    viewer = start_storescp(viewer_port, inbox, ae_title="VIEWER")
     try:
-        wait_for_port(viewer_port, process=viewer)
         moved = _movescu(node, "VIEWER", "VIEWER", study)
         assert moved.returncode == 0, moved.stderr
         assert len(list(inbox.iterdir())) == SLICES
-        # Not allowed to retrieve, or a destination not configured: refused, nothing sent.
-        for calling, destination in (("STRANGER", "VIEWER"), ("VIEWER", "ELSEWHERE")):
-            refused = _movescu(node, calling, destination, study)
-            assert "Refused: MoveDestinationUnknown" in refused.stderr, refused.stderr
+        # Not allowed to retrieve: no association; a destination not configured: refused.
+        for calling in ("STRANGER", "BROWSER"):
+            refused = _movescu(node, calling, "VIEWER", study)
+            assert "Calling AE Title Not Recognized" in refused.stderr, refused.stderr
+        refused = _movescu(node, "VIEWER", "ELSEWHERE", study)
+        assert "Refused: MoveDestinationUnknown" in refused.stderr, refused.stderr
         assert len(list(inbox.iterdir())) == SLICES
     finally:
         viewer.terminate()

@@ -20,7 +20,15 @@ VERSION = "test-model-1"
 @pytest.fixture
 def archive(tmp_path, make_settings, start_node):
     """Five studies of four patients with nodule codes we control, on a running node."""
-    settings = make_settings(privacy={"identities_visible_to": ["TRUSTED"]})
+    settings = make_settings(
+        access={
+            "ae_titles": {
+                "TRUSTED": ["similarity", "identities"],
+                "VIEWER": ["similarity"],
+                "FINDSCU": ["find", "identities"],
+            }
+        }
+    )
     rng = np.random.default_rng(1)
     big, small = (rng.integers(0, 2, 192, dtype=np.uint8) for _ in range(2))
     studies = {}
@@ -118,14 +126,19 @@ def test_folder_lists_other_patients_similar_studies_in_rank_order(archive, tmp_
         "StudyDescription",
         "PatientName",
     )
+    # VIEWER may not see identities: opaque study UIDs, case ids, never the real name or ID.
+    policy = node.policy
     uids = [ds.StudyInstanceUID for ds in found]
     # Other patients only (P1's own prior ACC1 is not a "similar case"), big nodules first, closest first.
-    assert uids == [studies["ACC2"].StudyInstanceUID, studies["ACC3"].StudyInstanceUID]
+    assert uids == [
+        policy.study_uid(studies[a].StudyInstanceUID, reveal=False) for a in ("ACC2", "ACC3")
+    ]
+    assert not {ds.StudyInstanceUID for ds in studies.values()} & set(uids)
     assert all(ds.PatientID == folder for ds in found)
     assert found[0].StudyDescription.startswith("#1 ")
     block = found[0].private_block(0x0011, PRIVATE_CREATOR)
-    assert int(block[0x10].value) == 1 and block[0x12].value == index.StudyInstanceUID
-    # VIEWER may not see identities: de-identified case ids, never the real name or ID.
+    assert int(block[0x10].value) == 1
+    assert block[0x12].value == policy.study_uid(index.StudyInstanceUID, reveal=False)
     assert all(str(ds.PatientName).startswith("CASE-") for ds in found)
     assert all(
         "P2" not in str(ds.PatientName) and "Name" not in str(ds.PatientName) for ds in found
@@ -146,6 +159,9 @@ def test_trusted_ae_sees_identity_and_private_key_query_works(archive, tmp_path)
     query.save_as(query_file, implicit_vr=False, little_endian=True)
     found = _find(node.similarity_port, tmp_path / "q", "TRUSTED", query_file=query_file)
     assert [str(ds.PatientName) for ds in found] == ["Name^P2", "Name^P3"]
+    assert [ds.StudyInstanceUID for ds in found] == [
+        studies[a].StudyInstanceUID for a in ("ACC2", "ACC3")
+    ]
 
 
 def test_unknown_folder_is_empty_and_main_ae_is_not_affected(archive, tmp_path) -> None:
@@ -184,3 +200,97 @@ def test_unknown_folder_is_empty_and_main_ae_is_not_affected(archive, tmp_path) 
     )
     assert result.returncode == 0
     assert [pydicom.dcmread(p).StudyInstanceUID for p in out.glob("rsp*.dcm")] == [uid]
+
+
+def _secrets(studies: dict[str, pydicom.Dataset]) -> set[str]:
+    """Every identity of the archive: names, IDs, accession numbers, real UIDs."""
+    found = set()
+    for ds in studies.values():
+        found |= {str(ds.PatientName), ds.PatientID, ds.AccessionNumber}
+        found |= {ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID}
+    return found
+
+
+def _values(ds: pydicom.Dataset) -> list[str]:
+    """Every value of a response (private elements included), as text."""
+    values = []
+    for element in ds.iterall():
+        value = element.value
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        values.append(str(value))
+    return values
+
+
+def test_no_sequence_of_queries_leads_an_ae_without_identities_to_them(archive, tmp_path) -> None:
+    """VIEWER may use the similarity AE but not see identities: try every road to them."""
+    node, studies = archive
+    secrets = _secrets(studies)
+    answers: list[pydicom.Dataset] = []
+    out = tmp_path / "q"
+
+    def similar(*keys: str, query_file: Path | None = None) -> list[pydicom.Dataset]:
+        found = _find(node.similarity_port, out, "VIEWER", *keys, query_file=query_file)
+        answers.extend(found)
+        return found
+
+    extra = (
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientBirthDate",
+        "IssuerOfPatientID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyDate",
+        "StudyDescription",
+    )
+    # 1. every folder, found by enumerating accession numbers
+    for accession in ("ACC1", "ACC2", "ACC3", "ACC4", "ACC5"):
+        similar("QueryRetrieveLevel=STUDY", f"PatientID=SIM-{accession}", *extra)
+    assert answers, "the folders must answer something for this test to mean anything"
+    # 2. each answer's study UID, case id and index UID fed back as queries
+    for answer in list(answers):
+        for key in (0x12,):
+            query = pydicom.Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.PatientName = ""
+            query.private_block(0x0011, PRIVATE_CREATOR, create=True).add_new(
+                key, "UI", answer.StudyInstanceUID
+            )
+            query_file = tmp_path / "fed-back.dcm"
+            query.save_as(query_file, implicit_vr=False, little_endian=True)
+            assert similar(query_file=query_file) == [], "an opaque UID is no index study"
+        assert similar("QueryRetrieveLevel=STUDY", f"PatientID={answer.PatientName}") == []
+        # ... and the main AE, which would know real UIDs, refuses VIEWER outright.
+        refused = run_peer(
+            [
+                dcmtk("findscu"),
+                *("-S", "-aet", "VIEWER", "-aec", "DICOM_NODE"),
+                *("-k", "QueryRetrieveLevel=STUDY"),
+                *("-k", f"StudyInstanceUID={answer.StudyInstanceUID}"),
+                *("-k", "PatientName", "127.0.0.1", str(node.port)),
+            ]
+        )
+        assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+    # 3. wildcards and universal matching on the folder key, and identity keys alone
+    for keys in (
+        ("PatientID=SIM-*",),
+        ("PatientID=*",),
+        ("PatientID=",),
+        ("PatientName=Name*",),
+        ("PatientID=P2",),
+        (f"StudyInstanceUID={studies['ACC2'].StudyInstanceUID}",),
+    ):
+        assert similar("QueryRetrieveLevel=STUDY", *keys, *extra[1:]) == [], keys
+    # 4. nothing VIEWER saw holds a name, ID, accession number or real UID of another
+    #    patient (its own query's folder id "SIM-<accession>" is the only echo allowed)
+    for answer in answers:
+        folder = answer.PatientID
+        leaked = {
+            secret
+            for value in _values(answer)
+            if value != folder
+            for secret in secrets
+            if secret and secret in value
+        }
+        assert not leaked, (leaked, answer)

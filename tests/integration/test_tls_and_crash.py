@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 import subprocess
 from pathlib import Path
@@ -13,78 +12,14 @@ import pytest
 from storage.catalog import Catalog, SeriesState
 from tests.factories import dataset_bytes, write_ct_series
 from tests.peers import PEER_ENV, dcmtk, run_peer, wait_until
+from tests.pki import make_pki, tls_security
 
 pytestmark = pytest.mark.integration
 
 
-def _make_pki(directory: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(common_name: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-    def write(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-        (directory / f"{stem}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("test CA"))
-        .issuer_name(name("test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    write("ca", ca_key, ca)
-    for stem, serial in (("server", 2), ("client", 3)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(stem))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-        )
-        if stem == "server":
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        write(stem, key, builder.sign(ca_key, hashes.SHA256()))
-    return {p.stem + "_" + p.suffix[1:]: p for p in directory.iterdir()}
-
-
 def test_tls_association_with_client_certificate(tmp_path, make_settings, start_node) -> None:
-    pki = _make_pki(tmp_path)
-    node = start_node(
-        make_settings(
-            security={
-                "tls_certificate": str(pki["server_crt"]),
-                "tls_private_key": str(pki["server_key"]),
-                "tls_ca_certificates": str(pki["ca_crt"]),
-            }
-        )
-    )
+    pki = make_pki(tmp_path)
+    node = start_node(make_settings(security=tls_security(pki)))
     tls = ["+tls", str(pki["client_key"]), str(pki["client_crt"]), "+cf", str(pki["ca_crt"])]
     echo = run_peer(
         [dcmtk("echoscu"), "-v", *tls, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)]
@@ -148,8 +83,14 @@ def _acknowledged(storescu_output: str) -> list[str]:
 
 def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_process) -> None:
     paths = write_ct_series(tmp_path / "s", 150, rows=256, columns=256)
+    # No processing: what is checked here is the store, and a pipeline run on
+    # these noise slices would depend on the machine's load (it once stored an SR).
     node = node_process(
-        env={"DICOM_NODE_SERIES_IDLE_SECONDS": "1", "DICOM_NODE_STORAGE_MIN_FREE_MB": "0"}
+        env={
+            "DICOM_NODE_SERIES_IDLE_SECONDS": "1",
+            "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
+            "DICOM_NODE_WORKER_THREADS": "0",
+        }
     )
     node.start()
     catalog = Catalog(f"sqlite:///{node.data_dir / 'catalog.sqlite3'}")
@@ -187,21 +128,20 @@ def test_sigkill_during_transfer_loses_no_acknowledged_instance(tmp_path, node_p
         assert sop_instance_uid in stored, f"acknowledged instance {path} lost"
         kept = instances_dir / stored[sop_instance_uid]
         assert dataset_bytes(kept) == dataset_bytes(Path(path))
-        pydicom.dcmread(kept).pixel_array  # readable
+        assert pydicom.dcmread(kept).pixel_array.shape == (256, 256)  # readable
+    # After the start, every file is catalogued: one renamed into place but not
+    # yet catalogued when the node was killed was adopted (or removed) at start.
     visible = {p.relative_to(instances_dir).as_posix() for p in instances_dir.rglob("*.dcm")}
-    assert set(stored.values()) <= visible, "a catalog row without its file"
-    for extra in visible - set(stored.values()):
-        # Renamed but not yet catalogued when killed: never acknowledged, yet
-        # complete (a resend finds it identical and catalogues it).
-        pydicom.dcmread(instances_dir / extra).pixel_array
+    assert visible == set(stored.values()), "orphan files or catalog rows without files"
     assert not list((instances_dir / ".tmp").rglob("*.part")), "partial files left at start"
+    assert node.runtime()["recovery"]["series_scanned"] == 1  # it looked (the node was killed)
+    # One instance at most was in flight: not written, written but not catalogued
+    # (adopted at start), or catalogued but its response never sent.
+    assert len(acknowledged) <= len(stored) <= len(acknowledged) + 1
     (summary,) = catalog.workflow.summaries()
     wait_until(
-        # Complete, then handed to the processor at once (the AI pipeline finds
-        # no lungs in these noise slices): any state after receiving counts.
         lambda: (
-            catalog.workflow.series_state(summary.series_instance_uid)[0]
-            is not SeriesState.RECEIVING
+            catalog.workflow.series_state(summary.series_instance_uid)[0] is SeriesState.COMPLETE
         ),
         what="series complete after restart",
     )

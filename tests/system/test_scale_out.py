@@ -102,6 +102,7 @@ def _environment(url: str, shared: Path) -> dict[str, str]:
         "DICOM_NODE_WORKER_POLL_SECONDS": "0.5",
         "DICOM_NODE_WORKER_DEVICE": "cpu",
         "DICOM_NODE_INDEX_POLL_SECONDS": "1",
+        "DICOM_NODE_ACCESS_AE_TITLES": "FINDSCU=similarity+identities",  # findscu's own title
         "OMP_NUM_THREADS": "1",  # two workers and a receiver on the same cores
     }
 

@@ -144,3 +144,22 @@ def test_a_worker_whose_job_was_taken_over_records_nothing(catalog) -> None:
     record = catalog.workflow.job("1.2.3", "analysis", "v1")
     assert record is not None and record.worker == "other" and record.state is JobState.RUNNING
     assert catalog.workflow.series_state("1.2.3")[0] is SeriesState.PROCESSING
+
+
+def test_a_late_instance_after_the_steps_ran_makes_them_due_again(catalog) -> None:
+    """A reported series reopened by a late instance, then a restart: processed again."""
+    from dicom_node.intake.series import complete_idle_series
+
+    runner = JobRunner(catalog, [Analysis(), Results()])
+    runner.run("1.2.3")
+    assert runner.pending() == []
+    catalog.intake.record_instance(instance_record("1.2.3.2", number=2))  # late: receiving
+    assert runner.pending() == []  # not while it is receiving ...
+    # ... but once the restarted node's resume() has completed it, its steps are due,
+    # although jobs of this model version finished before.
+    assert complete_idle_series(catalog, 0.0) == ["1.2.3"]
+    assert runner.pending() == ["1.2.3"]
+    job = runner.run("1.2.3")
+    assert job is not None and job.outcome is not None
+    assert job.outcome.state is SeriesState.REPORTED
+    assert runner.pending() == []

@@ -30,3 +30,33 @@ print("torch imported:", "torch" in sys.modules)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "torch imported: False"
+
+
+def test_a_worker_shares_the_data_directory_a_serving_node_holds(tmp_path) -> None:
+    """``dicom-node worker`` takes no lock (it may run beside ``serve``); it may not serve."""
+    import dataclasses
+
+    import pytest
+
+    from dicom_node.app import Node
+    from dicom_node.settings import load_settings
+    from storage.errors import DataDirectoryInUse
+    from storage.lock import DataDirectoryLock
+
+    settings = load_settings(environ={}, overrides={"data_dir": tmp_path})
+    settings = dataclasses.replace(settings, worker=dataclasses.replace(settings.worker, threads=0))
+    serving = DataDirectoryLock(tmp_path)
+    serving.acquire()
+    try:
+        with pytest.raises(DataDirectoryInUse, match=r"in use by pid \d+"):
+            Node(settings)
+        worker = Node(settings, exclusive=False)
+        try:
+            assert worker.lock is None
+            with pytest.raises(RuntimeError, match="may only run workers"):
+                worker.start(listen=True)
+        finally:
+            worker.catalog.close()
+        assert serving.held
+    finally:
+        serving.release()

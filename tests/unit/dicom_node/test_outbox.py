@@ -23,10 +23,15 @@ class FakeSCU:
         self.reports = list(reports)
         self.sent: list[list[str]] = []
 
-    def send(self, destination: Destination, objects: Sequence[Outgoing]) -> SendReport:
+    def send(
+        self, destination: Destination, objects: Sequence[Outgoing], on_response=None
+    ) -> SendReport:
         assert destination == PACS
         self.sent.append([o.sop_instance_uid for o in objects])
-        return self.reports.pop(0)
+        report = self.reports.pop(0)
+        for position, response in enumerate(report.responses):
+            on_response(position, response)
+        return report
 
 
 class Clock:

@@ -53,9 +53,9 @@ def test_matching_kinds() -> None:
             {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": "1.2"},
             "needs a single SeriesInstanceUID",
         ),
-        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20240101T"}, "is not a valid value"),
-        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024-01-01"}, "is not YYYYMMDD"),
-        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024010-"}, "is not YYYYMMDD"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20240101T"}, "is not a valid date"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024-01-01"}, "bounds are not YYYYMMDD"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024010-"}, "bounds are not YYYYMMDD"),
         ({"QueryRetrieveLevel": "STUDY", "AccessionNumber": "A\\B"}, "only supported for UIDs"),
     ],
 )
@@ -67,3 +67,42 @@ def test_invalid_identifiers(keys, message) -> None:
 def test_keys_of_lower_levels_are_not_matched_at_study_level() -> None:
     query = parse_identifier(_identifier(QueryRetrieveLevel="STUDY", SOPInstanceUID="1.2.3"))
     assert query.matches == () and query.unsupported_keys == ("SOPInstanceUID",)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"QueryRetrieveLevel": "STUDY", "PatientBirthDate": "Doe^Canary 1950"},
+        {"QueryRetrieveLevel": "STUDY", "PatientBirthDate": "19500101-Doe^Canary"},
+        {"QueryRetrieveLevel": "Doe^Canary"},
+    ],
+)
+def test_refusals_never_quote_what_the_peer_sent(keys) -> None:
+    """The message is logged and sent back; a malformed value may be PHI."""
+    with pytest.raises(InvalidQuery) as raised:
+        parse_identifier(_identifier(**keys))
+    assert "Canary" not in str(raised.value) and "1950" not in str(raised.value)
+
+
+def test_values_pynetdicom_quotes_from_a_request_are_withheld_in_the_logs(tmp_path) -> None:
+    """A peer's non-conformant UID may hold a name: the log keeps the element, not the value."""
+    import logging
+
+    from dicom_node.cli._logging import add_log_file
+
+    path = tmp_path / "node.log"
+    add_log_file(path, max_bytes=2**20, backups=1)
+    try:
+        logging.getLogger("pynetdicom.utils").warning(
+            "Non-conformant 'Affected SOP Instance UID' value '1.2.DOE^JANE'"
+        )
+        logging.getLogger("dicom_node.test").warning("value '1.2.3' of our own stays")
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "baseFilename", "") == str(path)]:
+            root.removeHandler(handler)
+            handler.close()
+    text = path.read_text()
+    assert "DOE" not in text
+    assert "Non-conformant 'Affected SOP Instance UID' value (withheld)" in text
+    assert "value '1.2.3' of our own stays" in text

@@ -184,3 +184,35 @@ def test_montage_layout_never_overlaps(rows: int, matches: int) -> None:
         )
         for other in boxes[i + 1 :]:
             assert not box.overlaps(other), (box, other)
+
+
+def test_result_uids_are_derived_from_their_inputs_in_any_process() -> None:
+    """Same study, version, kind and revision: same UID (a restart makes the same object)."""
+    import subprocess
+    import sys
+
+    from dicom_node.results.identity import result_series_uid, result_sop_instance_uid
+    from storage.catalog import ResultKind
+    from storage.uids import is_valid_uid
+
+    sr, montage = ResultKind.SIMILARITY_SR, ResultKind.KEY_IMAGES
+    uids = [
+        result_series_uid("1.2.3", "v1", sr),
+        result_series_uid("1.2.3", "v1", montage),
+        result_series_uid("1.2.3", "v2", sr),
+        result_series_uid("1.2.4", "v1", sr),
+        result_sop_instance_uid("1.2.3", "v1", sr, 1),
+        result_sop_instance_uid("1.2.3", "v1", sr, 2),
+        result_sop_instance_uid("1.2.3", "v1", montage, 1),
+    ]
+    assert len(set(uids)) == len(uids)
+    assert all(uid.startswith("2.25.") and is_valid_uid(uid) for uid in uids)
+    again = subprocess.run(
+        [sys.executable, "-c", "from dicom_node.results.identity import result_sop_instance_uid;"
+         "from storage.catalog import ResultKind;"
+         "print(result_sop_instance_uid('1.2.3', 'v1', ResultKind.SIMILARITY_SR, 2))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert again.stdout.strip() == uids[5]
+    with pytest.raises(ValueError, match="revisions start at 1"):
+        result_sop_instance_uid("1.2.3", "v1", sr, 0)
