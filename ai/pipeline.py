@@ -136,8 +136,9 @@ def analyse_volume(
     started = time.perf_counter()
     cfg = model.config
     centres = np.array([n.center_xyz for n in nodules], np.float64).reshape(-1, 3)
-    # Every nodule's ROI in one batch, resampled on the device (the GPU when there is one).
-    rois = extract_rois(volume, lung_mask, centres, size=cfg.roi_size, device=device)
+    # Every nodule's ROI in one batch, cut as the model was trained (its config's
+    # geometry) and resampled on the device (the GPU when there is one).
+    rois = extract_rois(volume, lung_mask, centres, **cfg.roi_kwargs(), device=device)
     rois = np.ascontiguousarray(rois, np.float32)
     if rois.shape[1] != cfg.in_channels:
         raise ValueError(f"ROIs have {rois.shape[1]} channels; the model expects {cfg.in_channels}")

@@ -13,13 +13,23 @@ Queries and database are patient-disjoint ROI sets. Distances:
   and after;
 - LSH and ITQ at every K, on raw pixels and on our float embedding.
 
-Relevance is "same size class" and, reported apart, "same size class and
-texture". Metrics: mAP over the whole database, mAP@100, P@10.
+Relevance (:func:`relevance_labels`), each reported with mAP over the whole
+database, mAP@100 and P@10 under its own key suffix: same size class (no
+suffix: ``map``, ``map@100``, ``p@10``), same size class and texture
+(``_size_texture``), same texture (``_texture``) and, where the ROIs carry it,
+same malignancy group (``_malignancy``: benign 1-2 / malignant 4-5, as seed
+004; nodules rated 3 are left out both as queries and from the database).
+
+:func:`kfold_retrieval` repeats the table over patient-disjoint folds (each
+fold's nodules query the other folds') and gives the mean and the standard
+deviation over folds (keys with ``_sd``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,7 +47,14 @@ from ai.hashing.metrics import (
 )
 from ai.hashing.train import RoiSet
 
-__all__ = ["CODE_LENGTHS", "RetrievalEvaluation", "evaluate_retrieval_table"]
+__all__ = [
+    "CODE_LENGTHS",
+    "FoldedEvaluation",
+    "RetrievalEvaluation",
+    "evaluate_retrieval_table",
+    "kfold_retrieval",
+    "relevance_labels",
+]
 
 CODE_LENGTHS = (24, 32, 48, 64)
 
@@ -72,15 +89,38 @@ def _reranked(
     return result
 
 
-def _metrics(
-    d: npt.ArrayLike, rel_size: npt.NDArray[np.bool_], rel_both: npt.NDArray[np.bool_]
-) -> dict[str, float]:
-    return {
-        "map": mean_average_precision(d, rel_size),
-        "map@100": mean_average_precision(d, rel_size, top=100),
-        "p@10": precision_at_k(d, rel_size, 10),
-        "map_size_texture": mean_average_precision(d, rel_both),
+def relevance_labels(rois: RoiSet) -> dict[str, npt.NDArray[Any]]:
+    """Labels per relevance, keyed by metric suffix; -1 marks a label left out."""
+    labels: dict[str, npt.NDArray[Any]] = {
+        "": rois.size_class,
+        "_size_texture": np.where(
+            (rois.texture >= 0)[:, None], np.c_[rois.size_class, rois.texture], -1
+        ),
+        "_texture": rois.texture,
     }
+    if rois.malignancy is not None and (rois.malignancy >= 0).any():
+        labels["_malignancy"] = rois.malignancy
+    return labels
+
+
+def _metrics(
+    d: npt.ArrayLike, query: dict[str, npt.NDArray[Any]], database: dict[str, npt.NDArray[Any]]
+) -> dict[str, float]:
+    """mAP, mAP@100 and P@10 for every relevance; rows and columns labelled -1 are left out."""
+    distances = np.asarray(d)
+    out: dict[str, float] = {}
+    for suffix, q_labels in query.items():
+        db_labels = database[suffix]
+        q_keep = (q_labels >= 0) if q_labels.ndim == 1 else (q_labels >= 0).all(axis=1)
+        db_keep = (db_labels >= 0) if db_labels.ndim == 1 else (db_labels >= 0).all(axis=1)
+        if not q_keep.any() or not db_keep.any():
+            continue
+        sub = distances[q_keep][:, db_keep]
+        rel = label_relevance(q_labels[q_keep], db_labels[db_keep])
+        out[f"map{suffix}"] = mean_average_precision(sub, rel)
+        out[f"map@100{suffix}"] = mean_average_precision(sub, rel, top=100)
+        out[f"p@10{suffix}"] = precision_at_k(sub, rel, 10)
+    return out
 
 
 def evaluate_retrieval_table(
@@ -97,10 +137,10 @@ def evaluate_retrieval_table(
     seed : int
         Seed of LSH's projections and ITQ's rotation.
     """
+    q_labels, db_labels = relevance_labels(queries), relevance_labels(database)
+    db_labels = {k: v for k, v in db_labels.items() if k in q_labels}
+    q_labels = {k: v for k, v in q_labels.items() if k in db_labels}
     rel_size = label_relevance(queries.size_class, database.size_class)
-    rel_both = label_relevance(
-        np.c_[queries.size_class, queries.texture], np.c_[database.size_class, database.texture]
-    )
     rows: dict[str, dict[str, float]] = {}
     curves: dict[str, PRCurve] = {}
     l2 = ((q.embedding[:, None, :] - db.embedding[None, :, :]) ** 2).sum(-1)
@@ -114,13 +154,13 @@ def evaluate_retrieval_table(
             tuple(_prefix(getattr(q, k), bits) for k in ("shallow", "middle", "deep")),
             tuple(_prefix(getattr(db, k), bits) for k in ("shallow", "middle", "deep")),
         )
-        rows[f"ours joint {bits}"] = _metrics(joint, rel_size, rel_both)
+        rows[f"ours joint {bits}"] = _metrics(joint, q_labels, db_labels)
         rows[f"ours joint + float rerank {bits}"] = _metrics(
-            _reranked(joint, l2), rel_size, rel_both
+            _reranked(joint, l2), q_labels, db_labels
         )
         if bits == 64:
             rows[f"ours joint + float16 rerank {bits}"] = _metrics(
-                _reranked(joint, l2_16), rel_size, rel_both
+                _reranked(joint, l2_16), q_labels, db_labels
             )
         for name, method in (("ITQ", ITQ(bits, seed=seed)), ("LSH", LSH(bits, seed=seed))):
             # ITQ learns a rotation of a PCA: at most min(n, d) bits.
@@ -132,15 +172,94 @@ def evaluate_retrieval_table(
                     continue
                 fitted = type(method)(bits, seed=seed).fit(features)
                 d = hamming_distances(fitted.encode(query_features), fitted.encode(features))
-                rows[f"{name} {label} {bits}"] = _metrics(d, rel_size, rel_both)
+                rows[f"{name} {label} {bits}"] = _metrics(d, q_labels, db_labels)
                 if bits == 64 and label == "raw pixels":
                     curves[f"{name} raw pixels"] = pr_curve(d, rel_size)
         if bits == 64:
             curves["ours joint"] = pr_curve(joint, rel_size)
     for layer in ("shallow", "middle", "deep"):
         rows[f"ours {layer} only 64"] = _metrics(
-            hamming_distances(getattr(q, layer), getattr(db, layer)), rel_size, rel_both
+            hamming_distances(getattr(q, layer), getattr(db, layer)), q_labels, db_labels
         )
-    rows["ours float embedding"] = _metrics(l2, rel_size, rel_both)
-    rows["ours float16 embedding"] = _metrics(l2_16, rel_size, rel_both)
+    rows["ours float embedding"] = _metrics(l2, q_labels, db_labels)
+    rows["ours float16 embedding"] = _metrics(l2_16, q_labels, db_labels)
     return RetrievalEvaluation(rows, curves, len(queries), len(database))
+
+
+@dataclass(frozen=True)
+class FoldedEvaluation:
+    """:func:`kfold_retrieval`'s result.
+
+    Attributes
+    ----------
+    rows : dict
+        ``{method: {metric: mean over folds, metric + "_sd": standard deviation}}``.
+    folds : list of dict
+        Each fold's rows, ``n_queries`` and ``n_database``.
+    curves : dict
+        Precision-recall curves at 64 bits of the first fold.
+    n_queries, n_database : int
+        Queries over all folds, and the mean database size.
+    """
+
+    rows: dict[str, dict[str, float]]
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, PRCurve] = field(default_factory=dict)
+    n_queries: int = 0
+    n_database: int = 0
+
+
+def kfold_retrieval(
+    data: RoiSet,
+    fold_of: npt.ArrayLike,
+    codes: Callable[[int, RoiSet, RoiSet], tuple[HashCodes, HashCodes]],
+    *,
+    seed: int = 0,
+) -> FoldedEvaluation:
+    """The table of :func:`evaluate_retrieval_table` over folds, with mean and spread.
+
+    Parameters
+    ----------
+    data : RoiSet
+        All labelled ROIs.
+    fold_of : array_like
+        ``(n,)`` fold of each ROI (``ai.readers.lidc_crops.patient_folds``
+        keeps a patient in one fold).
+    codes : callable
+        ``codes(fold, queries, database) -> (query_codes, database_codes)``;
+        the model behind them must not have seen ``queries``' patients.
+    seed : int
+        Seed of LSH and ITQ.
+    """
+    folds = np.asarray(fold_of)
+    per_fold: list[dict[str, Any]] = []
+    curves: dict[str, PRCurve] = {}
+    for k in np.unique(folds):
+        queries = data.subset(np.flatnonzero(folds == k))
+        database = data.subset(np.flatnonzero(folds != k))
+        q, db = codes(int(k), queries, database)
+        table = evaluate_retrieval_table(queries, database, q, db, seed=seed)
+        per_fold.append(
+            {
+                "fold": int(k),
+                "rows": table.rows,
+                "n_queries": len(queries),
+                "n_database": len(database),
+            }
+        )
+        curves = curves or table.curves
+    rows: dict[str, dict[str, float]] = {}
+    for method in per_fold[0]["rows"]:
+        metrics = per_fold[0]["rows"][method]
+        rows[method] = {}
+        for metric in metrics:
+            values = np.array([f["rows"][method].get(metric, np.nan) for f in per_fold])
+            rows[method][metric] = float(np.nanmean(values))
+            rows[method][f"{metric}_sd"] = float(np.nanstd(values))
+    return FoldedEvaluation(
+        rows=rows,
+        folds=per_fold,
+        curves=curves,
+        n_queries=int(sum(f["n_queries"] for f in per_fold)),
+        n_database=int(round(np.mean([f["n_database"] for f in per_fold]))),
+    )

@@ -62,6 +62,12 @@ class HashCodes:
         Bits per layer ``K``.
     model_version : str or None
         Version id of the weights that made the codes.
+    malignancy_probs : numpy.ndarray or None
+        ``(n, 2)`` float32 probabilities of benign and malignant (the LIDC
+        readers' groups) from models with a malignancy head, else ``None``.
+    diameter_mm : numpy.ndarray or None
+        ``(n,)`` float32 nodule diameter the network measured (equivalent
+        sphere) from models with a diameter head, else ``None``.
     """
 
     shallow: npt.NDArray[np.uint8]
@@ -72,6 +78,8 @@ class HashCodes:
     texture_probs: npt.NDArray[np.float32]
     n_bits: int
     model_version: str | None = None
+    malignancy_probs: npt.NDArray[np.float32] | None = None
+    diameter_mm: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         nb = (self.n_bits + 7) // 8
@@ -85,6 +93,12 @@ class HashCodes:
                 raise ValueError(f"{name} must be ({n}, {width}), got {getattr(self, name).shape}")
         if self.embedding.ndim != 2 or self.embedding.shape[0] != n:
             raise ValueError(f"embedding must be ({n}, d), got {self.embedding.shape}")
+        if self.malignancy_probs is not None and self.malignancy_probs.shape != (n, 2):
+            raise ValueError(
+                f"malignancy_probs must be ({n}, 2), got {self.malignancy_probs.shape}"
+            )
+        if self.diameter_mm is not None and self.diameter_mm.shape != (n,):
+            raise ValueError(f"diameter_mm must be ({n},), got {self.diameter_mm.shape}")
 
     def __len__(self) -> int:
         return int(self.shallow.shape[0])

@@ -60,7 +60,17 @@ def encode(
     dev = torch.device(device)
     model.to(dev).eval()
     parts: dict[str, list[npt.NDArray[np.float32]]] = {
-        k: [] for k in ("shallow", "middle", "deep", "embedding", "size", "texture")
+        k: []
+        for k in (
+            "shallow",
+            "middle",
+            "deep",
+            "embedding",
+            "size",
+            "texture",
+            "malignancy",
+            "diameter",
+        )
     }
     with torch.inference_mode():
         for start in range(0, x.shape[0], batch_size):
@@ -72,6 +82,11 @@ def encode(
             parts["embedding"].append(out.embedding.float().cpu().numpy())
             parts["size"].append(torch.softmax(out.size_logits.float(), dim=1).cpu().numpy())
             parts["texture"].append(torch.softmax(out.texture_logits.float(), dim=1).cpu().numpy())
+            if out.malignancy_logits is not None:
+                probs = torch.softmax(out.malignancy_logits.float(), dim=1)
+                parts["malignancy"].append(probs.cpu().numpy())
+            if out.log_diameter is not None:
+                parts["diameter"].append(torch.exp(out.log_diameter.float()).cpu().numpy())
 
     def cat(key: str, width: int) -> npt.NDArray[np.float32]:
         if not parts[key]:
@@ -88,4 +103,6 @@ def encode(
         texture_probs=cat("texture", cfg.n_textures),
         n_bits=k,
         model_version=model_version,
+        malignancy_probs=cat("malignancy", 2) if cfg.n_malignancy == 2 else None,
+        diameter_mm=cat("diameter", 1).reshape(-1) if cfg.diameter_head else None,
     )

@@ -12,7 +12,16 @@ the decoder upsamples bilinearly back to the input size. Heads:
   FCDN layer 25);
 - ``embedding`` L2-normalised float vector from the last encoder block;
 - ``size_logits`` (8 diameter classes) and ``texture_logits`` (3 textures);
-- ``reconstruction`` ``(n, C, H, W)`` in ``[0, 1]`` for the pixel loss.
+- ``reconstruction`` ``(n, C, H, W)`` in ``[0, 1]`` for the pixel loss;
+- optional heads, present when the config asks for them (older weights have
+  none and load unchanged): ``malignancy_logits`` (benign / malignant, the
+  LIDC readers' groups), ``mask_logits`` ``(n, C, H, W)`` (the nodule on
+  each plane, from the decoder: FCDN's segmentation output) and
+  ``log_diameter`` (the nodule's diameter in mm, as its logarithm).
+
+The config also holds the ROI geometry the network was trained on
+(:meth:`HashNetConfig.roi_kwargs`), so that whoever cuts ROIs for a loaded
+model (the worker, the evaluations) cuts them as it expects.
 
 Hash heads pool their feature map to ``4 x 4`` (keeping coarse layout), then a
 linear layer gives ``K`` relaxed values; the code is their sign.
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +64,18 @@ class HashNetConfig:
         Width of the float embedding.
     n_size_classes, n_textures : int
         Class-head widths.
+    n_malignancy : int
+        Width of the malignancy head (2: benign, malignant); 0 for none.
+    mask_head : bool
+        Whether the decoder also predicts the nodule mask of every plane.
+    diameter_head : bool
+        Whether a head regresses the nodule's log diameter.
+    fov_mm : float
+        ROI side in mm (``ai.roi.extract_rois``'s ``fov_mm``).
+    slice_step_mm : float
+        Distance between the ROI's axial planes in mm.
+    roi_outside : str
+        What ROI samples outside the volume read (``ai.roi.OUTSIDE``).
     """
 
     in_channels: int = 3
@@ -66,12 +87,30 @@ class HashNetConfig:
     embedding_dim: int = 128
     n_size_classes: int = 8
     n_textures: int = 3
+    n_malignancy: int = 0
+    mask_head: bool = False
+    diameter_head: bool = False
+    fov_mm: float = 48.0
+    slice_step_mm: float = 2.0
+    roi_outside: str = "air"
 
     def __post_init__(self) -> None:
         if self.roi_size % 8 or self.roi_size < 16:
             raise ValueError(f"roi_size must be a multiple of 8 and >= 16, got {self.roi_size}")
         if not 8 <= self.n_bits <= 64:
             raise ValueError(f"n_bits must be in 8..64, got {self.n_bits}")
+        if self.fov_mm <= 0 or self.slice_step_mm <= 0:
+            raise ValueError("fov_mm and slice_step_mm must be positive")
+
+    def roi_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``ai.roi.extract_rois`` that cut this network's input."""
+        return {
+            "fov_mm": self.fov_mm,
+            "size": self.roi_size,
+            "axial_slices": self.in_channels,
+            "slice_step_mm": self.slice_step_mm,
+            "outside": self.roi_outside,
+        }
 
 
 class HashNetOutput(NamedTuple):
@@ -91,6 +130,12 @@ class HashNetOutput(NamedTuple):
     """``(n, n_textures)``."""
     reconstruction: torch.Tensor
     """``(n, C, H, W)`` in [0, 1]."""
+    malignancy_logits: torch.Tensor | None = None
+    """``(n, n_malignancy)`` when the config has a malignancy head."""
+    mask_logits: torch.Tensor | None = None
+    """``(n, C, H, W)`` nodule-mask logits when the config has a mask head."""
+    log_diameter: torch.Tensor | None = None
+    """``(n,)`` predicted ``log(diameter_mm)`` when the config has a diameter head."""
 
 
 class _DenseBlock(nn.Module):
@@ -194,6 +239,13 @@ class HashNet(nn.Module):
         self.embed = nn.Linear(c3, cfg.embedding_dim)
         self.size_head = nn.Linear(c3, cfg.n_size_classes)
         self.texture_head = nn.Linear(c3, cfg.n_textures)
+        self.malignancy_head = nn.Linear(c3, cfg.n_malignancy) if cfg.n_malignancy else None
+        self.mask_out = nn.Conv2d(g // 2, cfg.in_channels, 1) if cfg.mask_head else None
+        self.diameter = (
+            nn.Sequential(nn.Linear(c3, 32), nn.ReLU(inplace=True), nn.Linear(32, 1))
+            if cfg.diameter_head
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> HashNetOutput:
         """Run the network.
@@ -208,7 +260,8 @@ class HashNet(nn.Module):
         pooled = torch.flatten(F.adaptive_avg_pool2d(f3, 1), 1)
         u1 = self.up1(f3)
         u2 = self.up2(u1)
-        recon = torch.sigmoid(self.out(self.up3(u2)))
+        u3 = self.up3(u2)
+        recon = torch.sigmoid(self.out(u3))
         return HashNetOutput(
             shallow=self.hash_shallow(f1),
             middle=self.hash_middle(f3),
@@ -217,6 +270,11 @@ class HashNet(nn.Module):
             size_logits=self.size_head(pooled),
             texture_logits=self.texture_head(pooled),
             reconstruction=recon,
+            malignancy_logits=(
+                self.malignancy_head(pooled) if self.malignancy_head is not None else None
+            ),
+            mask_logits=self.mask_out(u3) if self.mask_out is not None else None,
+            log_diameter=self.diameter(pooled)[:, 0] if self.diameter is not None else None,
         )
 
     def n_parameters(self) -> int:

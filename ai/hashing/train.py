@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ai.hashing.augment import augment_batch
 from ai.hashing.infer import encode
 from ai.hashing.losses import LossConfig, hashing_loss
 from ai.hashing.metrics import (
@@ -36,6 +37,7 @@ from ai.hashing.serialization import model_from_bytes, weights_to_bytes, weights
 
 __all__ = [
     "RoiSet",
+    "concat_rois",
     "TrainConfig",
     "TrainResult",
     "evaluate_retrieval",
@@ -59,23 +61,37 @@ class RoiSet:
     size_class : numpy.ndarray
         ``(n,)`` int64 diameter class 0..7 (``ai.classes``).
     texture : numpy.ndarray
-        ``(n,)`` int64 index into ``ai.hashing.codes.TEXTURES``.
+        ``(n,)`` int64 index into ``ai.hashing.codes.TEXTURES``; -1 unknown.
     patient : numpy.ndarray
         ``(n,)`` patient keys (any comparable dtype), for patient-disjoint splits.
+    malignancy : numpy.ndarray, optional
+        ``(n,)`` int64 malignancy group, 0 benign, 1 malignant, -1 unknown
+        (``ai.readers.lidc_crops.malignancy_group``); ``None``: all unknown.
+    diameter_mm : numpy.ndarray, optional
+        ``(n,)`` float32 nodule diameter, 0 where unknown or no nodule.
+    masks : numpy.ndarray, optional
+        ``(n, C, H, W)`` fraction of each pixel inside the nodule (the readers'
+        or the phantom's mask on the ROI planes, ``ai.roi.sample_planes``).
     """
 
     rois: npt.NDArray[np.float32]
     size_class: npt.NDArray[np.int64]
     texture: npt.NDArray[np.int64]
     patient: npt.NDArray[Any]
+    malignancy: npt.NDArray[np.int64] | None = None
+    diameter_mm: npt.NDArray[np.float32] | None = None
+    masks: npt.NDArray[np.floating] | None = None
 
     def __post_init__(self) -> None:
         n = self.rois.shape[0]
         if self.rois.ndim != 4:
             raise ValueError(f"rois must be (n, C, H, W), got {self.rois.shape}")
-        for name in ("size_class", "texture", "patient"):
-            if np.shape(getattr(self, name)) != (n,):
-                raise ValueError(f"{name} must be ({n},), got {np.shape(getattr(self, name))}")
+        for name in ("size_class", "texture", "patient", "malignancy", "diameter_mm"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (n,):
+                raise ValueError(f"{name} must be ({n},), got {np.shape(value)}")
+        if self.masks is not None and self.masks.shape != self.rois.shape:
+            raise ValueError(f"masks must be {self.rois.shape}, got {self.masks.shape}")
 
     def __len__(self) -> int:
         return int(self.rois.shape[0])
@@ -83,7 +99,15 @@ class RoiSet:
     def subset(self, index: npt.ArrayLike) -> RoiSet:
         """The rows ``index``."""
         i = np.asarray(index)
-        return RoiSet(self.rois[i], self.size_class[i], self.texture[i], self.patient[i])
+        return RoiSet(
+            self.rois[i],
+            self.size_class[i],
+            self.texture[i],
+            self.patient[i],
+            None if self.malignancy is None else self.malignancy[i],
+            None if self.diameter_mm is None else self.diameter_mm[i],
+            None if self.masks is None else self.masks[i],
+        )
 
     def split_by_patient(self, held_out: float, *, seed: int = 0) -> tuple[RoiSet, RoiSet]:
         """``(train, held_out)`` with no patient in both; ``held_out`` is the patient fraction."""
@@ -93,6 +117,45 @@ class RoiSet:
         out = rng.permutation(patients)[:n_out]
         mask = np.isin(self.patient, out)
         return self.subset(np.flatnonzero(~mask)), self.subset(np.flatnonzero(mask))
+
+    def labels(self) -> dict[str, npt.NDArray[Any]]:
+        """Every label with its default filled in (-1 malignancy, 0 diameter), for batching."""
+        n = len(self)
+        return {
+            "size_class": self.size_class,
+            "texture": self.texture,
+            "malignancy": (
+                np.full(n, -1, np.int64) if self.malignancy is None else self.malignancy
+            ),
+            "diameter_mm": (
+                np.zeros(n, np.float32) if self.diameter_mm is None else self.diameter_mm
+            ),
+        }
+
+
+def concat_rois(*sets: RoiSet) -> RoiSet:
+    """One :class:`RoiSet` of several (malignancy and diameter filled with their defaults).
+
+    Masks are kept when every set has them; mixing sets with and without raises
+    ``ValueError`` (a missing mask is not an empty one).
+    """
+    if not sets:
+        raise ValueError("nothing to concatenate")
+    with_masks = any(s.masks is not None for s in sets)
+    if with_masks and not all(s.masks is not None for s in sets):
+        raise ValueError("some sets have nodule masks and others not")
+    labels = [s.labels() for s in sets]
+    return RoiSet(
+        np.concatenate([s.rois for s in sets]),
+        np.concatenate([s.size_class for s in sets]),
+        np.concatenate([s.texture for s in sets]),
+        np.concatenate([np.asarray(s.patient).astype(str) for s in sets]),
+        malignancy=np.concatenate([lab["malignancy"] for lab in labels]),
+        diameter_mm=np.concatenate([lab["diameter_mm"] for lab in labels]),
+        masks=np.concatenate([s.masks for s in sets if s.masks is not None])
+        if with_masks
+        else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +174,14 @@ class TrainConfig:
         bfloat16 autocast on CUDA (ignored on CPU).
     augment : bool
         Random flips and 90° rotations in the image plane.
+    scanner_augment : bool
+        Also kernel, slice thickness, noise and calibration per ROI
+        (``ai.hashing.augment``).
+    shift_px : int
+        Largest random shift of an ROI, pixels.
+    extra_fraction : float
+        Share of each batch drawn from the ``extra`` set of :func:`train`
+        (e.g. phantoms beside real crops); an epoch is one pass over the main set.
     model, loss : HashNetConfig, LossConfig
         Architecture and loss weights.
     """
@@ -122,12 +193,25 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     augment: bool = True
+    scanner_augment: bool = False
+    shift_px: int = 0
+    extra_fraction: float = 0.5
     model: HashNetConfig = field(default_factory=HashNetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-serialisable)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict` (a model card's ``config``)."""
+        loss = dict(values.get("loss", {}))
+        for key in ("similar", "layer_margins"):
+            if loss.get(key) is not None:
+                loss[key] = tuple(loss[key])
+        rest = {k: v for k, v in values.items() if k not in ("model", "loss")}
+        return cls(**rest, model=HashNetConfig(**values.get("model", {})), loss=LossConfig(**loss))
 
 
 @dataclass(frozen=True)
@@ -147,14 +231,6 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def _augment(x: npt.NDArray[np.float32], rng: np.random.Generator) -> npt.NDArray[np.float32]:
-    k = int(rng.integers(0, 4))
-    out = np.rot90(x, k, axes=(2, 3))
-    if rng.random() < 0.5:
-        out = out[:, :, :, ::-1]
-    return np.ascontiguousarray(out)
-
-
 def train(
     data: RoiSet,
     config: TrainConfig | None = None,
@@ -163,6 +239,7 @@ def train(
     resume: dict[str, Any] | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     progress: bool = True,
+    extra: RoiSet | None = None,
 ) -> TrainResult:
     """Train a :class:`HashNet` on labelled ROIs.
 
@@ -170,6 +247,9 @@ def train(
     ----------
     data : RoiSet
         Training ROIs; ``C``/``H``/``W`` must match ``config.model``.
+    extra : RoiSet, optional
+        A second set (e.g. phantoms beside real crops) that fills
+        ``config.extra_fraction`` of every batch; an epoch is one pass over ``data``.
     config : TrainConfig, optional
         Settings.
     device : str or torch.device
@@ -194,10 +274,14 @@ def train(
         )
     if len(data) < 2:
         raise ValueError("need at least 2 ROIs to train")
+    if extra is not None and extra.rois.shape[1:] != expected:
+        raise ValueError(f"extra rois must be (n, {', '.join(map(str, expected))})")
     torch.manual_seed(cfg.seed)
     model = HashNet(cfg.model).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    n_extra = int(round(cfg.batch_size * cfg.extra_fraction)) if extra is not None else 0
+    n_main = cfg.batch_size - n_extra
+    steps_per_epoch = max(1, len(data) // n_main)
     total_steps = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, total_steps))
     rng = np.random.default_rng(cfg.seed)
@@ -217,22 +301,40 @@ def train(
         desc="train",
         unit="step",
     )
+    sets = [(data, data.labels())] + ([(extra, extra.labels())] if extra is not None else [])
     for epoch in range(start + 1, cfg.epochs + 1):
         model.train()
         order = rng.permutation(len(data))
         sums: dict[str, float] = {}
         for step in range(steps_per_epoch):
-            idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            x_np = data.rois[idx].astype(np.float32, copy=False)
+            picks = [np.sort(order[step * n_main : (step + 1) * n_main])]
+            if extra is not None:
+                picks.append(np.sort(rng.integers(0, len(extra), n_extra)))
+            batch = _batch(sets, picks)
+            x_np, masks_np = batch["rois"], batch["masks"]
             if cfg.augment:
-                x_np = _augment(x_np, rng)
+                x_np, masks_np = augment_batch(
+                    x_np, masks_np, rng, scanner=cfg.scanner_augment, shift_px=cfg.shift_px
+                )
             x = torch.from_numpy(x_np).to(dev)
-            sizes = torch.from_numpy(data.size_class[idx].astype(np.int64)).to(dev)
-            textures = torch.from_numpy(data.texture[idx].astype(np.int64)).to(dev)
+            labels = {
+                k: torch.from_numpy(batch[k]).to(dev)
+                for k in ("size_class", "texture", "malignancy", "diameter_mm", "mask_known")
+            }
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(x)
-            out = type(out)(*(t.float() for t in out))
-            terms = hashing_loss(out, x, sizes, textures, cfg.loss)
+            out = type(out)(*(None if t is None else t.float() for t in out))
+            terms = hashing_loss(
+                out,
+                x,
+                labels["size_class"],
+                labels["texture"],
+                cfg.loss,
+                malignancy=labels["malignancy"],
+                diameter_mm=labels["diameter_mm"],
+                masks=None if masks_np is None else torch.from_numpy(masks_np).to(dev),
+                mask_known=labels["mask_known"],
+            )
             opt.zero_grad(set_to_none=True)
             terms.total.backward()  # type: ignore[no-untyped-call]
             opt.step()
@@ -262,6 +364,41 @@ def train(
     bar.close()
     model.eval()
     return TrainResult(model=model, history=tuple(history))
+
+
+def _batch(
+    sets: list[tuple[RoiSet, dict[str, npt.NDArray[Any]]]], picks: list[npt.NDArray[np.int64]]
+) -> dict[str, Any]:
+    """Rows ``picks[i]`` of ``sets[i]``, concatenated; masks zero where a set has none."""
+    parts: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "rois",
+            "masks",
+            "mask_known",
+            "size_class",
+            "texture",
+            "malignancy",
+            "diameter_mm",
+        )
+    }
+    with_masks = any(s.masks is not None for s, _ in sets)
+    for (roi_set, labels), idx in zip(sets, picks, strict=True):
+        parts["rois"].append(roi_set.rois[idx].astype(np.float32, copy=False))
+        if with_masks:
+            parts["masks"].append(
+                np.zeros(parts["rois"][-1].shape, np.float32)
+                if roi_set.masks is None
+                else roi_set.masks[idx].astype(np.float32)
+            )
+        parts["mask_known"].append(np.full(len(idx), roi_set.masks is not None))
+        for key, values in labels.items():
+            parts[key].append(values[idx])
+    batch: dict[str, Any] = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+    dtypes = {"size_class": np.int64, "texture": np.int64, "malignancy": np.int64}
+    for key, dtype in (*dtypes.items(), ("diameter_mm", np.float32)):
+        batch[key] = batch[key].astype(dtype)
+    return batch
 
 
 def evaluate_retrieval(

@@ -1,8 +1,16 @@
 """``dicom-node train``: train the hashing network and write weights + model card.
 
-Data: ``--phantom N`` renders N training ROIs with the phantom's patch mode
-(``ai.hashing.data.phantom_rois``: the same ``ai.roi`` stacks the worker cuts)
-and N/4 held-out ones from other synthetic patients; or ``--rois FILE.npz``
+Data: ``--nodules DIR`` trains the model that has seen real nodules on every
+crop of a ``lidc-nodules`` folder together with ``--with-phantoms N`` phantom
+ROIs of each family, with the recipe of ``ai.hashing.recipe`` (the shipped
+model; its held-out figures are phantoms of other patients, and the k-fold
+figure on the crops comes from ``dicom-node evaluate retrieval --nodules DIR
+--train-folds``, which trains the same recipe per fold: pass its
+``metrics.json`` as ``--kfold-metrics`` to put it in the card);
+``--phantom N`` renders N training ROIs with the phantom's patch mode
+(``ai.hashing.data.phantom_rois``: the same ``ai.roi`` stacks the worker cuts,
+``--family a|b``; ``--recipe`` for the real-crop model's geometry, heads and
+augmentation) and N/4 held-out ones from other synthetic patients; or ``--rois FILE.npz``
 with arrays ``rois`` ``(n, C, H, W)`` float32 in [0, 1], ``size_class``,
 ``texture`` (-1 = unknown) and ``patient`` ``(n,)`` (e.g. from LUNA16 /
 LIDC-IDRI findings through ``ai.roi``), of which a patient-disjoint fraction
@@ -47,6 +55,33 @@ def add_subparser(subparsers: Any) -> None:
         metavar="N",
         help="N training ROIs from the phantom's patch mode (held out: N/4 from other patients)",
     )
+    source.add_argument(
+        "--nodules",
+        type=Path,
+        metavar="DIR",
+        help="real LIDC-IDRI crops (nodules.csv, image/, mask/) with phantoms: the shipped recipe",
+    )
+    data.add_argument(
+        "--with-phantoms",
+        type=int,
+        default=500,  # ai.hashing.recipe.PHANTOMS (not imported here: it loads torch)
+        metavar="N",
+        help="with --nodules: phantom ROIs of each family beside the crops (500)",
+    )
+    data.add_argument(
+        "--family", choices=("a", "b"), default="a", help="with --phantom: phantom family (a)"
+    )
+    data.add_argument(
+        "--recipe",
+        action="store_true",
+        help="with --phantom: the real-crop model's geometry, heads and augmentation",
+    )
+    data.add_argument(
+        "--kfold-metrics",
+        type=Path,
+        metavar="FILE",
+        help="metrics.json of evaluate retrieval --nodules --train-folds, quoted in the card",
+    )
     data.add_argument(
         "--save-rois",
         type=Path,
@@ -65,7 +100,7 @@ def add_subparser(subparsers: Any) -> None:
     model.add_argument(
         "--bits", type=int, default=64, choices=(24, 32, 48, 64), help="bits per hash layer"
     )
-    model.add_argument("--epochs", type=int, default=30)
+    model.add_argument("--epochs", type=int, default=30)  # also ai.hashing.recipe.EPOCHS
     model.add_argument("--batch-size", type=int, default=64)
     model.add_argument("--lr", type=float, default=2e-3)
     model.add_argument(
@@ -104,6 +139,12 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"{card['data']['held_out_patients']} other patients",
         f"- network: dense encoder-decoder, {card['n_parameters']:,} parameters, "
         f"{card['config']['model']['n_bits']} bits x 3 layers, input {card['input_shape']}",
+        f"- ROI (``ai.roi.extract_rois``, cut as the model's config says): "
+        f"{card['config']['model'].get('in_channels', 3)} axial planes "
+        f"{card['config']['model'].get('slice_step_mm', 2.0)} mm apart, "
+        f"{card['config']['model'].get('fov_mm', 48.0)} mm field of view at "
+        f"{card['config']['model']['roi_size']} pixels, outside the volume "
+        f"{card['config']['model'].get('roi_outside', 'air')}",
         f"- training: {card['config']['epochs']} epochs, batch {card['config']['batch_size']}, "
         f"lr {card['config']['lr']}, seed {card['config']['seed']}, {card['train_seconds']:.0f} s",
         "",
@@ -123,8 +164,107 @@ def _card_markdown(card: dict[str, Any]) -> str:
             f"{m.get('map@100' + suffix, float('nan')):.3f} | "
             f"{m.get('p@10' + suffix, float('nan')):.3f} |"
         )
+    if "training_data" in card:
+        lines += [
+            "",
+            "## Training data, licence and citation",
+            "",
+            f"- data: {card['training_data']}",
+            f"- licence: {card['licence']}",
+            f"- cite: {card['citation']}",
+        ]
+    if "kfold" in card:
+        k = card["kfold"]
+        lines += [
+            "",
+            f"## Real nodules: {k['folds']}-fold over patients ({k['n_queries']} nodules)",
+            "",
+            "Each fold's nodules query the other folds'; "
+            + (
+                "each fold's model was trained with this recipe on the other folds only "
+                "(`dicom-node evaluate retrieval --nodules DIR --train-folds`)."
+                if k["trained_per_fold"]
+                else "one model for all folds."
+            )
+            + " Mean ± sd over folds; mAP by relevance.",
+            "",
+            "| method | size class | malignancy group | texture | size + texture | P@10 size |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row, values in k["rows"].items():
+            cells = [
+                f"{values[m]:.3f} ± {values[m + '_sd']:.3f}" if m in values else "-"
+                for m in ("map", "map_malignancy", "map_texture", "map_size_texture", "p@10")
+            ]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "Full configuration and loss history: `model_card.json`.", ""]
     return "\n".join(lines)
+
+
+LIDC_CITATION = (
+    "Armato III SG, McLennan G, Bidaut L, McNitt-Gray MF, Meyer CR, Reeves AP, et al. (2015). "
+    "Data From LIDC-IDRI. The Cancer Imaging Archive. "
+    "https://doi.org/10.7937/K9/TCIA.2015.LO9QL9SX; "
+    "Armato SG III et al. The Lung Image Database Consortium (LIDC) and Image Database Resource "
+    "Initiative (IDRI): a completed reference database of lung nodules on CT scans. Medical "
+    "Physics 38: 915-931, 2011; Clark K et al. The Cancer Imaging Archive (TCIA): maintaining "
+    "and operating a public information repository. Journal of Digital Imaging 26(6): "
+    "1045-1057, 2013."
+)
+
+#: The k-fold rows and metrics quoted in a real-crop model's card.
+KFOLD_ROWS = (
+    "ours joint 64",
+    "ours joint + float rerank 64",
+    "ITQ raw pixels 64",
+    "LSH raw pixels 64",
+)
+KFOLD_METRICS = ("map", "map_malignancy", "map_texture", "map_size_texture", "p@10")
+
+
+def _real_data_card(kfold_metrics: Path | None) -> dict[str, Any]:
+    """Training data, licence and citation of a model trained on LIDC-IDRI crops."""
+    card: dict[str, Any] = {
+        "training_data": (
+            "LIDC-IDRI nodule crops (CT around each nodule with the readers' consensus mask and "
+            "ratings; the team's lidc-nodules set, other patients held back) and phantoms of "
+            "families A and B (family B's nodule shapes: LIDC-IDRI readers' contours of the same "
+            "patients)"
+        ),
+        "licence": "CC BY 3.0 (the weights derive from LIDC-IDRI, CC BY 3.0); code Apache-2.0",
+        "citation": LIDC_CITATION,
+    }
+    if kfold_metrics is not None:
+        measured = json.loads(kfold_metrics.read_text(encoding="utf-8"))
+        card["kfold"] = {
+            "source": measured.get("source"),
+            "folds": measured.get("folds"),
+            "trained_per_fold": measured.get("trained_per_fold"),
+            "n_queries": measured.get("n_queries"),
+            "rows": {
+                row: {
+                    k: v
+                    for k, v in measured["rows"][row].items()
+                    if k.removesuffix("_sd") in KFOLD_METRICS
+                }
+                for row in KFOLD_ROWS
+                if row in measured["rows"]
+            },
+        }
+    return card
+
+
+def _plain_config(args: argparse.Namespace, model: Any) -> Any:
+    from ai.hashing.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        amp=not args.no_amp,
+        model=model,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,7 +274,6 @@ def run(args: argparse.Namespace) -> int:
     from ai.hashing.model import HashNetConfig
     from ai.hashing.train import (
         RoiSet,
-        TrainConfig,
         evaluate_retrieval,
         train,
         weights_to_bytes,
@@ -148,21 +287,59 @@ def run(args: argparse.Namespace) -> int:
     model_kwargs: dict[str, Any] = {"n_bits": args.bits}
     if args.growth:
         model_kwargs["growth"] = args.growth
-    if args.phantom:
+    extra = None
+    if args.nodules or (args.phantom and args.recipe):
+        from ai.hashing.recipe import phantom_pool, recipe
+
+        config = recipe(epochs=args.epochs, seed=args.seed, n_bits=args.bits)
+        families: tuple[str, ...] = ("a", "b") if args.nodules else (args.family,)
+        if args.nodules:
+            from ai.hashing.data import crop_rois
+
+            train_set, skipped = crop_rois(args.nodules, model=config.model)
+            if args.with_phantoms:
+                extra = phantom_pool(
+                    args.with_phantoms, model=config.model, seed=args.seed, workers=args.workers
+                )
+            source = (
+                f"LIDC-IDRI crops {args.nodules} ({len(train_set)} nodules"
+                + (f", {len(skipped)} left out: centre outside its crop" if skipped else "")
+                + f") with {args.with_phantoms} phantom ROIs of each family (seed {args.seed})"
+            )
+        else:
+            train_set = phantom_pool(
+                args.phantom,
+                model=config.model,
+                seed=args.seed,
+                families=families,
+                workers=args.workers,
+            )
+            source = f"phantom family {args.family.upper()}, seed {args.seed} (recipe)"
+        held_out = phantom_pool(
+            max(8, (args.phantom or args.with_phantoms or 400) // 4),
+            model=config.model,
+            seed=args.seed + 10_000,
+            families=families,
+            workers=args.workers,
+        )
+        source += f"; held out: phantoms of seed {args.seed + 10_000}"
+    elif args.phantom:
         from ai.hashing.data import phantom_rois
 
         model_cfg = HashNetConfig(**model_kwargs)
         train_set = phantom_rois(
-            args.phantom, model=model_cfg, seed=args.seed, workers=args.workers
+            args.phantom, model=model_cfg, seed=args.seed, workers=args.workers, family=args.family
         )
         held_out = phantom_rois(
             max(8, args.phantom // 4),
             model=model_cfg,
             seed=args.seed + 10_000,
             workers=args.workers,
+            family=args.family,
         )
         source = (
-            f"phantom patch mode, seeds {args.seed} (train) and {args.seed + 10_000} (held out)"
+            f"phantom patch mode, family {args.family.upper()}, seeds {args.seed} (train) and "
+            f"{args.seed + 10_000} (held out)"
         )
         if args.save_rois:
             np.savez(
@@ -172,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
                 texture=np.concatenate([train_set.texture, held_out.texture]),
                 patient=np.concatenate([train_set.patient, held_out.patient]),
             )
+        config = _plain_config(args, model_cfg)
     else:
         try:
             with np.load(args.rois, allow_pickle=False) as z:
@@ -191,14 +369,7 @@ def run(args: argparse.Namespace) -> int:
         model_kwargs.update(in_channels=c, roi_size=h)
         train_set, held_out = data.split_by_patient(args.held_out, seed=args.seed)
         source = str(args.rois)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        amp=not args.no_amp,
-        model=HashNetConfig(**model_kwargs),
-    )
+        config = _plain_config(args, HashNetConfig(**model_kwargs))
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = args.out / CHECKPOINT_FILE
     resume = None
@@ -219,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
         resume=resume,
         on_epoch=save_checkpoint,
         progress=not args.no_progress,
+        extra=extra,
     )
     seconds = time.perf_counter() - t0
     weights = weights_to_bytes(result.model)
@@ -238,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
         "data": {
             "source": source,
             "n_train": len(train_set),
+            "n_phantoms_beside": 0 if extra is None else len(extra),
             "n_held_out": len(held_out),
             "train_patients": int(np.unique(train_set.patient).size),
             "held_out_patients": int(np.unique(held_out.patient).size),
@@ -246,7 +419,10 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": seconds,
         "history": list(result.history),
         "metrics_held_out": metrics,
+        "arguments": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"},
     }
+    if args.nodules:
+        card.update(_real_data_card(args.kfold_metrics))
     _atomic_write(args.out / MODEL_FILE, weights)
     _atomic_write(args.out / CARD_FILE, json.dumps(card, indent=2).encode("utf-8"))
     _atomic_write(args.out / CARD_MD, _card_markdown(card).encode("utf-8"))

@@ -13,6 +13,7 @@ from ai.hashing.model import HashNetConfig
 from ai.hashing.train import (
     RoiSet,
     TrainConfig,
+    evaluate_retrieval,
     model_from_bytes,
     train,
     weights_to_bytes,
@@ -121,7 +122,11 @@ def test_train_cli_writes_weights_card_and_resumes(tmp_path) -> None:
         == weights_version((out / "model.safetensors").read_bytes())
     )
     assert card["data"]["n_train"] + card["data"]["n_held_out"] == 64
-    assert 0.0 <= card["metrics_held_out"]["map"] <= 1.0
+    # the card reports what the model does on the held-out patients
+    train_set, held_out = data.split_by_patient(0.2, seed=0)
+    again = evaluate_retrieval(model, held_out, train_set)
+    assert card["metrics_held_out"]["map"] == pytest.approx(again["map"])
+    assert card["metrics_held_out"]["p@10"] == pytest.approx(again["p@10"])
     assert "Held-out retrieval" in (out / "MODEL_CARD.md").read_text()
     assert model.config.n_bits == 24
     assert main([*argv, "--epochs", "2", "--resume"]) == 0
@@ -155,3 +160,82 @@ def test_phantom_rois_are_labelled_stacks_centred_on_nodules() -> None:
         )
         == 1
     )
+
+
+def test_optional_heads_learn_diameter_and_malignancy_and_configs_round_trip() -> None:
+    from ai.hashing.losses import LossConfig
+    from ai.hashing.train import concat_rois
+
+    data = toy_rois(160, seed=3)
+    diameter = (1.6 * data.size_class).astype(np.float32)  # the discs' diameter in pixels
+    group = (data.size_class >= 4).astype(np.int64)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    masks = (yy**2 + xx**2 <= (0.8 * data.size_class[:, None, None]) ** 2)[:, None]
+    labelled = RoiSet(
+        data.rois,
+        data.size_class,
+        data.texture,
+        data.patient,
+        malignancy=group,
+        diameter_mm=diameter,
+        masks=np.repeat(masks, 3, axis=1).astype(np.float16),
+    )
+    train_set, held_out = labelled.split_by_patient(0.25, seed=0)
+    model = HashNetConfig(
+        **{**TINY.__dict__, "n_malignancy": 2, "diameter_head": True, "mask_head": True}
+    )
+    loss = LossConfig(
+        similar=("size", "malignancy", "size"),
+        w_malignancy=1.0,
+        w_mask=1.0,
+        w_diameter=5.0,
+        w_ordinal=1.0,
+    )
+    config = TrainConfig(epochs=12, batch_size=16, lr=5e-3, model=model, loss=loss, shift_px=1)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    result = train(
+        train_set, config, progress=False, extra=concat_rois(train_set.subset(np.arange(16)))
+    )
+    assert {"ce_malignancy", "mask", "diameter", "ordinal"} <= set(result.history[-1])
+    codes = encode(result.model, held_out.rois)
+    assert codes.diameter_mm is not None and codes.malignancy_probs is not None
+    measured = np.corrcoef(codes.diameter_mm, held_out.diameter_mm)[0, 1]
+    assert measured > 0.9, measured
+    accuracy = ((codes.malignancy_probs[:, 1] > 0.5) == (held_out.malignancy == 1)).mean()
+    assert accuracy > 0.85, accuracy
+    plain = encode(model_from_bytes(weights_to_bytes(result.model), model), held_out.rois)
+    assert np.array_equal(plain.deep, codes.deep)
+    assert encode(train(data, _config(1), progress=False).model, data.rois).diameter_mm is None
+
+
+def test_augmentation_moves_masks_with_the_image_and_is_reproducible() -> None:
+    from ai.hashing.augment import augment_batch
+
+    rois = np.zeros((4, 3, 16, 16), np.float32)
+    rois[:, :, 4:7, 9:12] = 0.8
+    masks = (rois > 0).astype(np.float32)
+    x1, m1 = augment_batch(rois, masks, np.random.default_rng(5), scanner=True, shift_px=2)
+    x2, m2 = augment_batch(rois, masks, np.random.default_rng(5), scanner=True, shift_px=2)
+    assert np.array_equal(x1, x2) and np.array_equal(m1, m2)
+    assert x1.min() >= 0.0 and x1.max() <= 1.0 and not np.array_equal(x1, rois)
+    for i in range(4):  # the bright square is still where its mask is
+        inside, outside = x1[i][m1[i] > 0.5], x1[i][m1[i] < 0.5]
+        assert m1[i].sum() == masks[i].sum()
+        assert inside.mean() > outside.mean() + 0.5
+
+
+def test_the_cli_defaults_are_the_shipped_recipe() -> None:
+    """``train --nodules`` and ``evaluate retrieval --train-folds`` default to the recipe.
+
+    The CLI cannot import :mod:`ai.hashing.recipe` to build its parser (it loads
+    torch), so it repeats the two numbers; this keeps them equal.
+    """
+    from ai.hashing.recipe import EPOCHS, PHANTOMS, recipe
+    from dicom_node.cli import build_parser
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--nodules", "x", "--out", "y"])
+    folds = parser.parse_args(["evaluate", "retrieval", "--nodules", "x", "--train-folds"])
+    assert (train.epochs, train.with_phantoms) == (EPOCHS, PHANTOMS) == (30, 500)
+    assert (folds.epochs, folds.train_phantoms) == (EPOCHS, PHANTOMS)
+    assert recipe().epochs == EPOCHS
