@@ -299,9 +299,11 @@ class Node:
                 # recovers or processes anything.
                 self.servers.bind()
                 self._listening = True
+            # Recover before any worker claims: a job claimed while recover()
+            # reads the catalog would be taken for an interrupted one, run twice.
+            self.resume()
             self.workers.start()
             self.outbox.start()
-            self.resume()
             self.watcher.start()
             self._watching = True
             if not listen:

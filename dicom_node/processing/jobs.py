@@ -312,11 +312,14 @@ class JobRunner:
         running = workflow.jobs_in_states([JobState.RUNNING])
         dead = sorted({r.worker for r in running if r.worker and _is_dead(r.worker, self.identity)})
         recovered = workflow.expire(dead)
-        held = {r.series_instance_uid for r in running}
         if not self.steps:
             return recovered
         first = self.steps[0]
-        for uid in workflow.series_in_states([SeriesState.PROCESSING]):
+        # Series first, then the jobs running now: a claim (series and job in
+        # one transaction) made by a live worker in between is seen as held.
+        processing = workflow.series_in_states([SeriesState.PROCESSING])
+        held = {r.series_instance_uid for r in workflow.jobs_in_states([JobState.RUNNING])}
+        for uid in processing:
             if uid not in held and workflow.transition(
                 uid, first.requires, from_states=[SeriesState.PROCESSING]
             ):
