@@ -168,15 +168,16 @@ class Node:
                 self.catalog, model.version, snapshot_dir=self.settings.index_dir
             )
         index = self.similarity_index
+        analysis = AnalysisStep(
+            self.settings.qualification,
+            self.settings.worker,
+            self.store,
+            self.catalog,
+            model,
+            index,
+        )
         return [
-            AnalysisStep(
-                self.settings.qualification,
-                self.settings.worker,
-                self.store,
-                self.catalog,
-                model,
-                index,
-            ),
+            analysis,
             ResultsStep(
                 self.catalog,
                 self.store,
@@ -186,6 +187,7 @@ class Node:
                 model,
                 self.policy,
                 matches_per_nodule=self.settings.similarity.matches_per_nodule,
+                algorithm_parameters=analysis.algorithm_parameters,
             ),
         ]
 

@@ -260,7 +260,15 @@ def keep_results(ingest: Ingest, directory: Path, count: int) -> list[GeneratedR
     ]
 
 
-SR_MODEL = ModelInfo("dicom-node nodule hashing", "hn-0123456789abcdef")
+SR_MODEL = ModelInfo(
+    "dicom-node nodule hashing",
+    "hn-0123456789abcdef",
+    parameters=(
+        "false-positive reduction model fpr-0123456789abcdef",
+        "minimum nodule probability 0.5",
+        "minimum nodule diameter 4 mm",
+    ),
+)
 SR_UIDS = ReportUIDs(
     "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.9"
 )

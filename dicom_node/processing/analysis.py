@@ -131,6 +131,20 @@ class AnalysisStep:
         """The hashing model's version: a new model processes the archive again."""
         return self.model.version
 
+    @property
+    def algorithm_parameters(self) -> tuple[str, ...]:
+        """What besides the hashing model decides which nodules are reported.
+
+        Quoted in the SR's algorithm identification (TID 4019 Algorithm
+        Parameters), so that a reader of a report can tell which
+        false-positive reduction model and thresholds produced its findings.
+        """
+        return (
+            f"false-positive reduction model {self.fpr.version}",
+            f"minimum nodule probability {self.min_probability:g}",
+            f"minimum nodule diameter {self.min_diameter_mm:g} mm",
+        )
+
     def prepare(self, job: SeriesJob) -> None:
         """Read the series: its headers, and its HU volume if it qualifies (see ReadsAhead).
 

@@ -120,6 +120,10 @@ class ModelInfo:
     version: str
     """Version id of the weights (changes whenever the weights change)."""
     manufacturer: str = "dicom-node"
+    parameters: tuple[str, ...] = ()
+    """Algorithm Parameters of TID 4019: what else decided the findings (the
+    false-positive reduction model's version, its operating point, the
+    smallest diameter reported)."""
 
 
 @dataclass(frozen=True)
@@ -483,7 +487,9 @@ def build_similarity_sr(
         raise ValueError("the evidence must be of one study")
     frames = {str(ds.SeriesInstanceUID): str(ds.FrameOfReferenceUID) for ds in evidence}
     only_series = next(iter(frames)) if len(frames) == 1 else None
-    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model.name, version=model.version, parameters=list(model.parameters) or None
+    )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

@@ -71,6 +71,9 @@ class ResultsStep:
     policy : PrivacyPolicy
     matches_per_nodule : int
         Similar cases per nodule (``similarity.matches_per_nodule``).
+    algorithm_parameters : tuple of str
+        The detection's settings quoted in the SR's algorithm identification
+        (``AnalysisStep.algorithm_parameters``).
     """
 
     name = "results"
@@ -89,6 +92,7 @@ class ResultsStep:
         policy: PrivacyPolicy,
         *,
         matches_per_nodule: int,
+        algorithm_parameters: tuple[str, ...] = (),
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -98,6 +102,7 @@ class ResultsStep:
         self.model = model
         self.policy = policy
         self.matches_per_nodule = matches_per_nodule
+        self.algorithm_parameters = algorithm_parameters
 
     @property
     def version(self) -> str:
@@ -126,7 +131,9 @@ class ResultsStep:
             self.index.retriever(), nodules, matches_per_nodule=self.matches_per_nodule
         )
         reveal = self.policy.all_may_see_identity(d.ae_title for d in self.outbox.destinations)
-        model = ModelInfo(name=self.model.name, version=self.version)
+        model = ModelInfo(
+            name=self.model.name, version=self.version, parameters=self.algorithm_parameters
+        )
         findings, similar, priors, rows = [], {}, {}, []
         for number, case in enumerate(cases, start=1):
             finding = _finding(case.nodule, number)

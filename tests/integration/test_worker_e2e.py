@@ -33,7 +33,7 @@ def cohort(tmp_path_factory):
 
 
 # Five series through the real AI step, then one again: minutes on a loaded 2-core machine.
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)
 def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     tmp_path, cohort, tiny_model_dir, make_settings, start_node, capsys
 ) -> None:
@@ -77,7 +77,7 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
             )
             return len(states) == 5 and all(s in done for s in states)
 
-        wait_until(settled, timeout=600, what="every CT series processed")
+        wait_until(settled, timeout=1500, what="every CT series processed")
         wait_until(
             lambda: (
                 all(d.state is DeliveryState.DONE for d in node.catalog.deliveries.in_states())
@@ -132,6 +132,14 @@ def test_cohort_is_reported_to_the_pacs_and_a_short_series_skipped(
     assert classes == ["1.2.840.10008.5.1.4.1.1.7"] * 4 + ["1.2.840.10008.5.1.4.1.1.88.34"] * 4
     assert len({ds.SOPInstanceUID for ds in datasets}) == 8
     assert {ds.StudyInstanceUID for ds in datasets} == {s.study_instance_uid for s in indexed}
+    # Each SR names the false-positive reduction model and thresholds that chose its findings.
+    fpr_version = node.runner.steps[0].fpr.version
+    for ds in datasets:
+        if ds.Modality == "SR":
+            parameters = {
+                element.value for element in ds.iterall() if element.keyword == "TextValue"
+            }
+            assert f"false-positive reduction model {fpr_version}" in parameters, parameters
     # A PACS forwarding the whole study sends them back: acknowledged, kept as
     # results of their study, never a series of their own.
     echo = run_peer(

@@ -10,7 +10,7 @@ import pydicom.config
 import pytest
 
 from dicom_node.results.montage import MontageRow, build_key_image_montage
-from dicom_node.results.sr import CODING_SCHEME, NoduleFinding, build_similarity_sr
+from dicom_node.results.sr import CODING_SCHEME, ModelInfo, NoduleFinding, build_similarity_sr
 from tests.factories import SR_MODEL as MODEL
 from tests.factories import SR_UIDS as UIDS
 from tests.factories import ct_slice, sr_evidence, sr_inputs
@@ -78,6 +78,17 @@ def test_sr_holds_every_nodule_its_similar_cases_and_priors(evidence) -> None:
     assert [i.TextValue for i in _items(sr, "Algorithm Version")] == [MODEL.version] * 2
     # No image or composite reference may point into another patient's study.
     assert not [i for i in _content_items(sr) if i.ValueType in ("IMAGE", "COMPOSITE")]
+
+
+def test_sr_names_the_detection_settings_beside_the_hashing_model(evidence) -> None:
+    findings, similar, priors = sr_inputs()
+    sr = _strict_round_trip(build_similarity_sr(evidence, findings, similar, priors, MODEL, UIDS))
+    # TID 4019 Algorithm Parameters, in every measurement group (one per nodule).
+    parameters = [i.TextValue for i in _items(sr, "Algorithm Parameters")]
+    assert parameters == list(MODEL.parameters) * 2
+    bare = ModelInfo(MODEL.name, MODEL.version)
+    plain = _strict_round_trip(build_similarity_sr(evidence, findings, similar, priors, bare, UIDS))
+    assert _items(plain, "Algorithm Parameters") == []
 
 
 def test_sr_without_nodules_is_valid_and_deterministic(evidence) -> None:
