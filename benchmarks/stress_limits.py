@@ -20,9 +20,11 @@ import shutil
 import subprocess
 import time
 import zlib
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     CTImageStorage,
@@ -88,14 +90,39 @@ def _status(assoc: Association, ds: Dataset) -> int:
     return int(status.Status) if status else -1
 
 
+def _send_all(port: int, datasets: list[Dataset]) -> tuple[list[int], int]:
+    """Each dataset's C-STORE status over one association, and how many C-STOREs had no
+    answer within the DIMSE timeout: as a PACS would, the sender then associates again
+    and sends that instance again."""
+    statuses: list[int] = []
+    unanswered = 0
+    assoc = _associate(port)
+    try:
+        for ds in datasets:
+            status = _status(assoc, ds)
+            while status == -1 and unanswered < 10:
+                unanswered += 1
+                assoc = _associate(port)
+                status = _status(assoc, ds)
+            statuses.append(status)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return statuses, unanswered
+
+
 def _until_stored(port: int, ds: Dataset, freed_at: float, limit: float) -> float:
     """Send ``ds`` again and again until Success; seconds since ``freed_at`` (inf: never)."""
     assoc = _associate(port)
     try:
         while time.perf_counter() - freed_at < limit * 4:
-            if _status(assoc, ds) == 0x0000:
+            status = _status(assoc, ds)
+            if status == 0x0000:
                 return time.perf_counter() - freed_at
-            time.sleep(0.05)
+            if status == -1:  # no answer: the association was aborted
+                assoc = _associate(port)
+            else:
+                time.sleep(0.05)
         return float("inf")
     finally:
         if assoc.is_established:
@@ -120,9 +147,7 @@ def row_disk_full(work: Path, logs: Path, slices: int, mib: int, headroom: int) 
         # 1. The floor: room for ``headroom`` slices above it, then every store refused.
         with running(node):
             _fill(filler, floor_mib * 2**20 + headroom * size)
-            assoc = _associate(node.port)
-            statuses = [_status(assoc, ds) for ds in datasets]
-            assoc.release()
+            statuses, unanswered = _send_all(node.port, datasets)
             acknowledged |= {
                 str(ds.SOPInstanceUID) for ds, s in zip(datasets, statuses, strict=True) if s == 0
             }
@@ -135,9 +160,8 @@ def row_disk_full(work: Path, logs: Path, slices: int, mib: int, headroom: int) 
             filler.unlink()
             freed = time.perf_counter()
             resumed = _until_stored(node.port, datasets[first_refusal], freed, RESUME_LIMIT_S)
-            assoc = _associate(node.port)
-            later = [_status(assoc, ds) for ds in datasets[first_refusal:]]
-            assoc.release()
+            later, unanswered_later = _send_all(node.port, datasets[first_refusal:])
+            unanswered += unanswered_later
             acknowledged |= {
                 str(ds.SOPInstanceUID)
                 for ds, s in zip(datasets[first_refusal:], later, strict=True)
@@ -150,17 +174,14 @@ def row_disk_full(work: Path, logs: Path, slices: int, mib: int, headroom: int) 
         with running(node):
             rows_before = len(_catalogued(mount))
             _fill(filler, size // 2)
-            assoc = _associate(node.port)
-            enospc = [_status(assoc, ds) for ds in extra]
-            assoc.release()
+            enospc, unanswered_full = _send_all(node.port, extra)
             _, partial_at_enospc = _instance_files(mount)
             rows_at_enospc = len(_catalogued(mount)) - rows_before
             filler.unlink()
             freed = time.perf_counter()
             resumed_enospc = _until_stored(node.port, extra[0], freed, RESUME_LIMIT_S)
-            assoc = _associate(node.port)
-            enospc_later = [_status(assoc, ds) for ds in extra]
-            assoc.release()
+            enospc_later, unanswered_later = _send_all(node.port, extra)
+            unanswered += unanswered_full + unanswered_later
             acknowledged |= {
                 str(ds.SOPInstanceUID) for ds, s in zip(extra, enospc_later, strict=True) if s == 0
             }
@@ -201,7 +222,8 @@ def row_disk_full(work: Path, logs: Path, slices: int, mib: int, headroom: int) 
         f"refused stored; floor 0, disk full: {len(enospc)} C-STOREs {enospc_codes}, "
         f"{partial_at_enospc} partial files, {rows_at_enospc} rows; freed: stored again after "
         f"{resumed_enospc:.2f} s; {len(lost)} acknowledged lost, {len(without_file)} rows "
-        f"without file, {orphans} files without row",
+        f"without file, {orphans} files without row; {unanswered} C-STOREs without an answer "
+        "in 30 s (sent again)",
         ok,
         time.perf_counter() - started,
     )
@@ -212,10 +234,6 @@ def deflate_bomb(inflated: int) -> tuple[Dataset, bytes]:
     Explicit VR Little Endian encoding (PS3.5 A.5), made without holding the zeros."""
     (ds,) = _series(1, 1, seed=31)
     del ds.PixelData
-    from io import BytesIO
-
-    from pydicom.filebase import DicomFileLike
-
     header = BytesIO()
     fp = DicomFileLike(header)
     fp.is_little_endian, fp.is_implicit_VR = True, False
@@ -239,8 +257,6 @@ def _part10(path: Path, ds: Dataset, syntax: str, body: bytes) -> Path:
     meta.TransferSyntaxUID = syntax
     with path.open("wb") as handle:
         handle.write(b"\x00" * 128 + b"DICM")
-        from pydicom.filebase import DicomFileLike
-
         write_file_meta_info(DicomFileLike(handle), meta, enforce_standard=True)
         handle.write(body)
     return path
