@@ -43,12 +43,14 @@ the figure the promise is judged by:
 
 Bounded in time: each row waits on conditions with timeouts (a node start
 300 s, processing 300 s a series, a delivery 300 s), never forever. The default
-run (small sizes) takes about ten minutes on this project's 2 shared cores, four
-of them in the ``delivery`` row's processing of two phantom series.
+run (small sizes, every row) took 584 s on this project's 2 shared cores (load
+average 7-10), two minutes of it the ``delivery`` row, which processes two
+phantom series; ``--full`` runs issue 13's sizes (10,000 SIGKILLed C-STOREs,
+100,000 C-ECHOs, eight phantom series).
 
 Usage::
 
-    python -m benchmarks.stress            # small sizes (about ten minutes on 2 CPUs)
+    python -m benchmarks.stress            # small sizes (584 s on 2 loaded CPUs)
     python -m benchmarks.stress --full     # the sizes of issue 13 (hours)
     python -m benchmarks.stress --rows disk-full,deflate-bomb,delivery
 """

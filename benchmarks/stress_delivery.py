@@ -22,16 +22,20 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 
 from benchmarks.stress import NodeProcess, Result
 from tests.peers import dcmtk, free_port, run_peer, start_storescp, wait_until
 
+if TYPE_CHECKING:
+    from storage.catalog import Catalog
+
 DESTINATION = "PACS"
 
 
-def _catalog(data_dir: Path):  # noqa: ANN202 - storage.catalog.Catalog
+def _catalog(data_dir: Path) -> Catalog:
     from storage.catalog import Catalog
 
     return Catalog(f"sqlite:///{data_dir / 'catalog.sqlite3'}", create=False)
