@@ -150,11 +150,13 @@ def start_storescp(
 ) -> subprocess.Popen[bytes]:
     """dcmtk ``storescp`` receiving into ``out`` on ``port``, listening when this returns.
 
-    ``unique_files`` (``-uf``): one file per received object, so that an
-    object received twice shows as two files. The caller terminates it.
+    ``unique_files`` (``+uf``): one file per received object, so that an
+    object received twice shows as two files (dcmtk's ``-uf`` is the default,
+    a file named by the SOP Instance UID, which a second receipt overwrites).
+    The caller terminates it.
     """
     out.mkdir(parents=True, exist_ok=True)
-    options = ["-uf"] if unique_files else []
+    options = ["+uf"] if unique_files else []
     proc = subprocess.Popen(
         [dcmtk("storescp"), *options, "-od", str(out), "-aet", ae_title, str(port)],
         env=PEER_ENV,

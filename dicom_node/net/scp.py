@@ -2,7 +2,8 @@
 
 This is the one module that sets pynetdicom's global ``_config`` flags (in
 :func:`configure_pynetdicom`): identifier logging off, so patient names, IDs
-and birth dates never reach the logs.
+and birth dates never reach the logs; any storage SOP class accepted, but only
+in :data:`STORAGE_TRANSFER_SYNTAXES` (:func:`negotiate_storage`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import pydicom.config
 import pynetdicom
+import pynetdicom.acse
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -37,6 +39,7 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -57,6 +60,7 @@ __all__ = [
     "build_similarity_ae",
     "configure_pynetdicom",
     "make_server",
+    "negotiate_storage",
     "tls_context",
 ]
 
@@ -95,8 +99,44 @@ def configure_pynetdicom() -> None:
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     # PACS forward whole studies, private storage SOP classes included
-    # (vendor raw data, CSA headers): accept any storage abstract syntax.
+    # (vendor raw data, CSA headers): accept any storage abstract syntax ...
     pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = True
+    # ... but pynetdicom's unrestricted negotiation also takes any transfer
+    # syntax (the first proposed), Deflated included: ours keeps to our list.
+    pynetdicom.acse.negotiate_unrestricted = negotiate_storage  # type: ignore[attr-defined]
+
+
+#: A-ASSOCIATE-AC presentation context result: transfer syntaxes not supported
+#: (provider rejection), PS3.8 9.3.3.2.
+_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+
+
+def negotiate_storage(
+    rq_contexts: list[PresentationContext],
+    ac_contexts: list[PresentationContext],
+    roles: Any = None,
+) -> tuple[list[PresentationContext], list[Any]]:
+    """pynetdicom's unrestricted negotiation, held to :data:`STORAGE_TRANSFER_SYNTAXES`.
+
+    pynetdicom accepts every storage (or private, or unknown) presentation
+    context with the first transfer syntax proposed, whatever it is. Here an
+    accepted context whose syntax is not ours takes the first proposed syntax
+    that is, or is rejected as "transfer syntaxes not supported" when none is:
+    a Deflated Explicit VR Little Endian dataset (which pynetdicom would inflate
+    without a bound) never reaches the node. Non-storage contexts are negotiated
+    against the AE's supported contexts as before.
+    """
+    result, reply_roles = negotiate_unrestricted(rq_contexts, ac_contexts, roles)
+    proposed = {cx.context_id: cx.transfer_syntax for cx in rq_contexts}
+    for cx in result:
+        if cx.result != 0x00 or cx.transfer_syntax[0] in STORAGE_TRANSFER_SYNTAXES:
+            continue
+        ours = [ts for ts in proposed.get(cx.context_id, []) if ts in STORAGE_TRANSFER_SYNTAXES]
+        if ours:
+            cx.transfer_syntax = [ours[0]]
+        else:
+            cx.result = _TRANSFER_SYNTAXES_NOT_SUPPORTED
+    return result, reply_roles
 
 
 def build_ae(settings: Settings) -> AE:

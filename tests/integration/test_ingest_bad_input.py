@@ -118,3 +118,35 @@ def test_undecodable_dataset_gets_cannot_understand(tmp_path, make_settings, sta
     assert status and int(status.Status) == Status.CANNOT_UNDERSTAND
     assert node.catalog.intake.instance_count() == 0
     assert _send_all(node.port, [good]) == [Status.SUCCESS]
+
+
+def test_only_our_transfer_syntaxes_are_negotiated_for_any_storage_class(
+    make_settings, start_node
+) -> None:
+    """Deflated (pynetdicom would inflate it without a bound) and unknown syntaxes are
+    rejected per presentation context; a context offering one of ours besides takes it;
+    a private storage class is still accepted. Found by ``benchmarks.stress``'s
+    deflate-bomb row: pynetdicom's unrestricted storage accepted any first syntax."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGLSLossless
+
+    node = start_node(make_settings())
+    ae = AE(ae_title="SENDER")
+    private = "1.3.12.2.1107.5.9.1"  # a vendor's private non-image storage class
+    proposed = [
+        (CTImageStorage, [DeflatedExplicitVRLittleEndian]),
+        (CTImageStorage, ["1.2.3.4.5.6"]),  # not a transfer syntax anyone knows
+        (CTImageStorage, [DeflatedExplicitVRLittleEndian, JPEGLSLossless]),
+        (private, [ExplicitVRLittleEndian]),
+    ]
+    for abstract, syntaxes in proposed:
+        ae.add_requested_context(abstract, syntaxes)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    try:
+        accepted = sorted((str(c.abstract_syntax), str(c.transfer_syntax[0]))
+                          for c in assoc.accepted_contexts)  # fmt: skip
+        rejected = sorted((c.context_id, c.result) for c in assoc.rejected_contexts)
+    finally:
+        assoc.release()
+    assert accepted == sorted([(CTImageStorage, JPEGLSLossless), (private, ExplicitVRLittleEndian)])
+    assert rejected == [(1, 0x04), (3, 0x04)]  # transfer syntaxes not supported (PS3.8 9.3.3.2)

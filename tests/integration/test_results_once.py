@@ -142,3 +142,26 @@ def test_reprocessed_study_leaves_one_current_sr_and_montage_at_the_pacs(
     table = capsys.readouterr().out
     assert table.count("similar-case SR revision 2") == 1
     assert table.count("result  similar-case SR") == 2  # A's revision 2 and B's revision 1
+
+
+def test_the_test_pacs_keeps_a_second_receipt_of_an_object_as_a_second_file(tmp_path) -> None:
+    """The tests above count deliveries by the files of ``start_storescp(unique_files=True)``:
+    an object sent twice must leave two files (dcmtk's ``-uf`` would overwrite the first)."""
+    from pydicom.uid import generate_uid
+
+    from tests.factories import ct_slice
+
+    path = tmp_path / "one.dcm"
+    ct_slice(0, study_instance_uid=generate_uid(), series_instance_uid=generate_uid()).save_as(
+        path, enforce_file_format=True
+    )
+    port = free_port()
+    pacs = start_storescp(port, tmp_path / "pacs", unique_files=True)
+    try:
+        for _ in range(2):
+            run_peer([dcmtk("storescu"), "-aec", "PACS", "127.0.0.1", str(port), str(path)],
+                     check=True)  # fmt: skip
+    finally:
+        pacs.terminate()
+        pacs.wait()
+    assert len(list((tmp_path / "pacs").iterdir())) == 2
