@@ -187,6 +187,9 @@ def test_a_new_model_encodes_the_given_nodules_and_detects_nothing(
         node.stop()
 
 
+# 595 crops read, written and encoded: minutes on 2 shared cores, past the default 300 s.
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_real_crops_import_with_the_readers_nodule_of_lidc_0001(
     tmp_path, lidc_nodules_dir, capsys
 ) -> None:
