@@ -66,5 +66,5 @@ print(f"study {montage.StudyInstanceUID}")
 (out / "study_uid").write_text(str(montage.StudyInstanceUID))
 EOF
 "$node" status --data-dir "$data" > "$out/status.txt"
-head -4 "$out/status.txt"   # the newest study first: the scan (the crops have no StudyDate)
+head -6 "$out/status.txt"   # the newest study first: the scan (the crops have no StudyDate)
 "$node" similar --data-dir "$data" --study "$(cat "$out/study_uid")" --png "$out/similar.png"
