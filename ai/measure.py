@@ -44,6 +44,8 @@ __all__ = [
     "SegmentationParams",
     "ShapeMeasures",
     "Texture",
+    "MaskMeasures",
+    "mask_measures",
     "measure_seed",
     "shape_measures",
 ]
@@ -462,6 +464,44 @@ def shape_measures(
         long_axis_mm=_feret(mm) + float(np.mean(spacing)),
         elongation=float(math.sqrt(evals[-1] / evals[0])),
     )
+
+
+@dataclass(frozen=True)
+class MaskMeasures:
+    """A given segmentation, measured as :func:`measure_seed` measures its own."""
+
+    shape: ShapeMeasures
+    mean_hu: float
+    """Mean HU of the masked voxels."""
+    peak_hu: float
+    """Densest masked voxel after the same 0.6 mm blur :func:`measure_seed` uses."""
+
+
+def mask_measures(volume: Volume, mask: npt.NDArray[np.bool_]) -> MaskMeasures:
+    """Size and density of a nodule given by its mask (a reader's, not our segmentation).
+
+    Parameters
+    ----------
+    volume : Volume
+        ``(z, y, x)`` HU.
+    mask : numpy.ndarray
+        ``(z, y, x)`` bool on the volume's grid.
+
+    Returns
+    -------
+    MaskMeasures
+
+    Raises
+    ------
+    ValueError
+        The mask is empty or not on the volume's grid.
+    """
+    if mask.shape != volume.shape:
+        raise ValueError(f"mask {mask.shape} is not on the volume's grid {volume.shape}")
+    hu = np.asarray(volume.array, np.float32)
+    smooth = ndimage.gaussian_filter(hu, sigma=[0.6 / s for s in volume.spacing], truncate=2.5)
+    shape = shape_measures(mask, volume.spacing)
+    return MaskMeasures(shape, float(hu[mask].mean()), float(smooth[mask].max()))
 
 
 def _feret(points_mm: npt.NDArray[np.float64]) -> float:

@@ -26,7 +26,7 @@ from ai.nodules import NoduleCandidate, find_nodules
 from ai.registration import RegistrationImage, registration_image
 from ai.types import Volume
 
-__all__ = ["DEFAULT_MIN_DIAMETER_MM", "SeriesAnalysis", "analyse_volume"]
+__all__ = ["DEFAULT_MIN_DIAMETER_MM", "SeriesAnalysis", "analyse_volume", "encode_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,6 @@ def analyse_volume(
     -------
     SeriesAnalysis
     """
-    from ai.roi import extract_rois
-
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     lung_mask = segment_lungs(volume, device=device)
@@ -133,24 +131,15 @@ def analyse_volume(
         )
     )
     seconds["fpr"] = time.perf_counter() - started
-    started = time.perf_counter()
-    cfg = model.config
-    centres = np.array([n.center_xyz for n in nodules], np.float64).reshape(-1, 3)
-    # Every nodule's ROI in one batch, cut as the model was trained (its config's
-    # geometry) and resampled on the device (the GPU when there is one).
-    rois = extract_rois(volume, lung_mask, centres, **cfg.roi_kwargs(), device=device)
-    rois = np.ascontiguousarray(rois, np.float32)
-    if rois.shape[1] != cfg.in_channels:
-        raise ValueError(f"ROIs have {rois.shape[1]} channels; the model expects {cfg.in_channels}")
-    seconds["rois"] = time.perf_counter() - started
-    started = time.perf_counter()
-    codes = encode(model, rois, device=device, batch_size=batch_size, model_version=model_version)
-    seconds["codes"] = time.perf_counter() - started
-    middle = rois.shape[1] // 2
-    thumbnails = (
-        np.clip(rois[:, middle] * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        if len(rois)
-        else np.zeros((0, cfg.roi_size, cfg.roi_size), np.uint8)
+    rois, codes, thumbnails = encode_at(
+        volume,
+        lung_mask,
+        np.array([n.center_xyz for n in nodules], np.float64),
+        model,
+        device=device,
+        model_version=model_version,
+        batch_size=batch_size,
+        seconds=seconds,
     )
     compact = None
     if with_registration:
@@ -176,3 +165,63 @@ def analyse_volume(
         registration=compact,
         fpr_version=fpr.version,
     )
+
+
+def encode_at(
+    volume: Volume,
+    lung_mask: LungMask | None,
+    centres_xyz: npt.ArrayLike,
+    model: HashNet,
+    *,
+    device: str | torch.device = "cpu",
+    model_version: str | None = None,
+    batch_size: int = 64,
+    seconds: dict[str, float] | None = None,
+) -> tuple[npt.NDArray[np.float32], HashCodes, npt.NDArray[np.uint8]]:
+    """ROIs, hash codes and thumbnails of nodules at world points: what the worker stores.
+
+    Every ROI is cut in one batch as the model was trained (its config's
+    geometry), resampled on ``device``; the thumbnail is the ROI's central
+    plane. :func:`analyse_volume` calls it for the nodules it found, the
+    reference library (``dicom-node import-crops``) for the readers' nodules.
+
+    Parameters
+    ----------
+    volume : Volume
+    lung_mask : LungMask or None
+        ``None`` where there are no lungs to mask with (a crop).
+    centres_xyz : array_like
+        ``(n, 3)`` world LPS mm.
+    model : HashNet
+    seconds : dict, optional
+        Receives the time of ``rois`` and ``codes``.
+
+    Returns
+    -------
+    rois : numpy.ndarray
+        ``(n, C, H, W)`` float32 in [0, 1].
+    codes : HashCodes
+    thumbnails : numpy.ndarray
+        ``(n, H, W)`` uint8.
+    """
+    from ai.roi import extract_rois
+
+    seconds = {} if seconds is None else seconds
+    started = time.perf_counter()
+    cfg = model.config
+    centres = np.asarray(centres_xyz, np.float64).reshape(-1, 3)
+    rois = extract_rois(volume, lung_mask, centres, **cfg.roi_kwargs(), device=device)
+    rois = np.ascontiguousarray(rois, np.float32)
+    if rois.shape[1] != cfg.in_channels:
+        raise ValueError(f"ROIs have {rois.shape[1]} channels; the model expects {cfg.in_channels}")
+    seconds["rois"] = time.perf_counter() - started
+    started = time.perf_counter()
+    codes = encode(model, rois, device=device, batch_size=batch_size, model_version=model_version)
+    seconds["codes"] = time.perf_counter() - started
+    middle = rois.shape[1] // 2
+    thumbnails = (
+        np.clip(rois[:, middle] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if len(rois)
+        else np.zeros((0, cfg.roi_size, cfg.roi_size), np.uint8)
+    )
+    return rois, codes, thumbnails

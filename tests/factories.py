@@ -336,3 +336,59 @@ def sr_evidence(count: int = 80) -> list[Dataset]:
         del ds.PixelData
         evidence.append(ds)
     return evidence
+
+
+def lidc_like_folder(root: Path, *, count: int = 6, seed: int = 3) -> Path:
+    """A folder laid out like ``lidc-nodules`` from phantom patches: NIfTI crops, masks, csv.
+
+    One nodule-centred patch of ``ai.phantom.make_patches`` per patient
+    (``PHANTOM-CROP-<i>``), written with SimpleITK (``ai.volume.write_image``)
+    at its own world origin; its row names the nodule's world centre and
+    diameter as the source does, readers 4, every rating 3 but the texture's
+    (5 solid, 3 part-solid, 1 ground glass).
+    """
+    import csv
+
+    from ai.phantom.patches import make_patches
+    from ai.readers.lidc_crops import LIDC_CHARACTERISTICS
+    from ai.types import Volume
+    from ai.volume import write_image
+
+    batch = make_patches(count, seed=seed, size_zyx=(24, 48, 48), positive_fraction=1.0)
+    (root / "image").mkdir(parents=True)
+    (root / "mask").mkdir()
+    rows = []
+    for i in range(count):
+        if not batch.has_nodule[i]:
+            raise AssertionError("make_patches(positive_fraction=1) gave a patch without nodule")
+        patient = f"PHANTOM-CROP-{i:02d}"
+        origin = (-120.0 + 40.0 * i, 30.0, -200.0 + 7.0 * i)
+        name = f"{patient}_R_1.nii.gz"
+        write_image(Volume(batch.patches[i], (1.0, 1.0, 1.0), origin), root / "image" / name)
+        write_image(Volume(batch.nodule_masks[i], (1.0, 1.0, 1.0), origin), root / "mask" / name)
+        # patch centre (voxel (d-1)/2 ...) plus the nodule's offset from it
+        centre = [origin[a] + (batch.patches.shape[3 - a] - 1) / 2.0 for a in range(3)]
+        centre = [c + float(o) for c, o in zip(centre, batch.offset_mm[i], strict=True)]
+        texture = {0: 5, 1: 3, 2: 1}[int(batch.texture[i])]
+        row = {
+            "patient_id": patient,
+            "nodule_id": "1",
+            "image": f"image/{name}",
+            "mask": f"mask/{name}",
+            "seriesuid": generate_uid(entropy_srcs=[patient, str(seed)]),
+            "coordX": centre[0],
+            "coordY": centre[1],
+            "coordZ": centre[2],
+            "diameter_mm": float(batch.diameter_mm[i]),
+            "readers": 4,
+        }
+        for axis, (low, high) in zip("XYZ", ((c - 5.0, c + 5.0) for c in centre), strict=True):
+            row[f"bboxLow{axis}"], row[f"bboxHigh{axis}"] = low, high
+        for rating in LIDC_CHARACTERISTICS:
+            row[f"{rating}_value"] = texture if rating == "Texture" else 3
+        rows.append(row)
+    with open(root / "nodules.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root

@@ -7,7 +7,7 @@ from typing import Any
 
 from dicom_node.cli._common import add_settings_arguments, open_catalog, settings_from_args
 
-STATES = ("indexed", "reported", "failed", "skipped")
+STATES = ("indexed", "reported", "failed", "skipped", "reference")
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -27,9 +27,10 @@ def add_subparser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--states",
-        default="indexed,reported,failed",
+        default="indexed,reported,failed,reference",
         help=f"comma-separated series states to queue again (from {', '.join(STATES)}; "
-        "default indexed,reported,failed)",
+        "default indexed,reported,failed,reference; a reference series, imported with "
+        "import-crops, has its given nodules encoded again, never detected)",
     )
     parser.set_defaults(func=run)
 

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ai.classes import size_class
 from ai.errors import AIError
 from ai.fpr.infer import FprModel
 from ai.hashing.codes import TEXTURES
-from ai.pipeline import SeriesAnalysis, analyse_volume
+from ai.pipeline import SeriesAnalysis, analyse_volume, encode_at
+from ai.types import Volume
 from ai.volume import load_series
 from dicom_node.model import LoadedModel, shipped_fpr
 from dicom_node.processing.jobs import Outcome, SeriesJob
@@ -32,10 +35,10 @@ from dicom_node.processing.qualification import disqualification
 from dicom_node.processing.reading import read_datasets, read_headers
 from dicom_node.retrieval.similar import SimilarityIndex
 from dicom_node.settings import QualificationSettings, WorkerSettings
-from storage.catalog import Catalog, NewNodule, SeriesState
+from storage.catalog import Catalog, GivenNodule, NewNodule, SeriesState
 from storage.instances import InstanceStore
 
-__all__ = ["AnalysisStep", "nodules_of", "resolve_device"]
+__all__ = ["AnalysisStep", "given_nodules", "nodules_of", "reference_reason", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,57 @@ def nodules_of(analysis: SeriesAnalysis) -> list[NewNodule]:
         )
         for i, nodule in enumerate(analysis.nodules)
     ]
+
+
+def given_nodules(
+    volume: Volume, given: Sequence[GivenNodule], model: LoadedModel, *, device: str
+) -> list[NewNodule]:
+    """Given nodules (a reference series') encoded by ``model``: the catalog's rows for them.
+
+    The ROIs are cut at the given centres as the worker cuts its own nodules
+    (:func:`ai.pipeline.encode_at`; no lung mask: a crop holds no lungs), the
+    measurements are the given ones.
+    """
+    _, codes, thumbnails = encode_at(
+        volume,
+        None,
+        np.array([g.center_xyz for g in given], np.float64),
+        model.net,
+        device=device,
+        model_version=model.version,
+    )
+    return [
+        NewNodule(
+            nodule_index=g.nodule_index,
+            center_xyz=g.center_xyz,
+            diameter_mm=g.diameter_mm,
+            long_axis_mm=g.long_axis_mm,
+            volume_mm3=g.volume_mm3,
+            mean_hu=g.mean_hu,
+            peak_hu=g.peak_hu,
+            texture=g.texture,
+            laterality=g.laterality,
+            confidence=g.confidence,
+            size_class=size_class(g.diameter_mm),
+            predicted_size_class=int(codes.size_class[i]),
+            predicted_texture=TEXTURES[int(codes.texture[i])],
+            shallow=codes.shallow[i].tobytes(),
+            middle=codes.middle[i].tobytes(),
+            deep=codes.deep[i].tobytes(),
+            embedding=codes.embedding[i].astype("float32").tobytes(),
+            thumbnail=thumbnails[i].tobytes(),
+        )
+        for i, g in enumerate(given)
+    ]
+
+
+def reference_reason(given: Sequence[GivenNodule], version: str) -> str:
+    """The series reason of an encoded reference series."""
+    sources = sorted({g.source for g in given})
+    return (
+        f"{', '.join(sources)} reference: {len(given)} given nodule(s) encoded with "
+        f"{version}; not detected, no results"
+    )
 
 
 class AnalysisStep:
@@ -172,6 +226,9 @@ class AnalysisStep:
         """Process one completed series (see the module docstring)."""
         uid = job.series_instance_uid
         started = time.perf_counter()
+        given = self.catalog.reference.of_series(uid)
+        if given:
+            return self._encode_given(job, given)
         try:
             self.prepare(job)
         except AIError as exc:
@@ -218,3 +275,18 @@ class AnalysisStep:
             f"{len(job.nodules)} nodules, lungs {analysis.lung_volume_ml:.0f} ml, "
             f"{time.perf_counter() - started:.1f} s on {self.device}",
         )
+
+    def _encode_given(self, job: SeriesJob, given: list[GivenNodule]) -> Outcome:
+        """A reference series: its given nodules encoded, no detection, no results after."""
+        if job.volume is None:
+            paths = self.catalog.workflow.series_instance_paths(job.series_instance_uid)
+            job.volume = load_series(read_datasets(self.store, paths))
+        volume, job.volume = job.volume, None
+        job.nodules = self.catalog.nodules.replace(
+            job.series_instance_uid,
+            self.version,
+            given_nodules(volume, given, self.model, device=self.device),
+            claim=job.claim,
+        )
+        self.index.sync()
+        return Outcome(SeriesState.REFERENCE, reference_reason(given, self.version))

@@ -13,6 +13,10 @@ and returns a random UUID.) Consequences:
   to one;
 - every revision of a study's SR (or montage) lives in the same series;
   revision *n* replaces revision *n - 1* (CONFORMANCE.md 6.3).
+
+The series of the reference library (``dicom-node import-crops``) get their
+UIDs the same way, from the public collection's own names
+(:func:`reference_uid`), so importing a crop twice writes the same instances.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import uuid
 
 from storage.catalog import ResultKind
 
-__all__ = ["result_series_uid", "result_sop_instance_uid"]
+__all__ = ["reference_uid", "result_series_uid", "result_sop_instance_uid"]
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-node:result")
 
@@ -43,3 +47,16 @@ def result_sop_instance_uid(
     if revision < 1:
         raise ValueError(f"revisions start at 1, got {revision}")
     return _derived_uid("instance", study_instance_uid, model_version, kind.value, str(revision))
+
+
+def reference_uid(kind: str, *names: str) -> str:
+    """A UID of the reference library, from the names of what it identifies.
+
+    Parameters
+    ----------
+    kind : str
+        ``study``, ``series``, ``instance`` or ``frame``.
+    names : str
+        The collection's names (``"LIDC-IDRI"``, the patient, the nodule, the slice).
+    """
+    return _derived_uid("reference", kind, *names)

@@ -16,6 +16,7 @@ Split by reason to change, one module each:
                 cursor an in-memory index follows them with
 ``deliveries``  outbox rows
 ``backfill``    backfill checkpoints and the series a backfill brought in
+``reference``   nodules given with reference series (``dicom-node import-crops``)
 ``retrieve``    the stored files a C-MOVE or C-GET asks for
 ``secrets``     values every machine of the catalog shares (the privacy key)
 ==============  ==========================================================
@@ -41,6 +42,7 @@ from storage.catalog.records import (
     Delivery,
     Finished,
     GeneratedResult,
+    GivenNodule,
     InstanceRecord,
     JobRecord,
     NewNodule,
@@ -49,6 +51,7 @@ from storage.catalog.records import (
     StepKey,
     StudyRecord,
 )
+from storage.catalog.reference import ReferenceCatalog
 from storage.catalog.retrieve import RetrieveCatalog, StoredFile
 from storage.catalog.schema import (
     BackfillStudyState,
@@ -73,6 +76,7 @@ __all__ = [
     "DeliveryState",
     "Finished",
     "GeneratedResult",
+    "GivenNodule",
     "IndexCursor",
     "InstanceRecord",
     "JobRecord",
@@ -80,6 +84,7 @@ __all__ = [
     "Level",
     "NewNodule",
     "NoduleRecord",
+    "ReferenceCatalog",
     "ResultKind",
     "RetrieveCatalog",
     "SeriesState",
@@ -112,6 +117,7 @@ class Catalog:
     deliveries : DeliveryCatalog
     backfill : BackfillCatalog
     retrieve : RetrieveCatalog
+    reference : ReferenceCatalog
     secrets : SecretCatalog
     """
 
@@ -125,6 +131,7 @@ class Catalog:
         self.deliveries = DeliveryCatalog(self.database)
         self.backfill = BackfillCatalog(self.database)
         self.retrieve = RetrieveCatalog(self.database)
+        self.reference = ReferenceCatalog(self.database)
         self.secrets = SecretCatalog(self.database)
 
     @property

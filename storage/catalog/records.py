@@ -24,6 +24,7 @@ __all__ = [
     "Delivery",
     "Finished",
     "GeneratedResult",
+    "GivenNodule",
     "InstanceRecord",
     "JobRecord",
     "NewNodule",
@@ -251,6 +252,33 @@ class NewNodule:
             return None
         side = int(round(len(self.thumbnail) ** 0.5))
         return np.frombuffer(self.thumbnail, np.uint8).reshape(side, side)
+
+
+@dataclass(frozen=True)
+class GivenNodule:
+    """A nodule given with a reference series (readers' centre and mask), not detected."""
+
+    nodule_index: int
+    center_xyz: tuple[float, float, float]
+    """The readers' centre, world LPS mm."""
+    diameter_mm: float
+    """Equivalent-sphere diameter of the readers' mask (``ai.measure.mask_measures``)."""
+    long_axis_mm: float
+    volume_mm3: float
+    mean_hu: float
+    peak_hu: float
+    texture: str
+    """From the readers' texture rating (``ai.readers.lidc_crops.texture_class``)."""
+    laterality: str
+    confidence: float
+    """Share of the readers who marked it (LIDC-IDRI: of four)."""
+    source: str
+    """The collection (``LIDC-IDRI``)."""
+    source_nodule: str
+    """The nodule in it (``LIDC-IDRI-0001 nodule 1``)."""
+    readers: int
+    ratings: dict[str, int]
+    """The readers' consensus ratings (LIDC: the nine characteristics)."""
 
 
 @dataclass(frozen=True)

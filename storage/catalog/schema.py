@@ -25,6 +25,7 @@ __all__ = [
     "metadata",
     "nodule_removals",
     "nodules",
+    "reference_nodules",
     "registration_images",
     "results",
     "secrets",
@@ -46,6 +47,10 @@ class SeriesState(str, Enum):
     """Nodules found and their codes are in the index."""
     REPORTED = "reported"
     """Results were sent back (SR, montage)."""
+    REFERENCE = "reference"
+    """A reference-library series (``dicom-node import-crops``): its nodules were given
+    (readers' centres and masks), not detected; they are encoded and indexed for the
+    model version of its ``analysis`` job; no results are made for it."""
     SKIPPED = "skipped"
     """Does not qualify for processing; ``reason`` says why."""
     FAILED = "failed"
@@ -292,6 +297,34 @@ registration_images = sa.Table(
         "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), primary_key=True
     ),
     sa.Column("image", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Nodules given, not detected, with the series of a reference library (``dicom-node
+# import-crops``: public crops with their readers' nodules). The worker encodes
+# these instead of detecting when such a series is processed again (a new model).
+reference_nodules = sa.Table(
+    "reference_nodules",
+    metadata,
+    sa.Column(
+        "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), primary_key=True
+    ),
+    sa.Column("nodule_index", sa.Integer, primary_key=True),
+    sa.Column("center_x", sa.Float, nullable=False),
+    sa.Column("center_y", sa.Float, nullable=False),
+    sa.Column("center_z", sa.Float, nullable=False),
+    sa.Column("diameter_mm", sa.Float, nullable=False),
+    sa.Column("long_axis_mm", sa.Float, nullable=False),
+    sa.Column("volume_mm3", sa.Float, nullable=False),
+    sa.Column("mean_hu", sa.Float, nullable=False),
+    sa.Column("peak_hu", sa.Float, nullable=False),
+    sa.Column("texture", sa.String(16), nullable=False),
+    sa.Column("laterality", sa.String(8), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("source_nodule", sa.String(128), nullable=False),
+    sa.Column("readers", sa.Integer, nullable=False),
+    sa.Column("ratings", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
