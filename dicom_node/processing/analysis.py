@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch
 from ai.classes import size_class
 from ai.errors import AIError
 from ai.fpr.infer import FprModel
-from ai.hashing.codes import TEXTURES
+from ai.hashing.codes import TEXTURES, HashCodes
 from ai.pipeline import SeriesAnalysis, analyse_volume, encode_at
 from ai.types import Volume
 from ai.volume import load_series
@@ -73,16 +74,23 @@ def nodules_of(analysis: SeriesAnalysis) -> list[NewNodule]:
                 nodule.probability if nodule.probability is not None else nodule.confidence
             ),
             size_class=size_class(float(nodule.diameter_mm)),
-            predicted_size_class=int(codes.size_class[i]),
-            predicted_texture=TEXTURES[int(codes.texture[i])],
-            shallow=codes.shallow[i].tobytes(),
-            middle=codes.middle[i].tobytes(),
-            deep=codes.deep[i].tobytes(),
-            embedding=codes.embedding[i].astype("float32").tobytes(),
-            thumbnail=analysis.thumbnails[i].tobytes(),
+            **_coded(codes, i, analysis.thumbnails[i]),
         )
         for i, nodule in enumerate(analysis.nodules)
     ]
+
+
+def _coded(codes: HashCodes, i: int, thumbnail: np.ndarray) -> dict[str, Any]:
+    """The fields of a catalog nodule that come from the network: ROI ``i``'s codes."""
+    return {
+        "predicted_size_class": int(codes.size_class[i]),
+        "predicted_texture": TEXTURES[int(codes.texture[i])],
+        "shallow": codes.shallow[i].tobytes(),
+        "middle": codes.middle[i].tobytes(),
+        "deep": codes.deep[i].tobytes(),
+        "embedding": codes.embedding[i].astype("float32").tobytes(),
+        "thumbnail": thumbnail.tobytes(),
+    }
 
 
 def given_nodules(
@@ -115,13 +123,7 @@ def given_nodules(
             laterality=g.laterality,
             confidence=g.confidence,
             size_class=size_class(g.diameter_mm),
-            predicted_size_class=int(codes.size_class[i]),
-            predicted_texture=TEXTURES[int(codes.texture[i])],
-            shallow=codes.shallow[i].tobytes(),
-            middle=codes.middle[i].tobytes(),
-            deep=codes.deep[i].tobytes(),
-            embedding=codes.embedding[i].astype("float32").tobytes(),
-            thumbnail=thumbnails[i].tobytes(),
+            **_coded(codes, i, thumbnails[i]),
         )
         for i, g in enumerate(given)
     ]

@@ -7,6 +7,7 @@ Column lengths follow the DICOM value representations (PS3.5 6.2).
 from __future__ import annotations
 
 from enum import Enum, StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -242,6 +243,24 @@ def _growing_key(name: str) -> sa.Column[int]:
     )  # fmt: skip
 
 
+def _measurement_columns() -> list[sa.Column[Any]]:
+    """Where a nodule is and what it measures: the same columns for detected
+    nodules (``nodules``) and given ones (``reference_nodules``)."""
+    return [
+        sa.Column("center_x", sa.Float, nullable=False),
+        sa.Column("center_y", sa.Float, nullable=False),
+        sa.Column("center_z", sa.Float, nullable=False),
+        sa.Column("diameter_mm", sa.Float, nullable=False),
+        sa.Column("long_axis_mm", sa.Float, nullable=False),
+        sa.Column("volume_mm3", sa.Float, nullable=False),
+        sa.Column("mean_hu", sa.Float, nullable=False),
+        sa.Column("peak_hu", sa.Float, nullable=False),
+        sa.Column("texture", sa.String(16), nullable=False),
+        sa.Column("laterality", sa.String(8), nullable=False),
+        sa.Column("confidence", sa.Float, nullable=False),
+    ]
+
+
 nodules = sa.Table(
     "nodules",
     metadata,
@@ -257,17 +276,7 @@ nodules = sa.Table(
     ),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("nodule_index", sa.Integer, nullable=False),
-    sa.Column("center_x", sa.Float, nullable=False),
-    sa.Column("center_y", sa.Float, nullable=False),
-    sa.Column("center_z", sa.Float, nullable=False),
-    sa.Column("diameter_mm", sa.Float, nullable=False),
-    sa.Column("long_axis_mm", sa.Float, nullable=False),
-    sa.Column("volume_mm3", sa.Float, nullable=False),
-    sa.Column("mean_hu", sa.Float, nullable=False),
-    sa.Column("peak_hu", sa.Float, nullable=False),
-    sa.Column("texture", sa.String(16), nullable=False),
-    sa.Column("laterality", sa.String(8), nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False),
+    *_measurement_columns(),
     sa.Column("size_class", sa.Integer, nullable=False),
     sa.Column("predicted_size_class", sa.Integer, nullable=False),
     sa.Column("predicted_texture", sa.String(16), nullable=False),
@@ -310,17 +319,7 @@ reference_nodules = sa.Table(
         "series_instance_uid", UID, sa.ForeignKey("series.series_instance_uid"), primary_key=True
     ),
     sa.Column("nodule_index", sa.Integer, primary_key=True),
-    sa.Column("center_x", sa.Float, nullable=False),
-    sa.Column("center_y", sa.Float, nullable=False),
-    sa.Column("center_z", sa.Float, nullable=False),
-    sa.Column("diameter_mm", sa.Float, nullable=False),
-    sa.Column("long_axis_mm", sa.Float, nullable=False),
-    sa.Column("volume_mm3", sa.Float, nullable=False),
-    sa.Column("mean_hu", sa.Float, nullable=False),
-    sa.Column("peak_hu", sa.Float, nullable=False),
-    sa.Column("texture", sa.String(16), nullable=False),
-    sa.Column("laterality", sa.String(8), nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False),
+    *_measurement_columns(),
     sa.Column("source", sa.String(64), nullable=False),
     sa.Column("source_nodule", sa.String(128), nullable=False),
     sa.Column("readers", sa.Integer, nullable=False),
