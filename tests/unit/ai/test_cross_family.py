@@ -9,7 +9,7 @@ this loaded 2-core machine: 221 s and 288 s in two runs).
 At this size the margin over raw pixels is thin and depends on the seeds:
 mAP 0.526 against 0.372 for ITQ (train A seed 1, B seed 2 split in two) and
 0.442 against 0.360 on the seeds below (database and queries from two seeds,
-hence patient-disjoint). The threshold keeps what both runs show: the codes
+hence patient-disjoint; trained on one thread, the same 0.4418 in every run). The threshold keeps what both runs show: the codes
 of a model that never saw family B rank B's nodules by size better than ITQ
 on their raw pixels. The full-size figures are the ones to quote.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from ai.evaluation.retrieval import evaluate_retrieval_table
 from ai.hashing.infer import encode
@@ -30,7 +31,21 @@ from ai.hashing.train import train
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def test_trained_on_family_a_retrieves_family_b_by_size_class() -> None:
+@pytest.fixture
+def one_thread():
+    """Training on one thread: the same network whatever else runs on the machine.
+
+    With several threads the order of float reductions follows the scheduler,
+    and at this size that moved mAP by 0.04 between two runs of the same seeds
+    (0.442, then 0.403 beside a CPU-heavy job): enough to cross the threshold.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_trained_on_family_a_retrieves_family_b_by_size_class(one_thread) -> None:
     base = recipe(epochs=10, seed=4)
     model = dataclasses.replace(
         base.model, growth=8, stem_channels=16, embedding_dim=32, n_malignancy=0
@@ -51,5 +66,6 @@ def test_trained_on_family_a_retrieves_family_b_by_size_class() -> None:
         queries, database, encode(net, queries.rois), encode(net, database.rois)
     ).rows
     ours, itq = rows["ours joint 64"]["map"], rows["ITQ raw pixels 64"]["map"]
+    print(f"cross-family mAP {ours:.4f}, ITQ raw pixels {itq:.4f}")  # shown with pytest -s
     # raw pixels already carry much of the size; the network must add to it
     assert ours >= 0.40 and ours >= itq + 0.05, (ours, itq)
