@@ -9,9 +9,10 @@ this loaded 2-core machine: 221 s and 288 s in two runs).
 At this size the margin over raw pixels is thin and depends on the seeds:
 mAP 0.526 against 0.372 for ITQ (train A seed 1, B seed 2 split in two) and
 0.442 against 0.360 on the seeds below (database and queries from two seeds,
-hence patient-disjoint; trained on one thread, the same 0.4418 in every run). The threshold keeps what both runs show: the codes
-of a model that never saw family B rank B's nodules by size better than ITQ
-on their raw pixels. The full-size figures are the ones to quote.
+hence patient-disjoint; trained on one thread, the same 0.4418 in every run).
+The threshold keeps what both runs show: the codes of a model that never saw
+family B rank B's nodules by size better than ITQ on their raw pixels. The
+full-size figures are the ones to quote.
 """
 
 from __future__ import annotations
