@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from ai.evaluation.retrieval import evaluate_retrieval_table
 from ai.hashing.infer import encode
@@ -30,20 +29,6 @@ from ai.hashing.train import train
 
 # Draws 352 phantom ROIs and trains a network: minutes on 2 shared cores, past the default 300 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-@pytest.fixture
-def one_thread():
-    """Training on one thread: the same network whatever else runs on the machine.
-
-    With several threads the order of float reductions follows the scheduler,
-    and at this size that moved mAP by 0.04 between two runs of the same seeds
-    (0.442, then 0.403 beside a CPU-heavy job): enough to cross the threshold.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_trained_on_family_a_retrieves_family_b_by_size_class(one_thread) -> None:

@@ -20,6 +20,9 @@ from ai.types import Volume
 from dicom_node.errors import NodeError
 from dicom_node.model import CARD_FILE, MODEL_FILE, load_fpr, shipped_fpr
 
+# Training on one thread: deterministic networks, thresholds that hold under load.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def candidate(zyx, bbox, diameter=6.0, confidence=0.5) -> NoduleCandidate:
     return NoduleCandidate(

@@ -24,6 +24,9 @@ TINY = HashNetConfig(
     roi_size=16, n_bits=24, growth=4, block_layers=2, stem_channels=8, embedding_dim=8
 )
 
+# Training on one thread: deterministic networks, thresholds that hold under load.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def toy_rois(n: int, seed: int = 0, size: int = 16) -> RoiSet:
     """Discs whose radius follows the size class and whose brightness follows the texture."""
