@@ -74,8 +74,8 @@ def add_retrieval(evaluations: argparse._SubParsersAction[argparse.ArgumentParse
     parser.add_argument(
         "--epochs",
         type=int,
-        default=30,  # ai.hashing.recipe.EPOCHS (not imported here: it loads torch)
-        help="epochs per fold model with --train-folds (the shipped model's: 30)",
+        default=40,  # ai.hashing.recipe.EPOCHS (not imported here: it loads torch)
+        help="epochs per fold model with --train-folds (the shipped model's: 40)",
     )
     parser.add_argument(
         "--train-phantoms",

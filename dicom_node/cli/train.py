@@ -100,7 +100,7 @@ def add_subparser(subparsers: Any) -> None:
     model.add_argument(
         "--bits", type=int, default=64, choices=(24, 32, 48, 64), help="bits per hash layer"
     )
-    model.add_argument("--epochs", type=int, default=30)  # also ai.hashing.recipe.EPOCHS
+    model.add_argument("--epochs", type=int, default=40)  # also ai.hashing.recipe.EPOCHS
     model.add_argument("--batch-size", type=int, default=64)
     model.add_argument("--lr", type=float, default=2e-3)
     model.add_argument(
