@@ -239,6 +239,6 @@ def test_the_cli_defaults_are_the_shipped_recipe() -> None:
     parser = build_parser()
     train = parser.parse_args(["train", "--nodules", "x", "--out", "y"])
     folds = parser.parse_args(["evaluate", "retrieval", "--nodules", "x", "--train-folds"])
-    assert (train.epochs, train.with_phantoms) == (EPOCHS, PHANTOMS) == (30, 500)
+    assert (train.epochs, train.with_phantoms) == (EPOCHS, PHANTOMS) == (40, 500)
     assert (folds.epochs, folds.train_phantoms) == (EPOCHS, PHANTOMS)
     assert recipe().epochs == EPOCHS
