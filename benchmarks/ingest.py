@@ -5,7 +5,9 @@ Explicit VR Little Endian), every peer with ``TCP_NODELAY=1``, sent by one
 ``storescu`` and by four at once (each a quarter of the slices, one
 association each, as a PACS forwarding several studies does). Prints the
 median of ``--repeat`` runs per receiver and sender count: slices/s, MB/s and
-the ratio to Orthanc (fsync of each file on, SQLite index). Orthanc 1.10.1 promises
+the ratio to Orthanc (fsync of each file on, SQLite index). Our node runs
+once as one receiving process and once with ``network.receivers`` processes
+(``--receivers``, default 2: the cores here). Orthanc 1.10.1 promises
 less than we do: it writes the file in place and ``fdatasync``s it, without a
 directory fsync, and its SQLite index runs in WAL mode with
 ``synchronous=NORMAL`` (the commit is not fsynced); we fsync the file before
@@ -13,7 +15,7 @@ its rename, then the directory beside a WAL commit with ``synchronous=FULL``.
 
 Usage::
 
-    python -m benchmarks.ingest [--slices 300] [--repeat 3] [--senders 1,4]
+    python -m benchmarks.ingest [--slices 300] [--repeat 3] [--senders 1,4] [--receivers 2]
 """
 
 from __future__ import annotations
@@ -35,15 +37,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.factories import write_ct_series  # noqa: E402
-from tests.peers import PEER_ENV, free_port, wait_for_port  # noqa: E402
+from tests.peers import PEER_ENV, free_port, wait_for_port, wait_until  # noqa: E402
 
 
 @contextmanager
-def _process(args: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[None]:
+def _process(
+    args: list[str],
+    port: int,
+    env: dict[str, str],
+    log: Path,
+    ready: Callable[[], bool] = lambda: True,
+) -> Iterator[None]:
     with log.open("wb") as handle:
         proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         wait_for_port(port, process=proc, timeout=60)
+        wait_until(ready, timeout=60, what=f"{args[0]} ready")
         yield
     finally:
         proc.terminate()
@@ -125,7 +134,7 @@ def bare_pynetdicom(work: Path) -> Iterator[tuple[int, str]]:
         yield port, "BARE"
 
 
-def node(fsync: bool) -> Callable[[Path], object]:
+def node(fsync: bool, receivers: int = 1) -> Callable[[Path], object]:
     @contextmanager
     def _node(work: Path) -> Iterator[tuple[int, str]]:
         port = free_port()
@@ -135,7 +144,12 @@ def node(fsync: bool) -> Callable[[Path], object]:
             "DICOM_NODE_SIMILARITY_PORT": "-1",
             "DICOM_NODE_STORAGE_MIN_FREE_MB": "0",
             "DICOM_NODE_STORAGE_FSYNC": "true" if fsync else "false",
+            "DICOM_NODE_NETWORK_RECEIVERS": str(receivers),
         }
+
+        def _serving() -> bool:  # written once every receiving process serves
+            return (work / "node" / "node.json").exists()
+
         args = [
             sys.executable,
             "-m",
@@ -149,7 +163,7 @@ def node(fsync: bool) -> Callable[[Path], object]:
             "--port",
             str(port),
         ]
-        with _process(args, port, env, work / "node.log"):
+        with _process(args, port, env, work / "node.log", ready=_serving):
             yield port, "DICOM_NODE"
 
     return _node
@@ -195,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--senders", default="1,4", help="parallel storescu counts (default 1,4)")
     parser.add_argument(
+        "--receivers",
+        type=int,
+        default=2,
+        help="network.receivers of the multi-process row (default 2, the cores here)",
+    )
+    parser.add_argument(
         "--only", default="", help="comma list of receiver name prefixes (default: all)"
     )
     args = parser.parse_args(argv)
@@ -216,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             ("bare pynetdicom SCP (raw bytes, no fsync)", bare_pynetdicom),
             ("dicom-node (fsync, catalog)", node(fsync=True)),
             ("dicom-node (fsync off)", node(fsync=False)),
+            (
+                f"dicom-node, {args.receivers} receiving processes (fsync, catalog)",
+                node(fsync=True, receivers=args.receivers),
+            ),
         ]
         if args.only:
             wanted = tuple(w.strip() for w in args.only.split(","))

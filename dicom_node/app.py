@@ -29,6 +29,7 @@ from dicom_node import __version__
 from dicom_node.intake.ingest import Ingest
 from dicom_node.intake.orphans import OrphanReport, adopt_orphans
 from dicom_node.intake.series import SeriesWatcher, complete_idle_series
+from dicom_node.net.receivers import ReceiverProcesses, share_of
 from dicom_node.net.servers import DicomServers
 from dicom_node.net.similarity import SimilarityService
 from dicom_node.processing.jobs import JobRunner, RecordingStep, Step
@@ -140,7 +141,16 @@ class Node:
             studies_per_folder=settings.similarity.studies_per_folder,
             matches_per_nodule=settings.similarity.matches_per_nodule,
         )
-        self.servers = DicomServers(settings, self.ingest, self.catalog, self.similarity)
+        self.servers = DicomServers(
+            settings,
+            self.ingest,
+            self.catalog,
+            self.similarity,
+            max_associations=share_of(
+                settings.network.max_associations, settings.network.receivers
+            ),
+        )
+        self.receivers: ReceiverProcesses | None = None
 
     def _default_steps(self) -> list[Step]:
         """The AI and results steps when a hashing model is available, else the recording step.
@@ -312,6 +322,11 @@ class Node:
                 logger.info("started without listening (backfill)")
                 return
             self.servers.serve()
+            if settings.network.receivers > 1:
+                self.receivers = ReceiverProcesses(
+                    settings, self.servers.share_main_socket(), self.store
+                )
+                self.receivers.start()
         except BaseException:
             self.stop()
             raise
@@ -369,6 +384,9 @@ class Node:
     def stop(self) -> None:
         """Stop listening, then the watcher, the workers and the index (saving a snapshot);
         release the data directory."""
+        if self.receivers is not None:
+            self.receivers.stop()
+            self.receivers = None
         if self._listening:
             self.servers.stop()
         if self._watching:

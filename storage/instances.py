@@ -91,10 +91,17 @@ class InstanceStore:
         # race between the existence check and the rename: stripe locks by UID.
         self._locks = [threading.Lock() for _ in range(64)]
 
-    def recover(self) -> int:
-        """Remove partial files this host left in a crash; return how many were removed."""
+    def recover(self, *, pid: int | None = None) -> int:
+        """Remove partial files this host left in a crash; return how many were removed.
+
+        Parameters
+        ----------
+        pid : int, optional
+            Only those of this process, which has exited (a receiver process
+            of the node); by default all of this host's, at the node's start.
+        """
         removed = 0
-        for part in self._tmp.glob("*.part"):
+        for part in self._tmp.glob("*.part" if pid is None else f"*.{pid}.part"):
             part.unlink(missing_ok=True)
             removed += 1
         if removed:

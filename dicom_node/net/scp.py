@@ -13,6 +13,8 @@ import logging
 import socket
 import socketserver
 import ssl
+import threading
+import time
 from typing import Any
 
 import pydicom.config
@@ -56,6 +58,7 @@ __all__ = [
     "MAX_ASSOCIATE_PDU",
     "MAX_CONNECTIONS",
     "STORAGE_TRANSFER_SYNTAXES",
+    "NodeServer",
     "build_ae",
     "build_similarity_ae",
     "configure_pynetdicom",
@@ -211,6 +214,14 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+#: The first buffer of a PDU body read (it doubles while more arrives).
+_FIRST_READ = 1 << 20
+
+#: Seconds a process serving a shared listening socket waits, per association
+#: it has open, before it accepts a new connection (:meth:`NodeServer.share`).
+_SHARED_ACCEPT_DELAY = 0.005
+
+
 class _BoundedAssociationSocket(AssociationSocket):
     """pynetdicom's association socket with a ceiling on announced PDU lengths.
 
@@ -220,6 +231,12 @@ class _BoundedAssociationSocket(AssociationSocket):
     above what we accept (:data:`MAX_ASSOCIATE_PDU` before association, our
     maximum PDU length after it) closes the connection before any of the body
     is read; pynetdicom then aborts the association.
+
+    It also reads the body in as few system calls as the network allows:
+    pynetdicom's ``recv`` reads 4 KiB at a time (128 calls, each a Python
+    round, for a 512 KiB slice); here each call takes all that has arrived,
+    into a buffer that grows only as data arrives (a peer announcing more
+    than it sends costs at most twice what it sent).
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
@@ -232,7 +249,19 @@ class _BoundedAssociationSocket(AssociationSocket):
                 ceiling,
             )
             raise ConnectionAbortedError("PDU longer than the maximum accepted")
-        return super().recv(nr_bytes)
+        assert self.socket is not None
+        buffer = bytearray(min(nr_bytes, _FIRST_READ))
+        nr_read = 0
+        while nr_read < nr_bytes:
+            if nr_read == len(buffer):
+                buffer.extend(bytes(min(nr_bytes - nr_read, len(buffer))))
+            with memoryview(buffer) as view:
+                received = self.socket.recv_into(view[nr_read:])
+            if not received:  # connection closed: what arrived (as pynetdicom does)
+                del buffer[nr_read:]
+                return buffer
+            nr_read += received
+        return buffer
 
     def _ceiling(self) -> int:
         if not self.assoc.is_established:
@@ -255,20 +284,64 @@ class _RequestHandler(RequestHandler):
         return assoc
 
 
-class _Server(ThreadedAssociationServer):
+class NodeServer(ThreadedAssociationServer):
     """pynetdicom's threaded server: peer-address allowlist, bounded PDUs and
     connections, TLS handshakes off the accepting thread."""
 
-    def __init__(self, *args: Any, allowed_networks: tuple[Any, ...] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        allowed_networks: tuple[Any, ...] = (),
+        listen_socket: socket.socket | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._allowed_networks = allowed_networks
+        self._listen_socket = listen_socket
+        self._shared = False
+        # Connections being served (active_associations lags: it counts only
+        # those whose thread has made the association already).
+        self._connections = 0
+        self._connections_lock = threading.Lock()
         kwargs["request_handler"] = _RequestHandler
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self._listen_socket is None:
+            super().server_bind()
+            return
+        # Serve a socket already listening (network.receivers: the node's,
+        # inherited by a receiver process) instead of binding a new one.
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self._listen_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._listen_socket is None:
+            super().server_activate()
+
+    def share(self) -> socket.socket:
+        """Make the listening socket fit to be served by several processes; return it.
+
+        Every process waiting on it is woken by a new connection and one
+        accepts it; non-blocking, the others' ``accept`` fails at once
+        (socketserver ignores that) instead of holding their serving loop.
+        The least busy should win: each process waits
+        :data:`_SHARED_ACCEPT_DELAY` per association it has open before it
+        tries (four senders at once otherwise often split 3 to 1).
+        """
+        assert self.socket is not None
+        self.socket.setblocking(False)
+        self._shared = True
+        return self.socket
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         # The TLS handshake happens in the connection's own thread
         # (finish_request): a peer that never completes it must not hold up
         # the accepting thread, and one outside the allowlist gets none.
         assert self.socket is not None
+        if self._shared and self._connections:
+            time.sleep(min(_SHARED_ACCEPT_DELAY * self._connections, 0.05))
         client_socket, address = self.socket.accept()
         if self.ssl_context and self._peer_allowed(address[0]):
             client_socket.settimeout(self.ae.acse_timeout)
@@ -276,6 +349,25 @@ class _Server(ThreadedAssociationServer):
                 client_socket, server_side=True, do_handshake_on_connect=False
             )
         return client_socket, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections += 1
+        try:
+            super().process_request(request, client_address)  # starts its thread
+        except BaseException:
+            self._connection_closed()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_closed()
+
+    def _connection_closed(self) -> None:
+        with self._connections_lock:
+            self._connections -= 1
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
@@ -337,6 +429,8 @@ def make_server(
     *,
     service: Service,
     port: int | None = None,
+    listen_socket: socket.socket | None = None,
+    max_associations: int | None = None,
 ) -> ThreadedAssociationServer:
     """Bind the listening socket and return the (not yet serving) server.
 
@@ -352,6 +446,12 @@ def make_server(
         Which AE this is (decides which permissions its callers need).
     port : int, optional
         Default ``settings.port``.
+    listen_socket : socket.socket, optional
+        Serve this socket, already listening (a receiver process), instead of
+        binding the address.
+    max_associations : int, optional
+        This server's limit of established associations (default
+        ``network.max_associations``).
 
     Raises
     ------
@@ -362,15 +462,20 @@ def make_server(
     networks = tuple(
         ipaddress.ip_network(a, strict=False) for a in settings.security.allowed_peer_addresses
     )
-    gate = AssociationGate(settings.access, service, settings.network.max_associations)
+    gate = AssociationGate(
+        settings.access,
+        service,
+        settings.network.max_associations if max_associations is None else max_associations,
+    )
     address = (settings.host, settings.port if port is None else port)
     try:
         server: ThreadedAssociationServer = ae.make_server(
             address,
             ssl_context=tls_context(settings),
             evt_handlers=[(evt.EVT_REQUESTED, gate), *ASSOCIATION_LOG_HANDLERS, *handlers],
-            server_class=_Server,
+            server_class=NodeServer,
             allowed_networks=networks,
+            listen_socket=listen_socket,
         )
     except OSError as exc:
         raise ListenError(

@@ -10,6 +10,7 @@ similarity AE answers similar-case folders through
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 from pynetdicom import evt
@@ -21,7 +22,7 @@ from dicom_node.intake.ingest import Ingest
 from dicom_node.net.access import Service
 from dicom_node.net.handlers import handle_find, handle_find_similar, handle_store
 from dicom_node.net.retrieve import RetrieveService, handle_get, handle_move
-from dicom_node.net.scp import build_ae, build_similarity_ae, make_server
+from dicom_node.net.scp import NodeServer, build_ae, build_similarity_ae, make_server
 from dicom_node.net.similarity import SimilarityService
 from dicom_node.settings import Settings
 from storage.catalog import Catalog
@@ -41,8 +42,14 @@ class DicomServers:
         Receives C-STORE requests.
     catalog : Catalog
         Answers Study Root C-FIND on the main AE.
-    similarity : SimilarityService
-        Answers the similarity AE (not started when ``similarity.port`` is -1).
+    similarity : SimilarityService or None
+        Answers the similarity AE (not started when None or ``similarity.port`` is -1).
+    listen_socket : socket.socket, optional
+        Serve the main AE on this socket, already listening (a receiver
+        process of :mod:`dicom_node.net.receivers`), instead of binding ``port``.
+    max_associations : int, optional
+        The main AE's limit of established associations (default
+        ``network.max_associations``; receiver processes share it out).
     """
 
     def __init__(
@@ -50,12 +57,17 @@ class DicomServers:
         settings: Settings,
         ingest: Ingest,
         catalog: Catalog,
-        similarity: SimilarityService,
+        similarity: SimilarityService | None,
+        *,
+        listen_socket: socket.socket | None = None,
+        max_associations: int | None = None,
     ) -> None:
         self.settings = settings
         self._ingest = ingest
         self._catalog = catalog
         self._similarity = similarity
+        self._listen_socket = listen_socket
+        self._max_associations = max_associations
         self._main: ThreadedAssociationServer | None = None
         self._similar: ThreadedAssociationServer | None = None
         self._threads: list[threading.Thread] = []
@@ -77,8 +89,15 @@ class DicomServers:
             (evt.EVT_C_GET, handle_get, [retrieve]),
             (evt.EVT_C_MOVE, handle_move, [retrieve]),
         ]
-        self._main = make_server(build_ae(settings), settings, handlers, service=Service.MAIN)
-        if settings.similarity.port >= 0:
+        self._main = make_server(
+            build_ae(settings),
+            settings,
+            handlers,
+            service=Service.MAIN,
+            listen_socket=self._listen_socket,
+            max_associations=self._max_associations,
+        )
+        if self._similarity is not None and settings.similarity.port >= 0:
             try:
                 self._similar = make_server(
                     build_similarity_ae(settings),
@@ -123,6 +142,12 @@ class DicomServers:
         if self._main is None:
             raise RuntimeError("the node is not started")
         return int(self._main.server_address[1])
+
+    def share_main_socket(self) -> socket.socket:
+        """The main AE's listening socket, made fit for other processes to serve too."""
+        if not isinstance(self._main, NodeServer):
+            raise RuntimeError("bind() the AEs before sharing the main one")
+        return self._main.share()
 
     @property
     def similarity_port(self) -> int | None:

@@ -54,6 +54,14 @@ class NetworkSettings:
     """Seconds of network silence before an association is aborted."""
     max_pdu: int = 262144
     """Maximum PDU length we receive, in bytes (0 = unlimited)."""
+    receivers: int = 1
+    """Processes accepting associations on the main port (1 = the node's own process).
+
+    More use more cores to receive: each extra one is a child process of the
+    node serving the main AE (Verification, Storage, C-FIND, C-MOVE, C-GET)
+    on the same listening socket, with its own catalog connection.
+    ``max_associations`` is shared out among them (each takes its share,
+    rounded up)."""
 
     def __post_init__(self) -> None:
         _require(self.max_associations >= 1, "network.max_associations must be at least 1")
@@ -63,6 +71,7 @@ class NetworkSettings:
             self.max_pdu == 0 or 4096 <= self.max_pdu <= 2**32 - 1,
             "network.max_pdu must be 0 (unlimited) or 4096..4294967295 bytes",
         )
+        _require(1 <= self.receivers <= 64, "network.receivers must be 1..64 processes")
 
 
 @dataclass(frozen=True)

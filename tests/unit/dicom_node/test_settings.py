@@ -173,6 +173,8 @@ def test_sections_validate_themselves_and_destinations_are_parsed_once() -> None
 
     with pytest.raises(SettingsError, match="network.max_pdu"):
         NetworkSettings(max_pdu=100)
+    with pytest.raises(SettingsError, match="network.receivers must be 1..64"):
+        NetworkSettings(receivers=0)
     with pytest.raises(SettingsError, match="matches_per_nodule must be at least 1"):
         SimilaritySettings(matches_per_nodule=0)
     with pytest.raises(SettingsError, match="retry_initial_seconds must be positive"):
