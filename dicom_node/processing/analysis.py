@@ -112,16 +112,7 @@ def given_nodules(
     )
     return [
         NewNodule(
-            nodule_index=g.nodule_index,
-            center_xyz=g.center_xyz,
-            diameter_mm=g.diameter_mm,
-            long_axis_mm=g.long_axis_mm,
-            volume_mm3=g.volume_mm3,
-            mean_hu=g.mean_hu,
-            peak_hu=g.peak_hu,
-            texture=g.texture,
-            laterality=g.laterality,
-            confidence=g.confidence,
+            **g.measures(),
             size_class=size_class(g.diameter_mm),
             **_coded(codes, i, thumbnails[i]),
         )

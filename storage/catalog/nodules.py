@@ -44,8 +44,6 @@ class IndexCursor:
     """The last ``nodule_removals.seq`` it has applied."""
 
 
-#: NewNodule fields stored as columns of the same name (center_xyz is three columns).
-_PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(NewNodule) if f.name != "center_xyz")
 #: Study columns every NoduleRecord carries.
 _STUDY_COLUMNS = (
     studies.c.patient_id,
@@ -53,31 +51,6 @@ _STUDY_COLUMNS = (
     studies.c.study_date,
     studies.c.accession_number,
 )
-
-
-def _values(nodule: NewNodule) -> dict[str, Any]:
-    x, y, z = nodule.center_xyz
-    return {
-        **{name: getattr(nodule, name) for name in _PLAIN_FIELDS},
-        "center_x": float(x),
-        "center_y": float(y),
-        "center_z": float(z),
-    }
-
-
-def _record(row: Any) -> NoduleRecord:
-    return NoduleRecord(
-        **{name: getattr(row, name) for name in _PLAIN_FIELDS},
-        center_xyz=(float(row.center_x), float(row.center_y), float(row.center_z)),
-        id=int(row.id),
-        series_instance_uid=row.series_instance_uid,
-        study_instance_uid=row.study_instance_uid,
-        model_version=row.model_version,
-        patient_id=row.patient_id,
-        patient_name=row.patient_name,
-        study_date=row.study_date,
-        accession_number=row.accession_number,
-    )
 
 
 class NoduleCatalog:
@@ -175,7 +148,7 @@ class NoduleCatalog:
                         study_instance_uid=study.study_instance_uid,
                         model_version=model_version,
                         created_at=now,
-                        **_values(nodule),
+                        **nodule.columns(),
                     )
                     .returning(nodules.c.id)
                 ).scalar_one()
@@ -319,7 +292,7 @@ class NoduleCatalog:
         query = self._select().where(nodules.c.id.in_([int(i) for i in ids]))
         with self._db.begin() as connection:
             rows = connection.execute(query).all()
-        return {int(r.id): _record(r) for r in rows}
+        return {int(r.id): NoduleRecord.from_columns(r) for r in rows}
 
     def patients_of(self, ids: Sequence[int]) -> dict[int, str | None]:
         """``{nodule id: PatientID}`` (without the codes and thumbnails of :meth:`by_id`)."""
@@ -354,4 +327,4 @@ class NoduleCatalog:
         if patient_id is not None:
             query = query.where(studies.c.patient_id == patient_id)
         with self._db.begin() as connection:
-            return [_record(r) for r in connection.execute(query).all()]
+            return [NoduleRecord.from_columns(r) for r in connection.execute(query).all()]

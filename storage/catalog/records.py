@@ -9,8 +9,9 @@ the natural type of a C-FIND identifier; see :mod:`storage.catalog.find`.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -206,8 +207,8 @@ class GeneratedResult:
 
 
 @dataclass(frozen=True)
-class NewNodule:
-    """A nodule found in a series, as the processor hands it to the catalog."""
+class NoduleMeasures:
+    """Where a nodule is and what it measures: the fields found and given nodules share."""
 
     nodule_index: int
     """Position in the series' list of nodules (stable per series and model version)."""
@@ -224,6 +225,36 @@ class NewNodule:
     laterality: str
     """``right`` or ``left`` (the patient's)."""
     confidence: float
+
+    def measures(self) -> dict[str, Any]:
+        """The :class:`NoduleMeasures` fields, by name (to make another kind of nodule)."""
+        return {f.name: getattr(self, f.name) for f in fields(NoduleMeasures)}
+
+    def columns(self) -> dict[str, Any]:
+        """The catalog columns: every field by its name, ``center_xyz`` as ``center_x/y/z``."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "center_xyz"}
+        x, y, z = self.center_xyz
+        return values | {"center_x": float(x), "center_y": float(y), "center_z": float(z)}
+
+    @classmethod
+    def from_columns(cls, row: Any, **converted: Any) -> Self:
+        """Rebuild from a catalog row written from :meth:`columns`; ``converted`` gives fields."""
+        values = {
+            f.name: getattr(row, f.name)
+            for f in fields(cls)
+            if f.name != "center_xyz" and f.name not in converted
+        }
+        center = (float(row.center_x), float(row.center_y), float(row.center_z))
+        return cls(**values, center_xyz=center, **converted)
+
+
+@dataclass(frozen=True)
+class NewNodule(NoduleMeasures):
+    """A nodule found in a series, as the processor hands it to the catalog.
+
+    ``confidence`` is the false-positive reduction network's probability.
+    """
+
     size_class: int
     """Diameter class 0..7 of the measured diameter (``ai.classes``)."""
     predicted_size_class: int
@@ -255,23 +286,15 @@ class NewNodule:
 
 
 @dataclass(frozen=True)
-class GivenNodule:
-    """A nodule given with a reference series (readers' centre and mask), not detected."""
+class GivenNodule(NoduleMeasures):
+    """A nodule given with a reference series (readers' centre and mask), not detected.
 
-    nodule_index: int
-    center_xyz: tuple[float, float, float]
-    """The readers' centre, world LPS mm."""
-    diameter_mm: float
-    """Equivalent-sphere diameter of the readers' mask (``ai.measure.mask_measures``)."""
-    long_axis_mm: float
-    volume_mm3: float
-    mean_hu: float
-    peak_hu: float
-    texture: str
-    """From the readers' texture rating (``ai.readers.lidc_crops.texture_class``)."""
-    laterality: str
-    confidence: float
-    """Share of the readers who marked it (LIDC-IDRI: of four)."""
+    The centre is the readers', the measures those of their mask
+    (``ai.measure.mask_measures``), the texture from their rating
+    (``ai.readers.lidc_crops.texture_class``), ``confidence`` the share of the
+    readers who marked it (LIDC-IDRI: of four).
+    """
+
     source: str
     """The collection (``LIDC-IDRI``)."""
     source_nodule: str

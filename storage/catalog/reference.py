@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -24,41 +23,6 @@ from storage.catalog.records import GivenNodule
 from storage.catalog.schema import JobState, SeriesState, jobs, reference_nodules, series
 
 __all__ = ["ReferenceCatalog"]
-
-#: GivenNodule fields stored as columns of the same name.
-_PLAIN = (
-    "nodule_index",
-    "diameter_mm",
-    "long_axis_mm",
-    "volume_mm3",
-    "mean_hu",
-    "peak_hu",
-    "texture",
-    "laterality",
-    "confidence",
-    "source",
-    "source_nodule",
-    "readers",
-)
-
-
-def _values(nodule: GivenNodule) -> dict[str, Any]:
-    x, y, z = nodule.center_xyz
-    return {
-        **{name: getattr(nodule, name) for name in _PLAIN},
-        "center_x": float(x),
-        "center_y": float(y),
-        "center_z": float(z),
-        "ratings": json.dumps(nodule.ratings, sort_keys=True),
-    }
-
-
-def _given(row: Any) -> GivenNodule:
-    return GivenNodule(
-        **{name: getattr(row, name) for name in _PLAIN},
-        center_xyz=(float(row.center_x), float(row.center_y), float(row.center_z)),
-        ratings={str(k): int(v) for k, v in json.loads(row.ratings).items()},
-    )
 
 
 class ReferenceCatalog:
@@ -83,7 +47,12 @@ class ReferenceCatalog:
             for nodule in given:
                 connection.execute(
                     reference_nodules.insert().values(
-                        series_instance_uid=series_instance_uid, created_at=now, **_values(nodule)
+                        series_instance_uid=series_instance_uid,
+                        created_at=now,
+                        **(
+                            nodule.columns()
+                            | {"ratings": json.dumps(nodule.ratings, sort_keys=True)}
+                        ),
                     )
                 )
 
@@ -95,7 +64,12 @@ class ReferenceCatalog:
             .order_by(reference_nodules.c.nodule_index)
         )
         with self._db.begin() as connection:
-            return [_given(r) for r in connection.execute(query).all()]
+            return [
+                GivenNodule.from_columns(
+                    r, ratings={str(k): int(v) for k, v in json.loads(r.ratings).items()}
+                )
+                for r in connection.execute(query).all()
+            ]
 
     def series_count(self) -> int:
         """Reference series in the catalog (those with given nodules)."""
