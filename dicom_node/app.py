@@ -324,7 +324,10 @@ class Node:
             self.servers.serve()
             if settings.network.receivers > 1:
                 self.receivers = ReceiverProcesses(
-                    settings, self.servers.share_main_socket(), self.store
+                    settings,
+                    self.servers.share_main_socket(),
+                    self.store,
+                    on_restart=self._write_runtime_file,
                 )
                 self.receivers.start()
         except BaseException:
@@ -374,6 +377,8 @@ class Node:
             "port": self.port,
             "recovery": self.recovery,
         }
+        if self.receivers is not None:
+            runtime["receiver_pids"] = self.receivers.pids
         if self.servers.similarity_port is not None:
             runtime |= {
                 "similarity_ae_title": self.settings.similarity.ae_title,

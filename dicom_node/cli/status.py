@@ -161,6 +161,9 @@ def _node_record(settings: Settings) -> dict[str, Any]:
         "running_pid": record.pid if running and record is not None else None,
         "log_file": None if path is None else str(path.resolve()),
         "last_start": runtime.get("recovery"),
+        "receiver_pids": sorted(
+            pid for pid in runtime.get("receiver_pids", []) if running and _alive(pid)
+        ),
     }
 
 
@@ -179,6 +182,9 @@ def _alive(pid: int | None) -> bool:
 def _node_lines(node: dict[str, Any]) -> str:
     state = f"running (pid {node['running_pid']})" if node["running_pid"] else "not running"
     lines = [f"node {state}; data {node['data_dir']}; log {node['log_file'] or '(stderr only)'}"]
+    if node["receiver_pids"]:
+        pids = ", ".join(map(str, node["receiver_pids"]))
+        lines.append(f"receiver processes beside it (network.receivers): pids {pids}")
     start = node["last_start"]
     if start:
         lines.append(

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import IO
 
@@ -97,14 +98,21 @@ class ReceiverProcesses:
         (:meth:`dicom_node.net.servers.DicomServers.share_main_socket`).
     store : InstanceStore
         The node's instance store: a child's partial files are removed when it exits.
+    on_restart : callable, optional
+        Called after a child was started again (the node rewrites ``node.json``).
     """
 
     def __init__(
-        self, settings: Settings, listen_socket: socket.socket, store: InstanceStore
+        self,
+        settings: Settings,
+        listen_socket: socket.socket,
+        store: InstanceStore,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._socket = listen_socket
         self._store = store
+        self._on_restart = on_restart
         self._children: dict[int, _Child] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -224,6 +232,8 @@ class ReceiverProcesses:
                     return
                 self._spawn(child.number)
                 self.restarts += 1
+                if self._on_restart is not None:
+                    self._on_restart()
 
 
 def _close(stream: IO[bytes] | None) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,22 @@ def test_a_receiver_serves_alone_is_restarted_and_ends_with_its_node(
     assert "exited with status -9" in node.log.read_text()
     survivors = [*_children(node.pid)]
     assert second in survivors
+    # node.json follows the restart; `dicom-node status` names the live receivers.
+    wait_until(
+        lambda: sorted(node.runtime().get("receiver_pids", [])) == survivors,
+        what="node.json naming the receivers running now",
+    )
+    status = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "status", "--data-dir", str(node.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    assert (
+        f"receiver processes beside it (network.receivers): pids {', '.join(map(str, survivors))}"
+        in status.stdout
+    )
 
     # A node killed outright takes its receivers with it (their stdin closes).
     node.kill()
