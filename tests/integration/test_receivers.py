@@ -14,7 +14,7 @@ import pytest
 
 from storage.catalog import Catalog
 from tests.factories import write_ct_series
-from tests.peers import PEER_ENV, dcmtk, run_peer, wait_until
+from tests.peers import PEER_ENV, dcmtk, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -92,18 +92,8 @@ def test_a_receiver_serves_alone_is_restarted_and_ends_with_its_node(
     # catalogs each instance before acknowledging it.
     os.kill(node.pid, signal.SIGSTOP)
     try:
-        result = run_peer(
-            [
-                dcmtk("storescu"),
-                "-v",
-                "-aec",
-                "DICOM_NODE",
-                "127.0.0.1",
-                str(node.port),
-                "+sd",
-                str(source),
-            ]
-        )
+        sender = _storescu(node.port, source)
+        _, stderr = sender.communicate(timeout=120)
         catalog = Catalog(f"sqlite:///{node.data_dir / 'catalog.sqlite3'}", create=False)
         try:
             stored = len(catalog.intake.instance_paths())
@@ -111,8 +101,8 @@ def test_a_receiver_serves_alone_is_restarted_and_ends_with_its_node(
             catalog.close()
     finally:
         os.kill(node.pid, signal.SIGCONT)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.count("Received Store Response (Success)") == 10
+    assert sender.returncode == 0, stderr
+    assert stderr.count("Received Store Response (Success)") == 10
     assert stored == 10
 
     # A receiver killed mid-write: its partial file goes, another takes its place.
