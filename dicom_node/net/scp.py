@@ -214,8 +214,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-#: The first buffer of a PDU body read (it doubles while more arrives).
-_FIRST_READ = 1 << 20
+#: The first buffer of a PDU body read (it doubles while more arrives): a peer
+#: announcing a length it never sends holds at most this, or twice what it sent.
+_FIRST_READ = 1 << 16
 
 #: Seconds a process serving a shared listening socket waits, per association
 #: it has open, before it accepts a new connection (:meth:`NodeServer.share`).
@@ -236,7 +237,7 @@ class _BoundedAssociationSocket(AssociationSocket):
     pynetdicom's ``recv`` reads 4 KiB at a time (128 calls, each a Python
     round, for a 512 KiB slice); here each call takes all that has arrived,
     into a buffer that grows only as data arrives (a peer announcing more
-    than it sends costs at most twice what it sent).
+    than it sends costs at most twice what it sent, or 64 KiB).
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
