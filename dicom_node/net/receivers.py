@@ -138,18 +138,21 @@ class ReceiverProcesses:
         with self._lock:
             children = list(self._children.values())
         for child in children:
-            if not child.serving.wait(max(0.0, deadline - time.monotonic())):
-                logger.warning(
-                    "receiver %d not serving after %.0f s (the node serves without it)",
-                    child.number,
-                    _START_SECONDS,
-                )
+            # Until it serves, exits (the watcher starts it again) or the time is up.
+            while not child.serving.wait(0.2) and child.process.poll() is None:
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "receiver %d not serving after %.0f s (the node serves without it)",
+                        child.number,
+                        _START_SECONDS,
+                    )
+                    break
         self._watcher = threading.Thread(target=self._watch, name="receivers", daemon=True)
         self._watcher.start()
         logger.info(
             "%d receiver process(es) beside the node on the main port (pids %s)",
             self.count,
-            ", ".join(map(str, self.pids)),
+            ", ".join(map(str, self.pids)) or "none running",
         )
 
     def stop(self) -> None:
