@@ -36,6 +36,7 @@ __all__ = [
     "SizeClassRow",
     "DetectionReport",
     "OperatingPoint",
+    "MissedNodule",
     "dice",
     "froc",
     "operating_point",
@@ -115,6 +116,35 @@ class SizeClassRow:
 
 
 @dataclass(frozen=True)
+class MissedNodule:
+    """A nodule of 5 mm or more the node does not report at its operating point, and why.
+
+    ``nearest_mm`` is the distance from the nodule's centre to the nearest detection at any
+    probability (``None`` when the scan has none); a nearest detection within the nodule's
+    radius was scored below the threshold, one outside it missed the nodule's centre (LUNA16
+    counts a hit only within the radius), and none within ``diameter_mm`` means the detector
+    gave no candidate there.
+    """
+
+    series_instance_uid: str
+    center_xyz: tuple[float, float, float]
+    diameter_mm: float
+    nearest_mm: float | None
+    nearest_probability: float | None
+    nearest_diameter_mm: float | None
+
+    @property
+    def reason(self) -> str:
+        """``below threshold``, ``off centre`` or ``no candidate``, as above."""
+        radius = self.diameter_mm / 2.0
+        if self.nearest_mm is not None and self.nearest_mm <= radius:
+            return "below threshold"
+        if self.nearest_mm is not None and self.nearest_mm <= self.diameter_mm:
+            return "off centre"
+        return "no candidate"
+
+
+@dataclass(frozen=True)
 class OperatingPoint:
     """What the node reports at its threshold (``worker.min_nodule_probability``)."""
 
@@ -131,6 +161,8 @@ class OperatingPoint:
     """Share of nodules of 5 mm or more found."""
     missed_5mm: int
     """Nodules of 5 mm or more not found."""
+    missed: tuple[MissedNodule, ...] = ()
+    """Those nodules, each with its nearest detection."""
 
 
 def operating_point(
@@ -151,6 +183,7 @@ def operating_point(
     OperatingPoint
     """
     false_positives, reported = [], []
+    missed: list[MissedNodule] = []
     found = total = found_5 = total_5 = 0
     for scan in scans:
         kept = [d.confidence >= threshold for d in scan.detections]
@@ -168,6 +201,8 @@ def operating_point(
             if truth.diameter_mm >= 5.0:
                 total_5 += 1
                 found_5 += det is not None
+                if det is None:
+                    missed.append(_missed(scan, truth))
     return OperatingPoint(
         threshold=threshold,
         fps_per_scan=float(np.mean(false_positives)) if scans else 0.0,
@@ -176,6 +211,24 @@ def operating_point(
         sensitivity=found / total if total else None,
         sensitivity_5mm=found_5 / total_5 if total_5 else None,
         missed_5mm=total_5 - found_5,
+        missed=tuple(missed),
+    )
+
+
+def _missed(scan: ScanResult, truth: Truth) -> MissedNodule:
+    """``truth`` with the detection of ``scan`` nearest to its centre."""
+    nearest: tuple[float, Detection] | None = None
+    for det in scan.detections:
+        distance = float(np.linalg.norm(np.subtract(det.center_xyz, truth.center_xyz)))
+        if nearest is None or distance < nearest[0]:
+            nearest = (distance, det)
+    return MissedNodule(
+        series_instance_uid=scan.series_instance_uid,
+        center_xyz=truth.center_xyz,
+        diameter_mm=float(truth.diameter_mm),
+        nearest_mm=None if nearest is None else nearest[0],
+        nearest_probability=None if nearest is None else float(nearest[1].confidence),
+        nearest_diameter_mm=None if nearest is None else float(nearest[1].diameter_mm),
     )
 
 
@@ -222,7 +275,14 @@ class DetectionReport:
             "operating_fps_per_scan": self.operating_fps_per_scan,
             "size_classes": [asdict(row) for row in self.size_classes],
             "operating_point": (
-                None if self.operating_point is None else asdict(self.operating_point)
+                None
+                if self.operating_point is None
+                else {
+                    **asdict(self.operating_point),
+                    "missed": [
+                        {**asdict(m), "reason": m.reason} for m in self.operating_point.missed
+                    ],
+                }
             ),
         }
 

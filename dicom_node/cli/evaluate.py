@@ -272,6 +272,18 @@ def _print_table(report: Any, seconds: list[float]) -> None:
         print(f"  nodules reported per scan       {list(point.reported)}")
         missed = f"({point.missed_5mm} missed >= 5 mm)"
         print(f"  sensitivity (>= min) / >= 5 mm  {sens} / {sens5}  {missed}")
+        for miss in point.missed:
+            x, y, z = miss.center_xyz
+            near = (
+                "no detection in the scan"
+                if miss.nearest_mm is None
+                else f"nearest detection {miss.nearest_mm:.1f} mm away "
+                f"({miss.nearest_diameter_mm:.1f} mm, probability {miss.nearest_probability:.2f})"
+            )
+            print(
+                f"    missed {miss.diameter_mm:.1f} mm at ({x:.1f}, {y:.1f}, {z:.1f}) in "
+                f"...{miss.series_instance_uid[-8:]}: {miss.reason}; {near}"
+            )
     where = "at the operating point" if point is not None else "at 4 FP/scan"
     print()
     print(f"class  diameter  nodules  found  sensitivity  median |error| mm   ({where})")

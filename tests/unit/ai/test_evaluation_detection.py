@@ -147,3 +147,37 @@ def test_operating_point_counts_false_positives_reports_and_ignores_irrelevant_m
     # without the ignored mark, the 0.95 detection is the most confident false positive
     plain = froc([dataclasses.replace(second, ignored=())])
     assert plain.fps_per_scan[0] == 1.0
+
+
+def test_operating_point_lists_each_missed_nodule_with_its_nearest_detection() -> None:
+    from ai.evaluation.detection import operating_point
+
+    scans = [
+        # 8 mm nodule at 0: a detection on it scored 0.3 -> below threshold
+        # 6 mm nodule at 100: the nearest detection 4 mm off (radius 3), 0.9 -> off centre
+        # 12 mm nodule at 300: nearest detection 50 mm away -> no candidate
+        # 4 mm nodule at 400: under 5 mm, not listed
+        _scan(
+            "1.2.3.4.5.6.7.8.9",
+            [(0.0, 8.0), (100.0, 6.0), (300.0, 12.0), (400.0, 4.0)],
+            [(0.5, 0.3, 7.5), (104.0, 0.9, 4.5), (350.0, 0.2, 5.0)],
+        ),
+        _scan("2", [(0.0, 7.0)], []),  # a scan without detections
+    ]
+    point = operating_point(scans, 0.5)
+    assert point.missed_5mm == 4 == len(point.missed)
+    reasons = [(m.diameter_mm, m.reason) for m in point.missed]
+    assert reasons == [
+        (8.0, "below threshold"),
+        (6.0, "off centre"),
+        (12.0, "no candidate"),
+        (7.0, "no candidate"),
+    ]
+    below, off, none, empty = point.missed
+    assert below.nearest_mm == pytest.approx(0.5) and below.nearest_probability == 0.3
+    assert off.nearest_mm == pytest.approx(4.0) and off.nearest_diameter_mm == 4.5
+    assert none.nearest_mm == pytest.approx(50.0)
+    assert empty.nearest_mm is None and empty.series_instance_uid == "2"
+    as_json = evaluate_detection(scans, threshold=0.5).to_dict()["operating_point"]["missed"]
+    assert [m["reason"] for m in as_json] == [r for _, r in reasons]
+    assert as_json[1]["center_xyz"] == (100.0, 0.0, 0.0)
