@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,9 @@ from ai.nodules import find_nodules
 from ai.readers.lidc import luna16_marks, read_lidc_scan
 from ai.readers.lidc_crops import CropNodule, load_crop
 from ai.types import Volume
+
+if TYPE_CHECKING:
+    from ai.phantom.render import ScanGeometry
 from ai.volume import resample
 
 __all__ = [
@@ -329,25 +333,58 @@ def phantom_samples(
     studies: int = 1,
     max_negatives: int = 30,
     device: str | torch.device = "cpu",
+    geometry: ScanGeometry | None = None,
+    anatomy_scale: float = 1.0,
+    workers: int = 1,
 ) -> SampleSet:
-    """Samples of phantom studies, rendered at 0.7 x 0.7 x 1.25 mm and read on 1 mm."""
+    """Samples of phantom studies, rendered at 0.7 x 0.7 x 1.25 mm (``geometry``) and read
+    on 1 mm.
+
+    ``workers`` > 1 renders and detects the patients in that many processes on the CPU
+    (:func:`ai.phantom.render.process_pool`); each patient has its own seeds, so the samples
+    are the same for any number of workers.
+    """
+    jobs = [
+        (seed, p, family, studies, max_negatives, geometry, anatomy_scale) for p in range(patients)
+    ]
+    if workers > 1 and patients > 1 and torch.device(device).type == "cpu":
+        from ai.phantom.render import process_pool
+
+        with process_pool(min(workers, patients)) as pool:
+            parts = list(pool.map(_phantom_patient_samples, *zip(*jobs, strict=True)))
+    else:
+        parts = [_phantom_patient_samples(*job, device=device) for job in jobs]
+    return concatenate(parts)
+
+
+def _phantom_patient_samples(
+    seed: int,
+    p: int,
+    family: str,
+    studies: int,
+    max_negatives: int,
+    geometry: ScanGeometry | None,
+    anatomy_scale: float,
+    device: str | torch.device = "cpu",
+) -> SampleSet:
+    """The samples of phantom patient ``p`` of cohort ``seed`` (all its studies)."""
     from ai.phantom import DEFAULT_GEOMETRY, plan_patient, render_study
 
+    plan = plan_patient(seed, p, n_studies=studies, family=family, anatomy_scale=anatomy_scale)
     parts = []
-    for p in range(patients):
-        plan = plan_patient(seed, p, n_studies=studies, family=family)
-        for s in range(studies):
-            study = render_study(plan, s, DEFAULT_GEOMETRY)
-            volume = resample(study.volume, NODE_SPACING)
-            truths = [(n.center_xyz, n.diameter_mm) for n in study.nodules]
-            samples, _ = volume_samples(
-                volume,
-                truths,
-                source=f"phantom-{family}",
-                patient=f"phantom-{family}-{seed}-{p}",
-                max_negatives=max_negatives,
-                seed=seed * 1000 + p * 10 + s,
-                device=device,
-            )
-            parts.append(samples)
+    for s in range(studies):
+        study = render_study(plan, s, geometry or DEFAULT_GEOMETRY)
+        volume = resample(study.volume, NODE_SPACING)
+        truths = [(n.center_xyz, n.diameter_mm) for n in study.nodules]
+        samples, _ = volume_samples(
+            volume,
+            truths,
+            source=f"phantom-{family}",
+            patient=f"phantom-{family}-{seed}-{p}",
+            max_negatives=max_negatives,
+            seed=seed * 1000 + p * 10 + s,
+            device=device,
+        )
+        parts.append(samples)
+    logger.info("phantom-%s %d-%d: %d samples", family, seed, p, sum(len(x) for x in parts))
     return concatenate(parts)

@@ -74,6 +74,12 @@ def add_subparser(subparsers: Any) -> None:
         "--holdout-folds", type=int, nargs="*", default=[], metavar="F", help="crop folds held out"
     )
     data.add_argument("--cache", type=Path, help="folder for extracted samples (.npz per source)")
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes rendering and detecting phantom studies (1; the samples do not change)",
+    )
     training = parser.add_argument_group("Training")
     training.add_argument("--epochs", type=int, default=14)
     training.add_argument("--batch-size", type=int, default=64)
@@ -273,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
                     args.cache,
                     name,
                     lambda f=family: phantom_samples(
-                        args.phantom_seed, args.phantom_patients, family=f
+                        args.phantom_seed, args.phantom_patients, family=f, workers=args.workers
                     ),
                 )
             )

@@ -163,3 +163,16 @@ def test_shipped_model_loads_with_its_operating_point() -> None:
     assert isinstance(model, FprModel) and model.version.startswith("fpr-")
     assert 0.05 <= model.operating_point <= 0.95
     assert "CC BY 3.0" in model.card["licence_of_training_data"]
+
+
+def test_phantom_samples_are_the_same_with_two_worker_processes() -> None:
+    from ai.fpr.data import phantom_samples
+    from ai.phantom.render import TEST_GEOMETRY
+
+    kwargs = {"family": "b", "geometry": TEST_GEOMETRY, "anatomy_scale": 0.6, "max_negatives": 5}
+    one = phantom_samples(11, 2, **kwargs)
+    two = phantom_samples(11, 2, workers=2, **kwargs)
+    assert len(one) > 0 and (one.label == 1).any()
+    assert sorted(set(one.patient.tolist())) == ["phantom-b-11-0", "phantom-b-11-1"]
+    for key, value in one.to_arrays().items():
+        np.testing.assert_array_equal(two.to_arrays()[key], value, err_msg=key)
