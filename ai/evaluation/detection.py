@@ -217,18 +217,23 @@ def operating_point(
 
 def _missed(scan: ScanResult, truth: Truth) -> MissedNodule:
     """``truth`` with the detection of ``scan`` nearest to its centre."""
-    nearest: tuple[float, Detection] | None = None
-    for det in scan.detections:
-        distance = float(np.linalg.norm(np.subtract(det.center_xyz, truth.center_xyz)))
-        if nearest is None or distance < nearest[0]:
-            nearest = (distance, det)
+    nearest_mm: float | None = None
+    nearest_probability: float | None = None
+    nearest_diameter_mm: float | None = None
+    if scan.detections:
+        centres = np.asarray([d.center_xyz for d in scan.detections], dtype=np.float64)
+        distances = np.linalg.norm(centres - np.asarray(truth.center_xyz), axis=1)
+        i = int(np.argmin(distances))
+        nearest_mm = float(distances[i])
+        nearest_probability = float(scan.detections[i].confidence)
+        nearest_diameter_mm = float(scan.detections[i].diameter_mm)
     return MissedNodule(
         series_instance_uid=scan.series_instance_uid,
         center_xyz=truth.center_xyz,
         diameter_mm=float(truth.diameter_mm),
-        nearest_mm=None if nearest is None else nearest[0],
-        nearest_probability=None if nearest is None else float(nearest[1].confidence),
-        nearest_diameter_mm=None if nearest is None else float(nearest[1].diameter_mm),
+        nearest_mm=nearest_mm,
+        nearest_probability=nearest_probability,
+        nearest_diameter_mm=nearest_diameter_mm,
     )
 
 

@@ -22,6 +22,7 @@ them at random to :data:`ai.fpr.patches.PATCH_SHAPE`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,10 +41,10 @@ from ai.nodules import find_nodules
 from ai.readers.lidc import luna16_marks, read_lidc_scan
 from ai.readers.lidc_crops import CropNodule, load_crop
 from ai.types import Volume
+from ai.volume import resample
 
 if TYPE_CHECKING:
     from ai.phantom.render import ScanGeometry
-from ai.volume import resample
 
 __all__ = [
     "AMBIGUOUS_MM",
@@ -344,28 +345,36 @@ def phantom_samples(
     (:func:`ai.phantom.render.process_pool`); each patient has its own seeds, so the samples
     are the same for any number of workers.
     """
-    jobs = [
-        (seed, p, family, studies, max_negatives, geometry, anatomy_scale) for p in range(patients)
-    ]
+    patient = functools.partial(
+        _phantom_patient_samples,
+        seed=seed,
+        family=family,
+        studies=studies,
+        max_negatives=max_negatives,
+        geometry=geometry,
+        anatomy_scale=anatomy_scale,
+        device=device,
+    )
     if workers > 1 and patients > 1 and torch.device(device).type == "cpu":
         from ai.phantom.render import process_pool
 
         with process_pool(min(workers, patients)) as pool:
-            parts = list(pool.map(_phantom_patient_samples, *zip(*jobs, strict=True)))
+            parts = list(pool.map(patient, range(patients)))
     else:
-        parts = [_phantom_patient_samples(*job, device=device) for job in jobs]
+        parts = [patient(p) for p in range(patients)]
     return concatenate(parts)
 
 
 def _phantom_patient_samples(
-    seed: int,
     p: int,
+    *,
+    seed: int,
     family: str,
     studies: int,
     max_negatives: int,
     geometry: ScanGeometry | None,
     anatomy_scale: float,
-    device: str | torch.device = "cpu",
+    device: str | torch.device,
 ) -> SampleSet:
     """The samples of phantom patient ``p`` of cohort ``seed`` (all its studies)."""
     from ai.phantom import DEFAULT_GEOMETRY, plan_patient, render_study

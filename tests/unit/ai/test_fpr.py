@@ -174,5 +174,6 @@ def test_phantom_samples_are_the_same_with_two_worker_processes() -> None:
     two = phantom_samples(11, 2, workers=2, **kwargs)
     assert len(one) > 0 and (one.label == 1).any()
     assert sorted(set(one.patient.tolist())) == ["phantom-b-11-0", "phantom-b-11-1"]
+    arrays = two.to_arrays()
     for key, value in one.to_arrays().items():
-        np.testing.assert_array_equal(two.to_arrays()[key], value, err_msg=key)
+        np.testing.assert_array_equal(arrays[key], value, err_msg=key)
